@@ -1,0 +1,1 @@
+"""Core logic of the LoRA finetuning pipelines (no ZenML imports)."""

@@ -1,0 +1,215 @@
+"""The run configuration: one YAML file is the whole truth of a run.
+
+Every YAML key maps onto a field of the pydantic schema below. Unknown keys,
+wrong types and missing files are rejected before anything heavy loads, with a
+one-line message that names the file and the key's path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message is one line."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos more often than not: reject them instead of ignoring.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """Which base model to finetune and how to load it."""
+
+    name: str = Field(
+        description=(
+            "Hub id (meta-llama/Llama-3.1-8B), local model directory, GGUF file, "
+            "or a file inside an installed Python package as package:<pkg>/<file>."
+        )
+    )
+    revision: str | None = None
+    trust_remote_code: bool = False
+    # Loading dtype of the base weights. bf16 halves memory; fp32 is the safe CPU default.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = "sdpa"
+
+
+class DataConfig(_Section):
+    """Where the prompt/completion rows come from and how they are formatted."""
+
+    train_file: Path
+    validation_file: Path
+    test_file: Path
+    # Instructions shown to the model before every input; also saves the template's
+    # default system prompt (tokens paid on every example).
+    system_prompt: str | None = None
+    max_train_rows: int | None = Field(default=None, ge=1)  # None: all rows
+    max_validation_rows: int | None = Field(default=None, ge=1)
+    max_test_rows: int | None = Field(default=None, ge=1)
+    # Longer rows are dropped (and counted) rather than truncated: a truncated
+    # completion would teach the model to stop mid-answer.
+    max_seq_length: int = Field(default=512, ge=16)
+    seed: int = 42
+
+
+class LoraSettings(_Section):
+    """PEFT LoRA adapter shape."""
+
+    rank: int = Field(default=16, ge=1)  # higher: more capacity, more memory
+    alpha: int = Field(default=32, ge=1)  # scale = alpha / rank
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    # "all-linear" fits Llama, Mistral and Phi alike; a name list must match the architecture.
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    use_dora: bool = False
+
+
+class TrainingConfig(_Section):
+    """Optimizer, schedule and precision."""
+
+    method: Literal["lora", "qlora-4bit", "qlora-8bit"] = "lora"
+    learning_rate: float = Field(default=2e-4, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = False
+    # Sort rows of similar length into the same batch: less padding, faster on any device.
+    group_by_length: bool = True
+    logging_steps: int = Field(default=10, ge=1)
+    num_processes: int = Field(default=1, ge=1)  # Accelerate processes (GPUs); 1 on a CPU
+    use_cpu: bool = False  # train on the CPU even when a GPU is present
+    seed: int = 42
+
+
+class EvaluationConfig(_Section):
+    """Greedy generation on the test rows, same settings for base and finetuned."""
+
+    batch_size: int = Field(default=16, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+
+
+class PromotionConfig(_Section):
+    """When a new model version goes to production."""
+
+    metric: str = "mean_field_accuracy"
+    # Required gain over the base model, in metric units (0.05 = five points of accuracy).
+    min_gain_over_base: float = 0.05
+    # Required gain over the current production version on the same test rows.
+    min_gain_over_production: float = 0.0
+    stage: Literal["production", "staging"] = "production"
+
+
+class RegistryConfig(_Section):
+    """The ZenML Model (Model Control Plane) that each run versions."""
+
+    model_name: str = "lora-finetune"
+    description: str | None = None
+    tags: list[str] = []
+
+
+class RunConfig(_Section):
+    """A whole run: every YAML key lands in one of these sections."""
+
+    model: ModelConfig
+    data: DataConfig
+    lora: LoraSettings = LoraSettings()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    registry: RegistryConfig = RegistryConfig()
+
+    @model_validator(mode="after")
+    def _check_precision_fits_method(self) -> RunConfig:
+        if self.training.method.startswith("qlora") and self.training.use_cpu:
+            raise ValueError("training.method: QLoRA needs a CUDA GPU; use method: lora with use_cpu: true")
+        return self
+
+    @field_validator("model")
+    @classmethod
+    def _check_model_name(cls, value: ModelConfig) -> ModelConfig:
+        if not value.name.strip():
+            raise ValueError("model.name: must not be empty")
+        return value
+
+    def to_json(self) -> str:
+        """Serialize to a JSON string (paths as strings), for step parameters."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        """Inverse of `to_json`."""
+        return cls.model_validate(json.loads(text))
+
+
+def _error_location(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+
+
+def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
+    """Read and validate a run configuration.
+
+    Relative data paths are resolved against the current directory first and
+    the config file's directory second, so a config runs from the repo root and
+    from its own folder alike.
+
+    Args:
+        path: The YAML file.
+        check_files: Also require the data files to exist.
+
+    Returns:
+        The validated configuration, data paths made absolute.
+
+    Raises:
+        ConfigError: With a one-line message naming the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where} {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, ...), got {type(raw).__name__}")
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _error_location(first)
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "required key is missing"
+        elif first["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        others = len(exc.errors()) - 1
+        more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+        raise ConfigError(f"{path}: {where}: {message}{more}") from None
+
+    data = config.data
+    resolved = {}
+    for key in ("train_file", "validation_file", "test_file"):
+        value: Path = getattr(data, key)
+        candidates = [value] if value.is_absolute() else [Path.cwd() / value, path.parent / value]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None and check_files:
+            raise ConfigError(f"{path}: data.{key}: file not found: {value}")
+        resolved[key] = (found or candidates[0]).resolve()
+    return config.model_copy(update={"data": data.model_copy(update=resolved)})

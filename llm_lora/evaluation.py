@@ -1,0 +1,104 @@
+"""Evaluation: generate on test rows, score with the repo's `evaluate` metric modules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_lora.config import EvaluationConfig, RunConfig
+from llm_lora.data_loading import fingerprint
+from llm_lora.generation import Generation, generate
+from llm_lora.metrics import compute_extraction_metrics, score_example
+from llm_lora.prompt_formatting import format_prompt
+
+
+@dataclass
+class EvaluationResult:
+    """Aggregate metrics and the per-example record behind them.
+
+    Attributes:
+        metrics: Flat floats: field accuracies, exact match, valid-JSON rate, latency, token counts.
+        examples: One dict per row: prompt, expected, output, correctness, latency.
+    """
+
+    metrics: dict[str, float]
+    examples: list[dict]
+
+
+def score_generations(rows: list[dict], generations: list[Generation]) -> EvaluationResult:
+    """Score model answers against the rows' completions.
+
+    Args:
+        rows: Dicts with "prompt" and "completion" (the expected JSON).
+        generations: One answer per row, same order.
+
+    Returns:
+        The metrics and per-example records.
+    """
+    predictions = [g.text for g in generations]
+    references = [row["completion"] for row in rows]
+    metrics = dict(compute_extraction_metrics(predictions, references))
+    count = len(generations)
+    metrics.update(
+        num_examples=float(count),
+        mean_latency_s=sum(g.latency_s for g in generations) / count,
+        mean_new_tokens=sum(g.new_tokens for g in generations) / count,
+        mean_prompt_tokens=sum(g.prompt_tokens for g in generations) / count,
+    )
+    examples = []
+    for row, generation in zip(rows, generations):
+        score = score_example(generation.text, row["completion"])
+        examples.append(
+            {
+                "prompt": row["prompt"],
+                "expected": row["completion"],
+                "output": generation.text,
+                "valid_json": score["valid_json"],
+                "exact_match": score["exact_match"],
+                **{f"correct_{field}": ok for field, ok in score["fields"].items()},
+                "latency_s": round(generation.latency_s, 4),
+            }
+        )
+    return EvaluationResult(metrics=metrics, examples=examples)
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict],
+    system_prompt: str | None,
+    settings: EvaluationConfig,
+) -> EvaluationResult:
+    """Greedy-generate an answer for every row and score it.
+
+    Args:
+        model: Base or adapter-wrapped model.
+        tokenizer: Its tokenizer.
+        rows: Dicts with "prompt" and "completion".
+        system_prompt: The same system prompt training used.
+        settings: Batch size and answer length cap.
+
+    Returns:
+        Metrics and per-example records.
+    """
+    prompts = [format_prompt(tokenizer, row["prompt"], system_prompt) for row in rows]
+    generations = generate(
+        model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens
+    )
+    return score_generations(rows, generations)
+
+
+def evaluation_fingerprint(config: RunConfig, rows: list[dict]) -> str:
+    """What makes two evaluations comparable: same rows, base model, prompt and generation settings.
+
+    Greedy decoding is deterministic, so two evaluations of the same adapter
+    with equal fingerprints give the same numbers.
+    """
+    settings = json.dumps(
+        [config.model.name, config.model.dtype, config.data.system_prompt, config.evaluation.model_dump()],
+        sort_keys=True,
+    )
+    return hashlib.sha256((settings + fingerprint(rows)).encode()).hexdigest()[:16]

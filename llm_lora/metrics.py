@@ -1,0 +1,154 @@
+"""Scoring of extracted JSON objects through the repo's own `evaluate` metric modules.
+
+The metric modules live in `metrics/` and are loaded by path, so scoring never needs the
+Hugging Face Hub. `evaluate` imports each module from its own cache and the module
+cannot import this package, so `metrics/json_fields/json_fields.py` carries a twin of
+the parsing and comparison rules below; tests/test_metrics.py checks that they agree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import evaluate
+
+METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
+
+# A whole answer wrapped in one Markdown code fence, optionally tagged "json".
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)
+
+# Stands in for a key an object does not have; it equals nothing, not even null.
+_MISSING = object()
+
+
+@lru_cache(maxsize=None)
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """Load one of the repo's metric modules by folder name, once per process.
+
+    Args:
+        name: Folder under `metrics/`, e.g. "json_fields".
+
+    Returns:
+        The loaded metric, kept in memory so that computing it writes no cache files.
+
+    Raises:
+        FileNotFoundError: When `metrics/<name>/<name>.py` does not exist.
+    """
+    path = METRICS_DIR / name
+    script = path / f"{name}.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"No metric module {name!r}: expected the file {script}")
+    return evaluate.load(str(path), keep_in_memory=True)
+
+
+def parse_json_object(text: str) -> dict | None:
+    """Parse a model answer into a JSON object, or None when it is not one.
+
+    The answer is stripped and, when it is wholly wrapped in a Markdown code fence
+    (```json ... ``` or ``` ... ```), unwrapped. What remains must parse as JSON and be
+    an object; prose around the object is not forgiven.
+
+    Args:
+        text: Raw model output.
+
+    Returns:
+        The parsed dict, or None.
+    """
+    if not isinstance(text, str):
+        return None
+    text = text.strip()
+    fenced = _FENCE.fullmatch(text)
+    if fenced is not None:
+        text = fenced.group(1)
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _normalize(value: object) -> object:
+    """Strings stripped and casefolded; numbers by value; booleans kept apart from 0 and 1."""
+    if isinstance(value, str):
+        return value.strip().casefold()
+    # bool is an int subclass in Python, and true must not equal 1.
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", value)
+    return value
+
+
+def _field_matches(prediction: dict | None, reference: dict, field: str) -> bool:
+    """Whether the prediction parsed and holds the reference's value (or lacks the key, as it does)."""
+    if prediction is None:
+        return False
+    predicted = prediction.get(field, _MISSING)
+    expected = reference.get(field, _MISSING)
+    if predicted is _MISSING or expected is _MISSING:
+        return predicted is expected
+    return _normalize(predicted) == _normalize(expected)
+
+
+def score_example(prediction: str, reference: str, fields: list[str] | None = None) -> dict:
+    """Score one answer, for per-example reports.
+
+    Args:
+        prediction: Raw model output.
+        reference: The expected JSON object.
+        fields: Fields to report. Defaults to the reference's keys; pass the fields of
+            the whole evaluation set to line up with `compute_extraction_metrics`.
+
+    Returns:
+        {"valid_json": bool, "exact_match": bool, "fields": {field: bool}}.
+
+    Raises:
+        ValueError: When the reference is not a JSON object.
+    """
+    expected = parse_json_object(reference)
+    if expected is None:
+        raise ValueError(f"Reference is not a JSON object: {reference!r}")
+    parsed = parse_json_object(prediction)
+    exact = (
+        parsed is not None
+        and set(parsed) == set(expected)
+        and all(_field_matches(parsed, expected, field) for field in expected)
+    )
+    return {
+        "valid_json": parsed is not None,
+        "exact_match": exact,
+        "fields": {
+            field: _field_matches(parsed, expected, field) for field in (list(expected) if fields is None else fields)
+        },
+    }
+
+
+def compute_extraction_metrics(
+    predictions: list[str], references: list[str], fields: list[str] | None = None
+) -> dict[str, float]:
+    """Aggregate extraction metrics through the `json_fields` metric module.
+
+    Args:
+        predictions: Raw model outputs.
+        references: Expected JSON objects, one per prediction.
+        fields: Fields to score. Defaults to the union of the references' keys.
+
+    Returns:
+        valid_json_rate, exact_match, field_accuracy/<field> for each field and
+        mean_field_accuracy, all between 0.0 and 1.0.
+
+    Raises:
+        ValueError: When there is nothing to score, the lengths differ, or a reference
+            is not a JSON object.
+    """
+    # Checked here too, so the message is ours rather than whatever evaluate's input
+    # handling says about an empty batch.
+    if len(predictions) == 0:
+        raise ValueError("Cannot compute extraction metrics on zero examples.")
+    if len(predictions) != len(references):
+        raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references.")
+    extra = {} if fields is None else {"fields": list(fields)}
+    return load_metric("json_fields").compute(predictions=predictions, references=references, **extra)

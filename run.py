@@ -1,0 +1,130 @@
+"""Run a LoRA finetuning pipeline from a YAML config.
+
+Examples:
+    python run.py --config configs/quickstart.yaml
+    python run.py --config configs/quickstart.yaml --no-cache
+    python run.py --config configs/llama-3.1-8b.yaml --dry-run
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+REPO_ROOT = Path(__file__).resolve().parent
+# Accelerate starts the training step in a fresh Python process; it must find
+# this project's packages wherever the user launched run.py from.
+sys.path.insert(0, str(REPO_ROOT))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+from llm_lora.config import ConfigError, RunConfig, load_config  # noqa: E402
+from llm_lora.data_loading import DataError  # noqa: E402
+from llm_lora.model_loading import ModelSourceError, resolve_model_source  # noqa: E402
+
+REPORTED_METRICS = ("mean_field_accuracy", "exact_match", "valid_json_rate", "mean_latency_s")
+
+
+def describe(config: RunConfig) -> str:
+    """A few lines saying what the run will do."""
+    source = resolve_model_source(config.model.name)
+    data = config.data
+    training = config.training
+    lora = config.lora
+    return "\n".join(
+        [
+            f"model     {config.model.name} ({source.kind}, {config.model.dtype})",
+            f"data      {data.train_file.name} / {data.validation_file.name} / {data.test_file.name}"
+            f" (max rows {data.max_train_rows or 'all'} / {data.max_validation_rows or 'all'}"
+            f" / {data.max_test_rows or 'all'})",
+            f"lora      rank {lora.rank}, alpha {lora.alpha}, targets {lora.target_modules}",
+            f"training  {training.method}, lr {training.learning_rate}, epochs {training.epochs},"
+            f" batch {training.batch_size}x{training.gradient_accumulation_steps}, {training.precision},"
+            f" {training.num_processes} process(es)",
+            f"registry  ZenML model {config.registry.model_name!r}, promote to {config.promotion.stage!r}"
+            f" on {config.promotion.metric}",
+        ]
+    )
+
+
+def print_summary(run, config: RunConfig) -> None:
+    """Base vs finetuned metrics, the model version and its stage, where to look next."""
+    def output(step: str, name: str):
+        return run.steps[step].outputs[name][0].load()
+
+    base = output("evaluate_base", "metrics")
+    tuned = output("evaluate_finetuned", "metrics")
+    training = output("train_lora", "training_metrics")
+    decision = output("promote_model", "promotion_decision")
+    fields = sorted(key.split("/", 1)[1] for key in tuned if key.startswith("field_accuracy/"))
+    names = list(REPORTED_METRICS[:3]) + [f"field_accuracy/{field}" for field in fields] + ["mean_latency_s"]
+    click.echo("")
+    click.echo(f"{'metric':32} {'base':>10} {'finetuned':>10}")
+    for name in names:
+        click.echo(f"{name:32} {base.get(name, float('nan')):10.3f} {tuned.get(name, float('nan')):10.3f}")
+    click.echo(
+        f"\ntraining: {training['optimizer_steps']} steps, {training['train_runtime_s']:.0f} s,"
+        f" {training['train_tokens_per_s']:.0f} tokens/s, final loss {training['train_loss']:.3f}"
+    )
+    version = run.model_version
+    from zenml.client import Client
+
+    stage = Client().get_model_version(config.registry.model_name, version.id).stage
+    verdict = "promoted" if decision["promote"] else "not promoted"
+    click.echo(f"model:    {config.registry.model_name} version {version.name}, stage {stage or 'none'} ({verdict})")
+    click.echo(f"why:      {decision['reason']}")
+    click.echo(f"run:      {run.name}")
+    click.echo(
+        "\nSee it:   zenml pipeline runs list | zenml model version list "
+        f"{config.registry.model_name}\nDashboard: zenml login --local  (then open http://127.0.0.1:8237)"
+    )
+
+
+def run_pipeline(config: RunConfig, no_cache: bool):
+    """Build and run the finetune pipeline; returns the pipeline run."""
+    from zenml import Model
+
+    from pipelines import finetune
+    from steps import launch_with_accelerate
+
+    launch_with_accelerate(config.training)
+    model = Model(
+        name=config.registry.model_name,
+        description=config.registry.description,
+        tags=config.registry.tags or None,
+    )
+    configured = finetune.with_options(model=model, enable_cache=not no_cache)
+    return configured(config_json=config.to_json())
+
+
+@click.command(epilog=__doc__.split("Examples:")[1].replace("\n    ", "\n\n    "))
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML run config.")
+@click.option("--no-cache", is_flag=True, help="Re-run every step even when its inputs are unchanged.")
+@click.option("--dry-run", is_flag=True, help="Validate the config and the model/data paths, load nothing.")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks.")
+def main(config_path: Path, no_cache: bool, dry_run: bool, debug: bool) -> None:
+    """Finetune a base model with LoRA on ZenML, evaluate it and promote it if it is better."""
+    try:
+        config = load_config(config_path)
+        summary = describe(config)
+    except (ConfigError, ModelSourceError, DataError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(summary)
+    if dry_run:
+        click.echo(f"{config_path}: valid (dry run, nothing loaded)")
+        return
+    try:
+        run = run_pipeline(config, no_cache)
+    except Exception as exc:  # the step logs above hold the details
+        if debug:
+            traceback.print_exc()
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"pipeline failed: {message}") from None
+    print_summary(run, config)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Step: read, validate, format and tokenize the splits."""
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Tuple
+
+from zenml import ArtifactConfig, log_metadata, step
+
+from llm_lora.config import RunConfig
+from llm_lora.data_preparation import prepare_splits, save_prepared
+from llm_lora.model_loading import load_tokenizer
+
+
+@step
+def prepare_data(
+    config_json: str,
+) -> Tuple[
+    Annotated[Path, ArtifactConfig(name="prepared_data")],
+    Annotated[dict, ArtifactConfig(name="data_summary")],
+]:
+    """Turn the configured JSONL files into tokenized train/validation/test splits.
+
+    Args:
+        config_json: The run configuration (RunConfig as JSON).
+
+    Returns:
+        A folder with one JSONL file per split (prompt, completion, formatted
+        prompt, input ids, labels) and a summary of counts and drops.
+    """
+    config = RunConfig.from_json(config_json)
+    prepared = prepare_splits(config.data, load_tokenizer(config.model))
+    directory = save_prepared(prepared, Path(tempfile.mkdtemp(prefix="prepared-data-")))
+    log_metadata(
+        metadata={
+            f"{name}_rows": prepared.summary[name]["rows"] for name in ("train", "validation", "test")
+        },
+        infer_model=True,
+    )
+    return directory, prepared.summary

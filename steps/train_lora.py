@@ -1,0 +1,80 @@
+"""Step: train LoRA adapters, launched through Accelerate.
+
+`accelerate launch` starts the step's function in fresh processes (one per
+GPU, one on a CPU), so its parameters must be simple values and Paths: the
+configuration travels as JSON and the prepared data as a folder.
+"""
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Tuple
+
+from zenml import ArtifactConfig, step
+from zenml.steps import BaseStep
+
+from llm_lora.adapter import LoraAdapter
+from llm_lora.config import RunConfig, TrainingConfig
+from llm_lora.data_preparation import load_prepared_split
+from llm_lora.training import train_lora as run_training
+from materializers.lora_adapter_materializer import LoraAdapterMaterializer
+
+
+@step(output_materializers={"lora_adapter": LoraAdapterMaterializer})
+def train_lora(
+    prepared_data: Path,
+    config_json: str,
+) -> Tuple[
+    Annotated[LoraAdapter, ArtifactConfig(name="lora_adapter")],
+    Annotated[dict, ArtifactConfig(name="training_metrics")],
+    Annotated[list, ArtifactConfig(name="loss_history")],
+]:
+    """Train LoRA adapters on the prepared train split.
+
+    Args:
+        prepared_data: Output of prepare_data (a str when launched by Accelerate).
+        config_json: The run configuration (RunConfig as JSON).
+
+    Returns:
+        The adapter, the training metrics (loss, runtime, tokens/s) and the
+        logged loss by step.
+    """
+    config = RunConfig.from_json(config_json)
+    output_dir = Path(tempfile.mkdtemp(prefix="lora-training-"))
+    result = run_training(
+        config,
+        load_prepared_split(Path(prepared_data), "train"),
+        load_prepared_split(Path(prepared_data), "validation"),
+        output_dir,
+    )
+    adapter = LoraAdapter(directory=result.adapter_dir)
+    if result.adapter_dir.exists():  # main process only
+        adapter.write_facts(config.model.name, result.metrics["trainable_parameters"])
+    return adapter, result.metrics, result.loss_history
+
+
+def launch_with_accelerate(training: TrainingConfig) -> BaseStep:
+    """Make `train_lora` run under `accelerate launch` with the YAML's process count.
+
+    ZenML's decorator is applied here rather than at import because the
+    process count and precision come from the run's YAML. The step object is
+    changed in place so the pipeline definition stays a plain function.
+
+    Args:
+        training: The YAML's `training` section.
+
+    Returns:
+        The (same) step object, now launched by Accelerate.
+    """
+    from zenml.integrations.huggingface.steps import run_with_accelerate
+
+    if hasattr(train_lora, "unwrapped_entrypoint"):  # undo an earlier launch set-up
+        train_lora.entrypoint = train_lora.unwrapped_entrypoint
+    launch = {
+        "num_processes": training.num_processes,
+        "mixed_precision": {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[training.precision],
+    }
+    if training.num_processes > 1:
+        launch["multi_gpu"] = True
+    if training.use_cpu:
+        launch["cpu"] = True
+    return run_with_accelerate(train_lora, **launch)

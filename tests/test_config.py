@@ -1,0 +1,113 @@
+"""Config validation: every YAML key is checked before anything loads."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llm_lora.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def _quickstart(tmp_path, mutate):
+    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    mutate(config)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_quickstart_loads_with_absolute_data_paths(monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "quickstart.yaml")
+    assert config.data.train_file.is_absolute() and config.data.train_file.is_file()
+    assert config.training.use_cpu and config.training.method == "lora"
+
+
+def test_unknown_key_named_with_its_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = _quickstart(tmp_path, lambda c: c["lora"].update(rnak=8))
+    with pytest.raises(ConfigError, match=r"run\.yaml: lora\.rnak: unknown key$"):
+        load_config(path)
+
+
+def test_wrong_type_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = _quickstart(tmp_path, lambda c: c["training"].update(batch_size="eight"))
+    with pytest.raises(ConfigError, match=r"training\.batch_size: .*integer"):
+        load_config(path)
+
+
+def test_out_of_range_value_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = _quickstart(tmp_path, lambda c: c["lora"].update(dropout=1.5))
+    with pytest.raises(ConfigError, match=r"lora\.dropout"):
+        load_config(path)
+
+
+def test_missing_section_named(tmp_path):
+    path = _write(tmp_path, "model:\n  name: org/model\n")
+    with pytest.raises(ConfigError, match=r"data: required key is missing"):
+        load_config(path)
+
+
+def test_missing_data_file_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = _quickstart(tmp_path, lambda c: c["data"].update(test_file="nowhere/test.jsonl"))
+    with pytest.raises(ConfigError, match=r"data\.test_file: file not found: nowhere/test\.jsonl"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = _write(tmp_path, "model:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: line \d+"):
+        load_config(path)
+
+
+def test_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_qlora_on_cpu_rejected(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = _quickstart(tmp_path, lambda c: c["training"].update(method="qlora-4bit"))
+    with pytest.raises(ConfigError, match=r"training\.method: QLoRA needs a CUDA GPU"):
+        load_config(path)
+
+
+def test_json_round_trip(monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "quickstart.yaml")
+    assert type(config).from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize("config_path", CONFIGS, ids=[path.stem for path in CONFIGS])
+def test_every_shipped_config_passes_dry_run(config_path):
+    result = subprocess.run(
+        [sys.executable, "run.py", "--config", str(config_path.relative_to(REPO)), "--dry-run"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "valid (dry run" in result.stdout
+
+
+def test_bad_config_is_one_line_error_and_nonzero_exit(tmp_path):
+    path = _write(tmp_path, "model:\n  name: org/model\n  colour: blue\n")
+    result = subprocess.run(
+        [sys.executable, "run.py", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"Error: {path}: model.colour: unknown key (and 1 more problem)"]

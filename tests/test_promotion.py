@@ -1,0 +1,50 @@
+"""The promotion gate on hand-made scores."""
+
+import pytest
+
+from llm_lora.promotion import decide_promotion
+
+GATE = dict(metric="mean_field_accuracy", min_gain_over_base=0.05, min_gain_over_production=0.0)
+
+
+def test_first_version_promoted_when_clearly_better_than_base():
+    decision = decide_promotion(candidate=0.93, base=0.12, production=None, **GATE)
+    assert decision.promote
+    assert "no production version" in decision.reason
+    assert "0.9300" in decision.reason and "0.1200" in decision.reason
+
+
+def test_not_promoted_below_margin_over_base():
+    decision = decide_promotion(candidate=0.16, base=0.12, production=None, **GATE)
+    assert not decision.promote
+    assert "+0.0400" in decision.reason and "base model" in decision.reason
+
+
+def test_tie_with_production_keeps_production():
+    decision = decide_promotion(candidate=0.93, base=0.12, production=0.93, **GATE)
+    assert not decision.promote
+    assert "production (0.9300)" in decision.reason
+
+
+def test_worse_than_production_not_promoted():
+    decision = decide_promotion(candidate=0.90, base=0.12, production=0.95, **GATE)
+    assert not decision.promote
+    assert "-0.0500" in decision.reason
+
+
+def test_better_than_production_promoted():
+    decision = decide_promotion(candidate=0.97, base=0.12, production=0.95, **GATE)
+    assert decision.promote
+    assert decision.production == 0.95
+    assert decision.as_metadata()["candidate"] == 0.97
+
+
+@pytest.mark.parametrize("margin, promote", [(0.01, True), (0.03, False)])
+def test_production_margin_is_respected(margin, promote):
+    gate = {**GATE, "min_gain_over_production": margin}
+    assert decide_promotion(candidate=0.97, base=0.1, production=0.95, **gate).promote is promote
+
+
+def test_metadata_leaves_out_missing_production():
+    metadata = decide_promotion(candidate=0.9, base=0.1, production=None, **GATE).as_metadata()
+    assert "production" not in metadata and metadata["promote"] is True
