@@ -71,7 +71,7 @@ def build_training_arguments(
         max_grad_norm=training.max_grad_norm,
         bf16=training.precision == "bf16",
         fp16=training.precision == "fp16",
-        gradient_checkpointing=training.gradient_checkpointing,
+        activation_checkpointing=training.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         logging_steps=training.logging_steps,
         eval_strategy="steps" if evaluate_every else "no",

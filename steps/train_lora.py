@@ -5,6 +5,7 @@ GPU, one on a CPU), so its parameters must be simple values and Paths: the
 configuration travels as JSON and the prepared data as a folder.
 """
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Tuple
@@ -71,7 +72,11 @@ def launch_with_accelerate(training: TrainingConfig) -> BaseStep:
         train_lora.entrypoint = train_lora.unwrapped_entrypoint
     launch = {
         "num_processes": training.num_processes,
+        "num_machines": 1,
         "mixed_precision": {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[training.precision],
+        "dynamo_backend": "no",
+        # CPU training: split the cores between processes (what Accelerate would pick, said aloud).
+        "num_cpu_threads_per_process": max(1, (os.cpu_count() or 1) // training.num_processes),
     }
     if training.num_processes > 1:
         launch["multi_gpu"] = True

