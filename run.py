@@ -59,15 +59,15 @@ def print_summary(run, config: RunConfig) -> None:
     tuned = output("evaluate_finetuned", "metrics")
     training = output("train_lora", "training_metrics")
     decision = output("promote_model", "promotion_decision")
-    fields = sorted(key.split("/", 1)[1] for key in tuned if key.startswith("field_accuracy/"))
-    names = list(REPORTED_METRICS[:3]) + [f"field_accuracy/{field}" for field in fields] + ["mean_latency_s"]
+    fields = [key for key in tuned if key.startswith("field_accuracy/")]  # in the answer's key order
+    names = [*REPORTED_METRICS[:3], *fields, "mean_latency_s"]
     click.echo("")
     click.echo(f"{'metric':32} {'base':>10} {'finetuned':>10}")
     for name in names:
         click.echo(f"{name:32} {base.get(name, float('nan')):10.3f} {tuned.get(name, float('nan')):10.3f}")
     click.echo(
         f"\ntraining: {training['optimizer_steps']} steps, {training['train_runtime_s']:.0f} s,"
-        f" {training['train_tokens_per_s']:.0f} tokens/s, final loss {training['train_loss']:.3f}"
+        f" {training['train_tokens_per_s']:.0f} tokens/s, mean loss {training['train_loss']:.3f}"
     )
     version = run.model_version
     from zenml.client import Client
@@ -76,9 +76,11 @@ def print_summary(run, config: RunConfig) -> None:
     verdict = "promoted" if decision["promote"] else "not promoted"
     click.echo(f"model:    {config.registry.model_name} version {version.name}, stage {stage or 'none'} ({verdict})")
     click.echo(f"why:      {decision['reason']}")
+    if "production" in decision:
+        click.echo(f"compared: production {decision['production_source']}")
     click.echo(f"run:      {run.name}")
     click.echo(
-        "\nSee it:   zenml pipeline runs list | zenml model version list "
+        "\nSee it:    zenml pipeline runs list; zenml model version list --model "
         f"{config.registry.model_name}\nDashboard: zenml login --local  (then open http://127.0.0.1:8237)"
     )
 

@@ -37,7 +37,10 @@ class LoraAdapter:
             "alpha": config.get("lora_alpha"),
             "dropout": config.get("lora_dropout"),
             "use_dora": config.get("use_dora", False),
-            "target_modules": sorted(targets) if isinstance(targets, list) else targets,
+            # PEFT may record full module paths; people want the layer kinds.
+            "target_modules": sorted({name.rsplit(".", 1)[-1] for name in targets})
+            if isinstance(targets, list)
+            else targets,
             "trainable_parameters": stored.get("trainable_parameters"),
             "size_bytes": size,
         }

@@ -1,27 +1,19 @@
 """Scoring of extracted JSON objects through the repo's own `evaluate` metric modules.
 
 The metric modules live in `metrics/` and are loaded by path, so scoring never needs the
-Hugging Face Hub. `evaluate` imports each module from its own cache and the module
-cannot import this package, so `metrics/json_fields/json_fields.py` carries a twin of
-the parsing and comparison rules below; tests/test_metrics.py checks that they agree.
+Hugging Face Hub. Per-example scoring imports the same module file's parsing and
+comparison rules, so the aggregate and the per-example report cannot disagree.
 """
 
 from __future__ import annotations
 
-import json
-import re
+import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import evaluate
 
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
-
-# A whole answer wrapped in one Markdown code fence, optionally tagged "json".
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL | re.IGNORECASE)
-
-# Stands in for a key an object does not have; it equals nothing, not even null.
-_MISSING = object()
 
 
 @lru_cache(maxsize=None)
@@ -44,6 +36,18 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     return evaluate.load(str(path), keep_in_memory=True)
 
 
+def _json_fields_rules():
+    """The json_fields module file itself, imported directly: one copy of the scoring rules."""
+    script = METRICS_DIR / "json_fields" / "json_fields.py"
+    spec = importlib.util.spec_from_file_location("llm_lora_json_fields_rules", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_RULES = _json_fields_rules()
+
+
 def parse_json_object(text: str) -> dict | None:
     """Parse a model answer into a JSON object, or None when it is not one.
 
@@ -57,40 +61,7 @@ def parse_json_object(text: str) -> dict | None:
     Returns:
         The parsed dict, or None.
     """
-    if not isinstance(text, str):
-        return None
-    text = text.strip()
-    fenced = _FENCE.fullmatch(text)
-    if fenced is not None:
-        text = fenced.group(1)
-    try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _normalize(value: object) -> object:
-    """Strings stripped and casefolded; numbers by value; booleans kept apart from 0 and 1."""
-    if isinstance(value, str):
-        return value.strip().casefold()
-    # bool is an int subclass in Python, and true must not equal 1.
-    if isinstance(value, bool):
-        return ("bool", value)
-    if isinstance(value, (int, float)):
-        return ("number", value)
-    return value
-
-
-def _field_matches(prediction: dict | None, reference: dict, field: str) -> bool:
-    """Whether the prediction parsed and holds the reference's value (or lacks the key, as it does)."""
-    if prediction is None:
-        return False
-    predicted = prediction.get(field, _MISSING)
-    expected = reference.get(field, _MISSING)
-    if predicted is _MISSING or expected is _MISSING:
-        return predicted is expected
-    return _normalize(predicted) == _normalize(expected)
+    return _RULES.parse_json_object(text)
 
 
 def score_example(prediction: str, reference: str, fields: list[str] | None = None) -> dict:
@@ -112,16 +83,12 @@ def score_example(prediction: str, reference: str, fields: list[str] | None = No
     if expected is None:
         raise ValueError(f"Reference is not a JSON object: {reference!r}")
     parsed = parse_json_object(prediction)
-    exact = (
-        parsed is not None
-        and set(parsed) == set(expected)
-        and all(_field_matches(parsed, expected, field) for field in expected)
-    )
     return {
         "valid_json": parsed is not None,
-        "exact_match": exact,
+        "exact_match": _RULES.object_matches(parsed, expected),
         "fields": {
-            field: _field_matches(parsed, expected, field) for field in (list(expected) if fields is None else fields)
+            field: _RULES.field_matches(parsed, expected, field)
+            for field in (list(expected) if fields is None else fields)
         },
     }
 

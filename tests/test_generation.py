@@ -22,8 +22,12 @@ def test_batched_equals_single(tiny_model_dir, tokenizer, support_rows):
 def test_stops_at_end_of_turn(tiny_model_dir, tokenizer):
     model = load_model(ModelConfig(name=str(tiny_model_dir)))
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    # Make the end-of-turn token the most likely next token everywhere.
+    # A head whose only preference is the end-of-turn token: the answer must stop at once.
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
     with torch.no_grad():
-        model.lm_head.weight[end] += 100 * model.model.norm.weight.sign()
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[end] = 10.0
+    model.lm_head = head
     [result] = generate(model, tokenizer, [format_prompt(tokenizer, "hi", "x")], max_new_tokens=10)
     assert result.new_tokens == 1 and result.text == ""

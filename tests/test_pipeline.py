@@ -21,7 +21,7 @@ pytestmark = pytest.mark.pipeline
 @pytest.fixture(scope="module")
 def zenml_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("zenml")
-    env = dict(os.environ, ZENML_CONFIG_PATH=str(home / "config"), ZENML_ANALYTICS_OPT_IN="false")
+    env = dict(os.environ, ZENML_CONFIG_PATH=str(home / "config"), ZENML_ANALYTICS_OPT_IN="false", COLUMNS="200")
     env["ZENML_LOCAL_STORES_PATH"] = str(home / "stores")
     return env
 
@@ -38,10 +38,12 @@ def config_path(tmp_path_factory):
     )
 
 
+ZENML_CLI = str(Path(sys.executable).parent / "zenml")
+
+
 def _run(args, env):
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200
-    )
+    command = args if args[0] == ZENML_CLI else [sys.executable, *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,23 @@ def test_second_run_without_cache_is_not_promoted_on_a_tie(first_run, config_pat
     assert "pipeline-test version 2, stage none (not promoted)" in second.stdout
     assert "against production" in second.stdout
     # The production score came from version 1's evaluation on the identical rows.
-    listing = _run(["-m", "zenml.cli.cli", "model", "version", "list", "pipeline-test"], zenml_env)
+    assert "compared: production version 1, stored score on identical test rows" in second.stdout
+    listing = _run([ZENML_CLI, "model", "version", "list", "--model", "pipeline-test"], zenml_env)
     assert listing.returncode == 0, listing.stderr
     assert "production" in listing.stdout
-    runs = _run(["-m", "zenml.cli.cli", "pipeline", "runs", "list"], zenml_env)
+    runs = _run([ZENML_CLI, "pipeline", "runs", "list"], zenml_env)
     assert runs.returncode == 0 and runs.stdout.count("finetune") >= 2
+
+
+def test_changed_test_rows_re_evaluate_production(first_run, config_path, zenml_env, tmp_path):
+    """With other test rows, production's stored score is not comparable: its adapter is loaded and re-scored."""
+    assert first_run.returncode == 0
+    import yaml
+
+    config = yaml.safe_load(config_path.read_text())
+    config["data"]["max_test_rows"] = 10
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = _run(["run.py", "--config", str(changed)], zenml_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "compared: production version 1, re-evaluated on this run's test rows" in result.stdout
