@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 from llm_lora.config import ConfigError, RunConfig, load_config  # noqa: E402
-from llm_lora.data_loading import DataError  # noqa: E402
+from llm_lora.data_sources import DataError  # noqa: E402
 from llm_lora.model_loading import ModelSourceError, resolve_model_source  # noqa: E402
 
 REPORTED_METRICS = ("mean_field_accuracy", "exact_match", "valid_json_rate", "mean_latency_s")
@@ -30,14 +30,21 @@ REPORTED_METRICS = ("mean_field_accuracy", "exact_match", "valid_json_rate", "me
 
 def describe(config: RunConfig) -> str:
     """A few lines saying what the run will do."""
-    source = resolve_model_source(config.model.name)
+    model_source = resolve_model_source(config.model.name)
     data = config.data
     training = config.training
+    if data.hub_id:
+        source = f"hub dataset {data.hub_id}" + (f" ({data.subset})" if data.subset else "")
+    elif data.path:
+        source = str(data.path)
+    else:
+        names = [p.name for p in (data.train_file, data.validation_file, data.test_file) if p is not None]
+        source = " / ".join(names)
     lora = config.lora
     return "\n".join(
         [
-            f"model     {config.model.name} ({source.kind}, {config.model.dtype})",
-            f"data      {data.train_file.name} / {data.validation_file.name} / {data.test_file.name}"
+            f"model     {config.model.name} ({model_source.kind}, {config.model.dtype})",
+            f"data      {source}, format {data.format}"
             f" (max rows {data.max_train_rows or 'all'} / {data.max_validation_rows or 'all'}"
             f" / {data.max_test_rows or 'all'})",
             f"lora      rank {lora.rank}, alpha {lora.alpha}, targets {lora.target_modules}",
@@ -60,7 +67,7 @@ def print_summary(run, config: RunConfig) -> None:
     training = output("train_lora", "training_metrics")
     decision = output("promote_model", "promotion_decision")
     fields = [key for key in tuned if key.startswith("field_accuracy/")]  # in the answer's key order
-    names = [*REPORTED_METRICS[:3], *fields, "mean_latency_s"]
+    names = [name for name in (*REPORTED_METRICS[:3], *fields, "mean_latency_s") if name in tuned]
     click.echo("")
     click.echo(f"{'metric':32} {'base':>10} {'finetuned':>10}")
     for name in names:

@@ -39,22 +39,17 @@ def main() -> None:
         peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         if result.returncode != 0:
             sys.exit(f"quickstart failed:\n{result.stderr[-3000:]}")
-        env_script = (
-            "from zenml.client import Client\n"
-            "import json\n"
-            "run = Client().get_pipeline(name_id_or_prefix='finetune').last_run\n"
-            "out = lambda s, n: run.steps[s].outputs[n][0].load()\n"
-            "print(json.dumps({'base': out('evaluate_base', 'metrics'),"
-            " 'finetuned': out('evaluate_finetuned', 'metrics'),"
-            " 'training': out('train_lora', 'training_metrics'),"
-            " 'promotion': out('promote_model', 'promotion_decision'),"
-            " 'step_seconds': {s.name: (s.end_time - s.start_time).total_seconds() for s in run.steps.values()}}))\n"
+        # Read the run back in a fresh process against the same store.
+        read = subprocess.run(
+            [sys.executable, __file__, "--read-last-run"], cwd=REPO, env=env, capture_output=True, text=True
         )
-        read = subprocess.run([sys.executable, "-c", env_script], cwd=REPO, env=env, capture_output=True, text=True)
         if read.returncode != 0:
             sys.exit(f"could not read the run back:\n{read.stderr[-3000:]}")
         record = json.loads(read.stdout.strip().splitlines()[-1])
+    import yaml
+
     record.update(
+        model=yaml.safe_load((REPO / CONFIG).read_text())["model"]["name"],
         command=f"python run.py --config {CONFIG}",
         wall_seconds=round(wall, 1),
         peak_rss_gib=round(peak_kb / 2**20, 2),  # largest child process (Linux reports KiB)
@@ -75,5 +70,29 @@ def main() -> None:
     )
 
 
+def read_last_run() -> None:
+    """Print the last finetune run's outputs as one JSON line (run in the benchmark's store)."""
+    from zenml.client import Client
+
+    run = Client().get_pipeline("finetune").last_run
+
+    def output(step: str, name: str):
+        return run.steps[step].outputs[name][0].load()
+
+    record = {
+        "base": output("evaluate_base", "metrics"),
+        "finetuned": output("evaluate_finetuned", "metrics"),
+        "training": output("train_lora", "training_metrics"),
+        "promotion": output("promote_model", "promotion_decision"),
+        "step_seconds": {
+            name: round((step.end_time - step.start_time).total_seconds(), 1) for name, step in run.steps.items()
+        },
+    }
+    print(json.dumps(record))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--read-last-run"]:
+        read_last_run()
+    else:
+        main()

@@ -41,21 +41,63 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Where the prompt/completion rows come from and how they are formatted."""
+    """Where the rows come from, what shape they have and how they are formatted.
 
-    train_file: Path
-    validation_file: Path
-    test_file: Path
+    Give exactly one source: `train_file` (plus optional validation/test files),
+    `path` (a file or a folder of split files), or `hub_id` (a hub dataset).
+    Missing validation/test splits are carved out of train with `seed`.
+    """
+
+    train_file: Path | None = None
+    validation_file: Path | None = None
+    test_file: Path | None = None
+    path: Path | None = None  # a data file, or a folder with train/validation/test files
+    hub_id: str | None = None  # e.g. "org/dataset"; HF_HUB_OFFLINE=1 loads from the cache only
+    subset: str | None = None  # the hub dataset's configuration name
+    revision: str | None = None  # branch, tag or commit of the hub dataset
+    hub_splits: dict[str, str] = {"train": "train", "validation": "validation", "test": "test"}
+    validation_share: float = Field(default=0.1, gt=0, lt=0.5)  # used only when the source has no such split
+    test_share: float = Field(default=0.1, gt=0, lt=0.5)
+    format: Literal["auto", "prompt_completion", "messages", "instruction"] = "auto"
+    # Canonical field -> your column, e.g. {prompt: question, completion: answer}.
+    columns: dict[str, str] = {}
     # Instructions shown to the model before every input; also saves the template's
-    # default system prompt (tokens paid on every example).
+    # default system prompt (tokens paid on every example). A row's own system message wins.
     system_prompt: str | None = None
+    # Used only when the tokenizer has no chat template; {system} and {prompt} are filled in.
+    plain_template: str = "{system}### Input:\n{prompt}\n\n### Response:\n"
+    # What carries loss: the final answer, every assistant turn, or every token.
+    # The end-of-turn token after each trained answer always carries loss.
+    loss_on: Literal["completion", "assistant_turns", "all"] = "completion"
+    on_bad_rows: Literal["error", "drop"] = "error"  # drop: skip bad rows, list them in the report
     max_train_rows: int | None = Field(default=None, ge=1)  # None: all rows
     max_validation_rows: int | None = Field(default=None, ge=1)
     max_test_rows: int | None = Field(default=None, ge=1)
-    # Longer rows are dropped (and counted) rather than truncated: a truncated
-    # completion would teach the model to stop mid-answer.
     max_seq_length: int = Field(default=512, ge=16)
+    # Over-long rows: drop them, or cut the prompt's oldest tokens (the answer is never cut).
+    over_length: Literal["drop", "truncate"] = "drop"
+    # Pack several rows into one sequence without padding; attention stays within each row.
+    packing: bool = False
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        given = [name for name in ("train_file", "path", "hub_id") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "data: give exactly one source: train_file, path or hub_id"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.train_file is None and (self.validation_file or self.test_file):
+            raise ValueError("data: validation_file and test_file go with train_file")
+        if "train" not in self.hub_splits or set(self.hub_splits) - {"train", "validation", "test"}:
+            raise ValueError("data.hub_splits: keys are train (required), validation and test")
+        unknown = set(self.columns) - {"prompt", "completion", "system", "messages", "instruction", "input", "output"}
+        if unknown:
+            raise ValueError(f"data.columns: unknown canonical field {sorted(unknown)[0]!r}")
+        if "{prompt}" not in self.plain_template:
+            raise ValueError("data.plain_template: must contain {prompt}")
+        return self
 
 
 class LoraSettings(_Section):
@@ -102,12 +144,21 @@ class EvaluationConfig(_Section):
 class PromotionConfig(_Section):
     """When a new model version goes to production."""
 
-    metric: str = "mean_field_accuracy"
+    # "auto": mean_field_accuracy for JSON answers, exact_match otherwise.
+    metric: str = "auto"
     # Required gain over the base model, in metric units (0.05 = five points of accuracy).
     min_gain_over_base: float = 0.05
     # Required gain over the current production version on the same test rows.
     min_gain_over_production: float = 0.0
     stage: Literal["production", "staging"] = "production"
+
+
+class PreflightConfig(_Section):
+    """Figures for the preflight report's time and cost estimate."""
+
+    # Training tokens/s for the estimate; None: the figure bench/ measured for this model and device.
+    tokens_per_s: float | None = Field(default=None, gt=0)
+    price_per_gpu_hour: float | None = Field(default=None, ge=0)  # in your currency; None: no cost line
 
 
 class RegistryConfig(_Section):
@@ -127,6 +178,7 @@ class RunConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     promotion: PromotionConfig = PromotionConfig()
+    preflight: PreflightConfig = PreflightConfig()
     registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
@@ -153,7 +205,7 @@ class RunConfig(_Section):
 
 
 def _error_location(error: dict) -> str:
-    return ".".join(str(part) for part in error["loc"]) or "(top level)"
+    return ".".join(str(part) for part in error["loc"])
 
 
 def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
@@ -201,15 +253,21 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
             message = message.removeprefix("Value error, ")
         others = len(exc.errors()) - 1
         more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+        # Cross-field checks name their own keys ("data.columns: ..."); don't name the section twice.
+        named = message.split(":", 1)[0]
+        if first["type"] == "value_error" and (not where or named == where or named.startswith(f"{where}.")):
+            raise ConfigError(f"{path}: {message}{more}") from None
         raise ConfigError(f"{path}: {where}: {message}{more}") from None
 
     data = config.data
     resolved = {}
-    for key in ("train_file", "validation_file", "test_file"):
-        value: Path = getattr(data, key)
+    for key in ("train_file", "validation_file", "test_file", "path"):
+        value: Path | None = getattr(data, key)
+        if value is None:
+            continue
         candidates = [value] if value.is_absolute() else [Path.cwd() / value, path.parent / value]
-        found = next((c for c in candidates if c.is_file()), None)
+        found = next((c for c in candidates if c.exists()), None)
         if found is None and check_files:
-            raise ConfigError(f"{path}: data.{key}: file not found: {value}")
+            raise ConfigError(f"{path}: data.{key}: not found: {value}")
         resolved[key] = (found or candidates[0]).resolve()
     return config.model_copy(update={"data": data.model_copy(update=resolved)})

@@ -1,18 +1,38 @@
-"""Load, validate, format and tokenize the three splits, and save them for the next steps."""
+"""From the configured source to tokenized train/validation/test splits, with a record of every row lost.
+
+Order of work: read → convert to canonical examples (bad rows fail or are
+dropped) → make missing splits → drop exact duplicates → drop evaluation rows
+whose input also appears in train (leakage) → cap row counts → tokenize with
+loss masks (over-long rows dropped or shortened) → summarize.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
 from llm_lora.config import DataConfig
-from llm_lora.data_loading import DataError, fingerprint, read_jsonl
-from llm_lora.tokenization import IGNORE_INDEX, tokenize_rows
+from llm_lora.data_formats import Example, RowError, to_example
+from llm_lora.data_sources import SPLITS, DataError, RawRows, read_file, read_hub, split_files_in_folder
+from llm_lora.tokenization import IGNORE_INDEX, tokenize_examples
 
-SPLITS = ("train", "validation", "test")
+def fingerprint(rows: list[dict]) -> str:
+    """A short content hash of prepared rows: same inputs and answers, same fingerprint.
+
+    Used to tell whether two evaluations ran on the same test rows.
+    """
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row.get("system"), row.get("context"), row["completion"]]).encode())
+    return digest.hexdigest()[:16]
+
+
+LENGTH_BINS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 
 @dataclass
@@ -20,70 +40,167 @@ class PreparedData:
     """Tokenized splits plus a summary of what happened to the rows.
 
     Attributes:
-        splits: Split name -> rows with prompt, completion, prompt_text, input_ids, labels.
-        summary: Counts per split, rows dropped and why, token statistics, fingerprints.
+        splits: Split name -> rows (example fields, prompt_text, input_ids, labels).
+        summary: Counts per split, every dropped row with its reason, token statistics.
     """
 
     splits: dict[str, list[dict]]
     summary: dict = field(default_factory=dict)
 
 
+def read_source(data: DataConfig) -> tuple[dict[str, RawRows], str]:
+    """Read raw rows of the splits the source has, and describe the source."""
+    if data.hub_id is not None:
+        description = f"hub dataset {data.hub_id}" + (f" ({data.subset})" if data.subset else "")
+        return read_hub(data.hub_id, data.subset, data.revision, data.hub_splits), description
+    if data.path is not None:
+        path = Path(data.path)
+        files = split_files_in_folder(path) if path.is_dir() else {"train": path}
+        return {split: read_file(file) for split, file in files.items()}, str(path)
+    files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file}
+    return {split: read_file(Path(file)) for split, file in files.items() if file is not None}, str(data.train_file)
+
+
+def _convert(raw: RawRows, data: DataConfig, split: str, dropped: list[dict]) -> list[Example]:
+    bad = list(raw.bad)
+    examples = []
+    for row, source in raw.rows:
+        try:
+            examples.append(to_example(row, data.format, data.columns, source))
+        except RowError as exc:
+            bad.append((source, str(exc)))
+    if bad and data.on_bad_rows == "error":
+        source, reason = bad[0]
+        more = f" ({len(bad) - 1} more bad rows; data.on_bad_rows: drop skips and lists them)" if len(bad) > 1 else ""
+        raise DataError(f"{source}: {reason}{more}")
+    dropped += [{"split": split, "source": source, "reason": reason} for source, reason in bad]
+    return examples
+
+
+def _carve(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Split off a seeded random share of the rows: (rest, carved)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    count = max(1, round(len(examples) * share))
+    carved = set(order[:count])
+    return [e for i, e in enumerate(examples) if i not in carved], [examples[i] for i in sorted(carved)]
+
+
+def _input_key(example: Example, system_prompt: str | None) -> tuple:
+    return (example.system if example.system is not None else system_prompt, example.context)
+
+
+def _length_histogram(lengths: list[int]) -> dict[str, int]:
+    histogram: dict[str, int] = {}
+    low = 0
+    for high in LENGTH_BINS:
+        histogram[f"{low + 1}-{high}"] = sum(1 for n in lengths if low < n <= high)
+        low = high
+    histogram[f">{LENGTH_BINS[-1]}"] = sum(1 for n in lengths if n > LENGTH_BINS[-1])
+    return {label: count for label, count in histogram.items() if count}
+
+
 def _token_stats(rows: list[dict]) -> dict:
     lengths = sorted(len(row["input_ids"]) for row in rows)
-    completion = sum(sum(1 for label in row["labels"] if label != IGNORE_INDEX) for row in rows)
+    trained = sum(sum(1 for label in row["labels"] if label != IGNORE_INDEX) for row in rows)
     total = sum(lengths)
     return {
         "tokens": total,
+        "trained_tokens": trained,
         "mean_tokens": round(total / len(lengths), 1),
-        "max_tokens": lengths[-1],
+        "min_tokens": lengths[0],
+        "p50_tokens": lengths[len(lengths) // 2],
         "p95_tokens": lengths[int(0.95 * (len(lengths) - 1))],
-        "completion_token_share": round(completion / total, 3),
+        "max_tokens": lengths[-1],
+        "completion_token_share": round(trained / total, 3),
+        "length_histogram": _length_histogram(lengths),
     }
 
 
 def prepare_splits(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Read the configured files and turn them into tokenized splits.
-
-    Test and validation rows whose prompt also appears in train are dropped:
-    a model scored on rows it was trained on would look better than it is.
+    """Read the configured source and turn it into tokenized splits.
 
     Args:
         data: The YAML's `data` section (paths already resolved).
         tokenizer: The base model's tokenizer; its chat template formats the rows.
 
     Returns:
-        The tokenized splits and their summary.
+        The tokenized splits and a summary for the preflight report.
 
     Raises:
-        DataError: A malformed file, or a split left empty.
+        DataError: A bad row with `on_bad_rows: error`, a missing source, or a split left empty.
     """
-    limits = {"train": data.max_train_rows, "validation": data.max_validation_rows, "test": data.max_test_rows}
-    files = {"train": data.train_file, "validation": data.validation_file, "test": data.test_file}
-    raw = {name: read_jsonl(Path(files[name]), limits[name]) for name in SPLITS}
+    raw, source = read_source(data)
+    dropped: list[dict] = []
+    examples = {split: _convert(rows, data, split, dropped) for split, rows in raw.items()}
+    if not examples.get("train"):
+        raise DataError(f"{source}: no usable training rows")
 
-    train_prompts = {row["prompt"] for row in raw["train"]}
-    summary: dict = {"system_prompt": data.system_prompt, "max_seq_length": data.max_seq_length}
+    made = []
+    for split, share, seed in (("test", data.test_share, data.seed), ("validation", data.validation_share, data.seed + 1)):
+        if split not in examples:
+            examples["train"], examples[split] = _carve(examples["train"], share, seed)
+            made.append(split)
+
+    counts = {split: {"rows_read": len(raw[split].rows) + len(raw[split].bad) if split in raw else 0} for split in SPLITS}
+    duplicates = {}
+    for split in SPLITS:
+        seen: set = set()
+        kept = []
+        for example in examples[split]:
+            if example.key() in seen:
+                dropped.append({"split": split, "source": example.source, "reason": "exact duplicate"})
+                continue
+            seen.add(example.key())
+            kept.append(example)
+        duplicates[split] = len(examples[split]) - len(kept)
+        examples[split] = kept
+
+    train_inputs = {_input_key(example, data.system_prompt) for example in examples["train"]}
+    leakage = {}
+    for split in ("validation", "test"):
+        kept = []
+        for example in examples[split]:
+            if _input_key(example, data.system_prompt) in train_inputs:
+                dropped.append({"split": split, "source": example.source, "reason": "input also in train (leakage)"})
+            else:
+                kept.append(example)
+        leakage[split] = len(examples[split]) - len(kept)
+        examples[split] = kept
+
+    limits = {"train": data.max_train_rows, "validation": data.max_validation_rows, "test": data.max_test_rows}
     splits: dict[str, list[dict]] = {}
-    for name in SPLITS:
-        kept = list(range(len(raw[name])))  # positions in the file, for the report
-        dropped = []
-        if name != "train":
-            dropped += [(i, "prompt also in train") for i in kept if raw[name][i]["prompt"] in train_prompts]
-            kept = [i for i in kept if raw[name][i]["prompt"] not in train_prompts]
-        tokenized = tokenize_rows([raw[name][i] for i in kept], tokenizer, data.system_prompt, data.max_seq_length)
-        dropped += [(kept[i], reason) for i, reason in tokenized.dropped]
+    summary: dict = {
+        "source": source,
+        "splits_made": made,
+        "system_prompt": data.system_prompt,
+        "max_seq_length": data.max_seq_length,
+        "loss_on": data.loss_on,
+        "packing": data.packing,
+    }
+    for split in SPLITS:
+        capped = examples[split][: limits[split]] if limits[split] else examples[split]
+        tokenized = tokenize_examples(
+            capped, tokenizer, data.system_prompt, data.max_seq_length, data.loss_on, data.over_length,
+            data.plain_template,
+        )
+        dropped += [{"split": split, "source": src, "reason": reason} for src, reason in tokenized.dropped]
         if not tokenized.rows:
-            raise DataError(f"{files[name]}: no {name} rows left after dropping {len(dropped)} (see max_seq_length)")
-        splits[name] = tokenized.rows
-        summary[name] = {
-            "file": str(files[name]),
-            "rows_read": len(raw[name]),
+            raise DataError(f"{source}: no {split} rows left (see max_seq_length and the dropped rows)")
+        splits[split] = tokenized.rows
+        summary[split] = {
+            **counts[split],
             "rows": len(tokenized.rows),
-            "rows_dropped": len(dropped),
-            "dropped": [{"row": i + 1, "reason": reason} for i, reason in dropped],
+            "capped_at": limits[split],
+            "duplicates_dropped": duplicates[split],
+            "leakage_dropped": leakage.get(split, 0),
+            "over_length": sum(1 for _, reason in tokenized.dropped if "max_seq_length" in reason),
+            "truncated": len(tokenized.truncated),
+            "mask_problems": sum(1 for _, reason in tokenized.dropped if "loss" in reason),
             "fingerprint": fingerprint(tokenized.rows),
             **_token_stats(tokenized.rows),
         }
+    summary["dropped"] = dropped
     return PreparedData(splits=splits, summary=summary)
 
 

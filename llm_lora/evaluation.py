@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_lora.config import EvaluationConfig, RunConfig
-from llm_lora.data_loading import fingerprint
+from llm_lora.data_preparation import fingerprint
 from llm_lora.generation import Generation, generate
-from llm_lora.metrics import compute_extraction_metrics, score_example
+from llm_lora.metrics import compute_extraction_metrics, load_metric, parse_json_object, score_example
 from llm_lora.prompt_formatting import format_prompt
 
 
@@ -28,11 +28,19 @@ class EvaluationResult:
     examples: list[dict]
 
 
+def references_are_json(references: list[str]) -> bool:
+    """Whether every expected answer is a JSON object (then field metrics apply)."""
+    return all(parse_json_object(reference) is not None for reference in references)
+
+
 def score_generations(rows: list[dict], generations: list[Generation]) -> EvaluationResult:
     """Score model answers against the rows' completions.
 
+    JSON answers get field accuracies, exact match on the parsed objects and
+    the valid-JSON rate; other answers get string exact match.
+
     Args:
-        rows: Dicts with "prompt" and "completion" (the expected JSON).
+        rows: Dicts with "prompt" and "completion" (the expected answer).
         generations: One answer per row, same order.
 
     Returns:
@@ -40,7 +48,11 @@ def score_generations(rows: list[dict], generations: list[Generation]) -> Evalua
     """
     predictions = [g.text for g in generations]
     references = [row["completion"] for row in rows]
-    metrics = dict(compute_extraction_metrics(predictions, references))
+    structured = references_are_json(references)
+    if structured:
+        metrics = dict(compute_extraction_metrics(predictions, references))
+    else:
+        metrics = dict(load_metric("exact_match").compute(predictions=predictions, references=references, strip=True))
     count = len(generations)
     metrics.update(
         num_examples=float(count),
@@ -50,18 +62,15 @@ def score_generations(rows: list[dict], generations: list[Generation]) -> Evalua
     )
     examples = []
     for row, generation in zip(rows, generations):
-        score = score_example(generation.text, row["completion"])
-        examples.append(
-            {
-                "prompt": row["prompt"],
-                "expected": row["completion"],
-                "output": generation.text,
-                "valid_json": score["valid_json"],
-                "exact_match": score["exact_match"],
-                **{f"correct_{field}": ok for field, ok in score["fields"].items()},
-                "latency_s": round(generation.latency_s, 4),
-            }
-        )
+        record = {"prompt": row["prompt"], "expected": row["completion"], "output": generation.text}
+        if structured:
+            score = score_example(generation.text, row["completion"])
+            record.update(valid_json=score["valid_json"], exact_match=score["exact_match"])
+            record.update({f"correct_{field}": ok for field, ok in score["fields"].items()})
+        else:
+            record["exact_match"] = generation.text.strip() == row["completion"].strip()
+        record["latency_s"] = round(generation.latency_s, 4)
+        examples.append(record)
     return EvaluationResult(metrics=metrics, examples=examples)
 
 
@@ -77,14 +86,15 @@ def evaluate_model(
     Args:
         model: Base or adapter-wrapped model.
         tokenizer: Its tokenizer.
-        rows: Dicts with "prompt" and "completion".
-        system_prompt: The same system prompt training used.
+        rows: Prepared rows (their `prompt_text` is the formatted prompt), or
+            plain dicts with "prompt" and "completion".
+        system_prompt: The system prompt training used (for rows not yet formatted).
         settings: Batch size and answer length cap.
 
     Returns:
         Metrics and per-example records.
     """
-    prompts = [format_prompt(tokenizer, row["prompt"], system_prompt) for row in rows]
+    prompts = [row.get("prompt_text") or format_prompt(tokenizer, row["prompt"], system_prompt) for row in rows]
     generations = generate(
         model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens
     )
@@ -98,7 +108,13 @@ def evaluation_fingerprint(config: RunConfig, rows: list[dict]) -> str:
     with equal fingerprints give the same numbers.
     """
     settings = json.dumps(
-        [config.model.name, config.model.dtype, config.data.system_prompt, config.evaluation.model_dump()],
+        [
+            config.model.name,
+            config.model.dtype,
+            config.data.system_prompt,
+            config.data.plain_template,
+            config.evaluation.model_dump(),
+        ],
         sort_keys=True,
     )
     return hashlib.sha256((settings + fingerprint(rows)).encode()).hexdigest()[:16]

@@ -82,3 +82,10 @@ def decide_promotion(
         f"and the base model ({base:.4f}) by {gain_base:+.4f}"
     )
     return PromotionDecision(True, reason, **numbers)
+
+
+def resolve_metric(metric: str, metrics: dict) -> str:
+    """The metric the gate compares: the configured one, or for "auto" the task's natural one."""
+    if metric != "auto":
+        return metric
+    return "mean_field_accuracy" if "mean_field_accuracy" in metrics else "exact_match"

@@ -1,9 +1,9 @@
-"""Token ids and loss masks for prompt/completion rows.
+"""Token ids and loss masks for canonical examples.
 
-The prompt and the completion are tokenized separately and concatenated, the
-same split the model sees at inference (prompt tokenized alone, answer
-generated after it). Labels are -100 on prompt tokens, so the loss falls on the
-completion and its end-of-turn token only.
+Each formatted piece (see `format_segments`) is tokenized on its own and the
+ids are concatenated, the same split the model sees at inference (the prompt
+tokenized alone, the answer generated after it). Pieces that carry no loss get
+label -100.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from llm_lora.prompt_formatting import format_completion, format_prompt
+from llm_lora.data_formats import Example
+from llm_lora.prompt_formatting import PLAIN_TEMPLATE, end_of_turn, format_prompt, format_segments
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 
@@ -22,66 +23,118 @@ class TokenizedSplit:
     """A tokenized split and what did not make it in.
 
     Attributes:
-        rows: Dicts with input_ids, attention_mask, labels, plus the source fields.
-        dropped: (row index, reason) for every row left out.
+        rows: Dicts with the example, prompt_text, input_ids, attention_mask, labels.
+        dropped: (source, reason) for every row left out.
+        truncated: Sources of rows whose prompt was shortened to fit.
     """
 
     rows: list[dict] = field(default_factory=list)
-    dropped: list[tuple[int, str]] = field(default_factory=list)
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)
+
+
+def tokenize_segments(tokenizer: PreTrainedTokenizerBase, segments: list[tuple[str, bool]]) -> dict[str, list[int]]:
+    """Token ids and labels for formatted pieces.
+
+    Args:
+        tokenizer: The base model's tokenizer.
+        segments: (text, carries_loss) pieces from `format_segments`.
+
+    Returns:
+        input_ids, attention_mask and labels of equal length.
+    """
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, trained in segments:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        input_ids += ids
+        labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
 
 
 def tokenize_example(
     tokenizer: PreTrainedTokenizerBase, prompt_text: str, completion_text: str
 ) -> dict[str, list[int]]:
-    """Token ids and labels for one formatted example.
+    """Token ids and labels for a single-turn example: loss on the completion only."""
+    return tokenize_segments(tokenizer, [(prompt_text, False), (completion_text, True)])
 
-    Args:
-        tokenizer: The base model's tokenizer.
-        prompt_text: Output of `format_prompt`.
-        completion_text: Output of `format_completion` (ends with end-of-turn).
 
-    Returns:
-        input_ids, attention_mask and labels of equal length.
+def mask_problem(tokenizer: PreTrainedTokenizerBase, labels: list[int]) -> str | None:
+    """Why a label sequence cannot teach the answer, or None when it can.
+
+    An example must train at least one answer token and end on the trained
+    end-of-turn token, or the model never learns to stop.
     """
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
-    input_ids = prompt_ids + completion_ids
-    return {
-        "input_ids": input_ids,
-        "attention_mask": [1] * len(input_ids),
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + completion_ids,
-    }
+    trained = [label for label in labels if label != IGNORE_INDEX]
+    if not trained:
+        return "no token carries loss"
+    if labels[-1] != tokenizer.convert_tokens_to_ids(end_of_turn(tokenizer)):
+        return "the end-of-turn token carries no loss"
+    return None
 
 
-def tokenize_rows(
-    rows: list[dict],
+def _shorten_last_user_turn(example: Example, tokenizer, excess: int) -> Example | None:
+    turns = list(example.context)
+    index = max(i for i, (role, _) in enumerate(turns) if role == "user")
+    ids = tokenizer(turns[index][1], add_special_tokens=False)["input_ids"]
+    if len(ids) <= excess:
+        return None
+    turns[index] = ("user", tokenizer.decode(ids[: len(ids) - excess]))
+    return Example(context=tuple(turns), completion=example.completion, system=example.system, source=example.source)
+
+
+def tokenize_examples(
+    examples: list[Example],
     tokenizer: PreTrainedTokenizerBase,
     system_prompt: str | None,
     max_seq_length: int,
+    loss_on: str = "completion",
+    over_length: str = "drop",
+    plain_template: str = PLAIN_TEMPLATE,
 ) -> TokenizedSplit:
-    """Format and tokenize prompt/completion rows, dropping the over-long ones.
+    """Format and tokenize examples, dropping or shortening the over-long ones.
 
-    Rows longer than `max_seq_length` are dropped, not truncated: a cut
-    completion would teach the model to stop mid-answer, a cut prompt to answer
-    what it has not read.
+    Over-long rows are dropped by default. With `over_length="truncate"` the
+    end of the last user turn is cut instead; the answer is never cut (a cut
+    answer would teach the model to stop mid-answer).
 
     Args:
-        rows: Dicts with "prompt" and "completion".
+        examples: Canonical examples.
         tokenizer: The base model's tokenizer.
-        system_prompt: Instructions placed before every prompt.
-        max_seq_length: Longest allowed prompt + completion, in tokens.
+        system_prompt: The YAML's system prompt (a row's own system message wins).
+        max_seq_length: Longest allowed sequence, in tokens.
+        loss_on: Which tokens carry loss (see `format_segments`).
+        over_length: "drop" or "truncate".
+        plain_template: Layout for tokenizers without a chat template.
 
     Returns:
-        The tokenized rows (source fields kept) and the dropped ones with reasons.
+        Tokenized rows, and the dropped and truncated ones.
     """
     split = TokenizedSplit()
-    for index, row in enumerate(rows):
-        prompt_text = format_prompt(tokenizer, row["prompt"], system_prompt)
-        completion_text = format_completion(tokenizer, row["completion"])
-        example = tokenize_example(tokenizer, prompt_text, completion_text)
-        length = len(example["input_ids"])
-        if length > max_seq_length:
-            split.dropped.append((index, f"{length} tokens > max_seq_length {max_seq_length}"))
+    for example in examples:
+        system = example.system if example.system is not None else system_prompt
+        current = example
+        for _ in range(3):  # decoding can re-tokenize a little longer; retry a few times
+            segments = format_segments(
+                tokenizer, current.context, current.completion, system, plain_template, loss_on
+            )
+            tokens = tokenize_segments(tokenizer, segments)
+            excess = len(tokens["input_ids"]) - max_seq_length
+            if excess <= 0 or over_length != "truncate":
+                break
+            current = _shorten_last_user_turn(current, tokenizer, excess + 2)
+            if current is None:
+                break
+        length = len(tokens["input_ids"])
+        if current is None or length > max_seq_length:
+            split.dropped.append((example.source, f"{length} tokens > max_seq_length {max_seq_length}"))
             continue
-        split.rows.append({**row, "prompt_text": prompt_text, **example})
+        problem = mask_problem(tokenizer, tokens["labels"])
+        if problem:
+            split.dropped.append((example.source, problem))
+            continue
+        if current is not example:
+            split.truncated.append(example.source)
+        prompt_text = format_prompt(tokenizer, current.context, system, plain_template)
+        split.rows.append({**current.to_row(), "prompt_text": prompt_text, **tokens})
     return split

@@ -18,6 +18,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import (
     DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -28,6 +29,7 @@ from transformers import (
 
 from llm_lora.config import LoraSettings, RunConfig, TrainingConfig
 from llm_lora.model_loading import load_model, load_tokenizer
+from llm_lora.tokenization import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,19 @@ def build_training_arguments(
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+
+
+def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
+    """Batch rows padded to the longest, or packed into one padding-free sequence.
+
+    Packed rows restart their position ids; transformers turns that into a
+    block-diagonal mask (SDPA, eager and flash attention), so no row attends to
+    another and no compute goes to padding.
+    """
+    if packing:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+    # Pads labels with -100 by position, so a pad token equal to EOS never hides the trained EOS.
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
 
 
 class _LossHistory(TrainerCallback):
@@ -150,6 +165,9 @@ def train_lora(
     set_seed(config.training.seed)
     tokenizer = tokenizer or load_tokenizer(config.model)
     model = load_model(config.model, training=config.training)
+    # No KV cache in training: it is useless there, and its presence turns off the
+    # block-diagonal mask that keeps packed rows from attending to each other.
+    model.config.use_cache = False
     model = attach_lora(model, config)
     trainable, total = model.get_nb_trainable_parameters()
 
@@ -161,8 +179,7 @@ def train_lora(
         args=build_training_arguments(config.training, output_dir / "trainer"),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        # Pads labels with -100 by position, so a pad token equal to EOS never hides the trained EOS.
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+        data_collator=build_collator(tokenizer, config.data.packing),
         callbacks=[history],
     )
     started = time.perf_counter()

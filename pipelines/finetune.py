@@ -2,7 +2,7 @@
 
 from zenml import pipeline
 
-from steps import evaluate_model, prepare_data, promote_model, train_lora
+from steps import evaluate_model, preflight_report, prepare_data, promote_model, train_lora
 
 
 @pipeline
@@ -11,16 +11,18 @@ def finetune(config_json: str) -> None:
 
     Steps:
         1. prepare_data: read, validate, format and tokenize the splits.
-        2. evaluate_base: score the base model on the test rows.
-        3. train_lora: train LoRA adapters (launched by Accelerate).
-        4. evaluate_finetuned: score base + adapters on the same test rows.
-        5. promote_model: move the new model version to production if it beats
+        2. preflight_report: what was dropped and why, token statistics, time and cost estimate.
+        3. evaluate_base: score the base model on the test rows.
+        4. train_lora: train LoRA adapters (launched by Accelerate).
+        5. evaluate_finetuned: score base + adapters on the same test rows.
+        6. promote_model: move the new model version to production if it beats
            the base model and the current production version.
 
     Args:
         config_json: The run configuration (RunConfig as JSON).
     """
-    prepared_data, _ = prepare_data(config_json=config_json)
+    prepared_data, data_summary = prepare_data(config_json=config_json)
+    preflight_report(data_summary=data_summary, config_json=config_json)
     base_metrics, _ = evaluate_model(
         id="evaluate_base", prepared_data=prepared_data, config_json=config_json, label="base"
     )

@@ -11,13 +11,15 @@ from llm_lora.config import RunConfig
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluate_model, evaluation_fingerprint
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
-from llm_lora.promotion import decide_promotion
+from llm_lora.promotion import decide_promotion, resolve_metric
 from llm_lora.training import load_adapter
 
 logger = get_logger(__name__)
 
 
-def _production_score(config: RunConfig, prepared_data: Path, current_version_id) -> tuple[float | None, str]:
+def _production_score(
+    config: RunConfig, metric: str, prepared_data: Path, current_version_id
+) -> tuple[float | None, str]:
     """The production version's score on this run's test rows, and where it came from."""
     client = Client()
     try:
@@ -28,7 +30,6 @@ def _production_score(config: RunConfig, prepared_data: Path, current_version_id
         return None, "no production version"
     rows = load_prepared_split(prepared_data, "test")
     stored = production.run_metadata.get("finetuned")
-    metric = config.promotion.metric
     if isinstance(stored, dict) and stored.get("evaluation_fingerprint") == evaluation_fingerprint(config, rows):
         # Same rows, base model, prompt and greedy settings: re-running would give these numbers.
         return float(stored[metric]), f"version {production.number}, stored score on identical test rows"
@@ -60,12 +61,12 @@ def promote_model(
         The decision with its numbers and reason.
     """
     config = RunConfig.from_json(config_json)
-    metric = config.promotion.metric
+    metric = resolve_metric(config.promotion.metric, finetuned_metrics)
     for name, metrics in (("base", base_metrics), ("finetuned", finetuned_metrics)):
         if metric not in metrics:
             raise ValueError(f"promotion.metric: {metric!r} not among the {name} metrics {sorted(metrics)}")
     model = get_step_context().model
-    production, source = _production_score(config, prepared_data, model.id)
+    production, source = _production_score(config, metric, prepared_data, model.id)
     decision = decide_promotion(
         metric,
         candidate=float(finetuned_metrics[metric]),

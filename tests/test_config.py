@@ -64,7 +64,7 @@ def test_missing_section_named(tmp_path):
 def test_missing_data_file_named(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     path = _quickstart(tmp_path, lambda c: c["data"].update(test_file="nowhere/test.jsonl"))
-    with pytest.raises(ConfigError, match=r"data\.test_file: file not found: nowhere/test\.jsonl"):
+    with pytest.raises(ConfigError, match=r"data\.test_file: not found: nowhere/test\.jsonl"):
         load_config(path)
 
 
@@ -111,3 +111,25 @@ def test_bad_config_is_one_line_error_and_nonzero_exit(tmp_path):
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"Error: {path}: model.colour: unknown key (and 1 more problem)"]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({}, "data: give exactly one source: train_file, path or hub_id$"),
+        ({"path": "data/support_emails", "hub_id": "org/x"}, r"give exactly one source: .*\(got path, hub_id\)"),
+        ({"hub_id": "org/x", "test_file": "data/support_emails/test.jsonl"}, "go with train_file"),
+        ({"hub_id": "org/x", "hub_splits": {"dev": "validation"}}, r"data\.hub_splits: keys are train"),
+        ({"hub_id": "org/x", "columns": {"question": "q"}}, r"data\.columns: unknown canonical field 'question'"),
+        ({"hub_id": "org/x", "plain_template": "{system}"}, r"data\.plain_template: must contain \{prompt\}"),
+        ({"hub_id": "org/x", "on_bad_rows": "ignore"}, r"data\.on_bad_rows: Input should be 'error' or 'drop'"),
+        ({"path": "nowhere/data"}, r"data\.path: not found: nowhere/data"),
+    ],
+)
+def test_data_source_errors(tmp_path, monkeypatch, data, message):
+    monkeypatch.chdir(REPO)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name": "org/model"}, "data": data}))
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: data")

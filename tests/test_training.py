@@ -64,3 +64,35 @@ def test_all_linear_targets_every_projection(trained):
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
     }
     assert build_lora_config(config.lora).r == 4
+
+
+def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tokenizer, support_rows):
+    from llm_lora.config import ModelConfig
+    from llm_lora.data_formats import to_example
+    from llm_lora.tokenization import tokenize_examples
+    from llm_lora.training import build_collator
+
+    model = load_model(ModelConfig(name=str(tiny_model_dir), attn_implementation="sdpa"))
+    examples = [to_example(row) for row in support_rows["train"][:4]]
+    rows = tokenize_examples(examples, tokenizer, "Extract JSON.", 256).rows
+    features = [{key: row[key] for key in ("input_ids", "attention_mask", "labels")} for row in rows]
+    padded = build_collator(tokenizer, packing=False)(features)
+    packed = build_collator(tokenizer, packing=True)(features)
+    lengths = [len(row["input_ids"]) for row in rows]
+    assert len(set(lengths)) > 1  # rows of different lengths, so the padded batch has padding
+    assert packed["input_ids"].shape == (1, sum(lengths)) and "attention_mask" not in packed
+    # As in training (train_lora turns the cache off): with a KV cache, transformers skips packed-row masking.
+    with torch.no_grad():
+        padded_out = model(**padded, use_cache=False)
+        packed_out = model(**packed, use_cache=False)
+        crossed = {key: value for key, value in packed.items() if key != "position_ids"}
+        crossed_logits = model(**crossed, use_cache=False).logits
+    assert torch.allclose(padded_out.loss, packed_out.loss, rtol=1e-4), (padded_out.loss, packed_out.loss)
+    # Token by token, each packed row sees only itself: its logits equal the padded batch's.
+    start = 0
+    for index, length in enumerate(lengths):
+        packed_row = packed_out.logits[0, start : start + length]
+        assert torch.allclose(packed_row, padded_out.logits[index, :length], atol=1e-4)
+        if index > 0:  # without restarting positions, later rows would attend to earlier ones
+            assert not torch.allclose(crossed_logits[0, start : start + length], packed_row, atol=1e-4)
+        start += length

@@ -1,0 +1,37 @@
+"""Step: the preflight report, before any training time is spent."""
+
+from typing import Annotated, Tuple
+
+import torch
+from zenml import ArtifactConfig, log_metadata, step
+from zenml.logger import get_logger
+from zenml.types import HTMLString
+
+from llm_lora.config import RunConfig
+from llm_lora.preflight import estimate_run, render_html, render_text
+
+logger = get_logger(__name__)
+
+
+@step
+def preflight_report(
+    data_summary: dict, config_json: str
+) -> Tuple[
+    Annotated[HTMLString, ArtifactConfig(name="preflight_report")],
+    Annotated[dict, ArtifactConfig(name="run_estimate")],
+]:
+    """Summarize the prepared data and estimate the training run.
+
+    Args:
+        data_summary: prepare_data's summary (counts, drops, token statistics).
+        config_json: The run configuration (RunConfig as JSON).
+
+    Returns:
+        The report as HTML (rendered in the dashboard) and the estimate.
+    """
+    config = RunConfig.from_json(config_json)
+    device = "cuda" if torch.cuda.is_available() and not config.training.use_cpu else "cpu"
+    estimate = estimate_run(data_summary, config, device)
+    logger.info("\n%s", render_text(data_summary, estimate))
+    log_metadata(metadata={"preflight": estimate}, infer_model=True)
+    return HTMLString(render_html(data_summary, estimate)), estimate
