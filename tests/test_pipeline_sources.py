@@ -34,8 +34,8 @@ def _emails(support_rows):
 def _source(kind, root, support_rows):
     """Write the same rows in one source shape; return the YAML `data` keys for it."""
     rows = _emails(support_rows)
-    if kind == "jsonl-prompt-completion-single-file":
-        return {"path": str(_jsonl(root / "all.jsonl", rows))}
+    if kind == "jsonl-prompt-completion-single-file-packed":
+        return {"path": str(_jsonl(root / "all.jsonl", rows)), "packing": True}
     if kind == "instruction-folder":
         folder = root / "instr"
         folder.mkdir()
@@ -69,13 +69,20 @@ def _source(kind, root, support_rows):
 
 
 KINDS = [
-    "jsonl-prompt-completion-single-file",
+    "jsonl-prompt-completion-single-file-packed",
     "instruction-folder",
     "messages-json",
     "csv-with-column-mapping",
     "parquet-plain-text-answers",
     "hub-dataset",
 ]
+
+
+READ_REPORT = """
+from zenml.client import Client
+run = Client().get_pipeline("finetune").last_run
+print(run.steps["preflight_report"].outputs["preflight_report"][0].load())
+"""
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -100,3 +107,29 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
     assert "Preflight:" in result.stderr + result.stdout
     metric = "exact_match" if kind == "parquet-plain-text-answers" else "mean_field_accuracy"
     assert f"why:      {metric}" in result.stdout
+    if kind == KINDS[0]:
+        # The preflight report is stored as an HTML page that the dashboard renders.
+        script = tmp_path / "read_report.py"
+        script.write_text(READ_REPORT)
+        read = subprocess.run([sys.executable, str(script)], cwd=REPO, env=zenml_env, capture_output=True, text=True)
+        assert read.returncode == 0, read.stderr[-2000:]
+        assert read.stdout.lstrip().startswith("<!doctype html>")
+        assert "<h2>Preflight report</h2>" in read.stdout and "Token lengths" in read.stdout
+
+
+def test_bad_rows_stop_the_run_before_training(tmp_path, tiny_model_dir, support_rows, zenml_env):
+    rows = [json.dumps(row) for row in support_rows["train"][:10]]
+    rows.insert(4, '{"prompt": "cut off", ')
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n")
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, tmp_path, registry={"model_name": "bad-rows"})
+    loaded = yaml.safe_load(config.read_text())
+    loaded["data"] = {"path": str(tmp_path / "train.jsonl"), "test_share": 0.2}
+    config.write_text(yaml.safe_dump(loaded))
+    result = subprocess.run(
+        [sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env,
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: pipeline failed: ") and f"{tmp_path / 'train.jsonl'}:5: malformed JSON" in last
+    assert "train_lora has started" not in result.stdout + result.stderr
