@@ -4,6 +4,7 @@ Examples:
     python run.py --config configs/quickstart.yaml
     python run.py --config configs/quickstart.yaml --no-cache
     python run.py --config configs/llama-3.1-8b.yaml --dry-run
+    python run.py --config configs/inference.yaml
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
-from llm_lora.config import ConfigError, RunConfig, load_config  # noqa: E402
+from llm_lora.config import ConfigError, InferenceConfig, RunConfig, load_config  # noqa: E402
 from llm_lora.data_sources import DataError  # noqa: E402
 from llm_lora.model_loading import ModelSourceError, resolve_model_source  # noqa: E402
 
@@ -51,8 +52,8 @@ def describe(config: RunConfig) -> str:
             f"training  {training.method}, lr {training.learning_rate}, epochs {training.epochs},"
             f" batch {training.batch_size}x{training.gradient_accumulation_steps}, {training.precision},"
             f" {training.num_processes} process(es)",
-            f"registry  ZenML model {config.registry.model_name!r}, promote to {config.promotion.stage!r}"
-            f" on {config.promotion.metric}",
+            f"registry  ZenML model {config.registry.model_name!r}, promotion on {config.promotion.metric}"
+            f" (+{config.promotion.min_gain_over_base} over base)",
         ]
     )
 
@@ -80,7 +81,7 @@ def print_summary(run, config: RunConfig) -> None:
     from zenml.client import Client
 
     stage = Client().get_model_version(config.registry.model_name, version.id).stage
-    verdict = "promoted" if decision["promote"] else "not promoted"
+    verdict = "promoted" if decision["promote"] else "not promoted to production"
     click.echo(f"model:    {config.registry.model_name} version {version.name}, stage {stage or 'none'} ({verdict})")
     click.echo(f"why:      {decision['reason']}")
     if "production" in decision:
@@ -92,7 +93,57 @@ def print_summary(run, config: RunConfig) -> None:
     )
 
 
-def run_pipeline(config: RunConfig, no_cache: bool):
+def failed_step_message(pipeline_name: str) -> str | None:
+    """The error of the failed step in the pipeline's latest run, as 'step: message'.
+
+    ZenML reports a failed run as "failure in step(s): ..." and keeps the
+    step's own exception with the step run; this fetches it.
+    """
+    from zenml.client import Client
+
+    client = Client()
+    runs = client.list_pipeline_runs(pipeline_name=pipeline_name, sort_by="desc:created", size=1)
+    if not runs.items:
+        return None
+    for step_name, step_run in client.get_pipeline_run(runs.items[0].id).steps.items():
+        info = step_run.exception_info
+        if str(step_run.status) != "failed" or info is None:
+            continue
+        message = (info.message or "").strip()
+        if not message:
+            lines = [line for line in info.traceback.strip().splitlines() if line.strip()]
+            message = lines[-1].strip() if lines else ""
+        if message:
+            return f"{step_name}: {message.splitlines()[0]}"
+    return None
+
+
+def describe_inference(config: InferenceConfig) -> str:
+    """What an inference run will do."""
+    settings = config.inference
+    return "\n".join(
+        [
+            f"model     ZenML model {settings.model_name!r}, version {settings.version!r}",
+            f"input     {settings.input_file}",
+            f"output    {settings.output_file}",
+        ]
+    )
+
+
+def run_inference(config: InferenceConfig):
+    """Run the batch inference pipeline (never cached: the registry's versions move) and report."""
+    from pipelines import batch_inference
+
+    run = batch_inference.with_options(enable_cache=False)(inference_json=config.to_json())
+    frame = run.steps["batch_predict"].outputs["batch_predictions"][0].load()
+    path = run.steps["batch_predict"].outputs["predictions_file"][0].load()
+    click.echo(f"\n{len(frame)} rows answered, valid JSON {frame['valid_json'].mean():.3f}")
+    click.echo(f"predictions: {path}")
+    click.echo(f"run:         {run.name}")
+    return run
+
+
+def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False):
     """Build and run the finetune pipeline; returns the pipeline run."""
     from zenml import Model
 
@@ -106,19 +157,20 @@ def run_pipeline(config: RunConfig, no_cache: bool):
         tags=config.registry.tags or None,
     )
     configured = finetune.with_options(model=model, enable_cache=not no_cache)
-    return configured(config_json=config.to_json())
+    return configured(config_json=config.to_json(), force_promote=force_promote)
 
 
 @click.command(epilog=__doc__.split("Examples:")[1].replace("\n    ", "\n\n    "))
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML run config.")
 @click.option("--no-cache", is_flag=True, help="Re-run every step even when its inputs are unchanged.")
 @click.option("--dry-run", is_flag=True, help="Validate the config and the model/data paths, load nothing.")
+@click.option("--force-promote", is_flag=True, help="Put the new version into production whatever its scores.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
-def main(config_path: Path, no_cache: bool, dry_run: bool, debug: bool) -> None:
+def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, debug: bool) -> None:
     """Finetune a base model with LoRA on ZenML, evaluate it and promote it if it is better."""
     try:
         config = load_config(config_path)
-        summary = describe(config)
+        summary = describe_inference(config) if isinstance(config, InferenceConfig) else describe(config)
     except (ConfigError, ModelSourceError, DataError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary)
@@ -126,11 +178,19 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, debug: bool) -> None:
         click.echo(f"{config_path}: valid (dry run, nothing loaded)")
         return
     try:
-        run = run_pipeline(config, no_cache)
+        if isinstance(config, InferenceConfig):
+            run_inference(config)
+            return
+        run = run_pipeline(config, no_cache, force_promote)
     except Exception as exc:  # the step logs above hold the details
         if debug:
             traceback.print_exc()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        pipeline_name = "batch_inference" if isinstance(config, InferenceConfig) else "finetune"
+        try:
+            message = failed_step_message(pipeline_name) or message
+        except Exception:  # the store itself may be what failed; keep ZenML's message
+            pass
         raise click.ClickException(f"pipeline failed: {message}") from None
     print_summary(run, config)
 

@@ -131,7 +131,19 @@ class TrainingConfig(_Section):
     logging_steps: int = Field(default=10, ge=1)
     num_processes: int = Field(default=1, ge=1)  # Accelerate processes (GPUs); 1 on a CPU
     use_cpu: bool = False  # train on the CPU even when a GPU is present
+    # Validation loss every `eval_steps` optimizer steps (None: once, at the end).
+    eval_steps: int | None = Field(default=None, ge=1)
+    # Stop when validation loss has not improved for this many evaluations (needs eval_steps).
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    # Keep the adapter from the evaluation with the lowest validation loss, not the last step.
+    keep_best: bool = True
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_evaluations(self) -> TrainingConfig:
+        if self.early_stopping_patience and not self.eval_steps:
+            raise ValueError("training.early_stopping_patience: needs training.eval_steps")
+        return self
 
 
 class EvaluationConfig(_Section):
@@ -139,18 +151,30 @@ class EvaluationConfig(_Section):
 
     batch_size: int = Field(default=16, ge=1)
     max_new_tokens: int = Field(default=128, ge=1)
+    # "auto": json_fields for JSON answers, else exact_match and rouge. Or name them:
+    # json_fields, exact_match, rouge, classification_accuracy (metric modules in metrics/).
+    metrics: Literal["auto"] | list[Literal["json_fields", "exact_match", "rouge", "classification_accuracy"]] = "auto"
 
 
 class PromotionConfig(_Section):
     """When a new model version goes to production."""
 
-    # "auto": mean_field_accuracy for JSON answers, exact_match otherwise.
+    # "auto": mean_field_accuracy for JSON answers, else classification_accuracy, else exact_match.
     metric: str = "auto"
     # Required gain over the base model, in metric units (0.05 = five points of accuracy).
     min_gain_over_base: float = 0.05
     # Required gain over the current production version on the same test rows.
     min_gain_over_production: float = 0.0
-    stage: Literal["production", "staging"] = "production"
+    # A version that beats the base model but not production goes to staging (a candidate
+    # for people to look at); production is never replaced by a version that is not better.
+    staging: bool = True
+
+
+class ExportConfig(_Section):
+    """Optional merged model: adapter folded into the (unquantized) base weights."""
+
+    merge: bool = False  # also save base + adapter as one model (safetensors + tokenizer)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # of the merged weights
 
 
 class PreflightConfig(_Section):
@@ -179,6 +203,7 @@ class RunConfig(_Section):
     evaluation: EvaluationConfig = EvaluationConfig()
     promotion: PromotionConfig = PromotionConfig()
     preflight: PreflightConfig = PreflightConfig()
+    export: ExportConfig = ExportConfig()
     registry: RegistryConfig = RegistryConfig()
 
     @model_validator(mode="after")
@@ -204,11 +229,43 @@ class RunConfig(_Section):
         return cls.model_validate(json.loads(text))
 
 
+class InferenceSettings(_Section):
+    """Batch inference with a registered model version."""
+
+    model_name: str  # the ZenML Model that the finetune pipeline versions
+    version: str = "production"  # a stage (production, staging), a version number, or a version name
+    input_file: Path  # JSONL/JSON/CSV/Parquet rows: prompt, instruction(+input), or messages ending with a user turn
+    output_file: Path  # predictions as JSONL, one line per input row
+    batch_size: int = Field(default=16, ge=1)
+    max_new_tokens: int | None = Field(default=None, ge=1)  # None: the training run's evaluation setting
+
+
+class InferenceConfig(_Section):
+    """An inference YAML: a single `inference` section."""
+
+    inference: InferenceSettings
+
+    def to_json(self) -> str:
+        """Serialize to a JSON string (paths as strings), for step parameters."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> InferenceConfig:
+        """Inverse of `to_json`."""
+        return cls.model_validate(json.loads(text))
+
+
 def _error_location(error: dict) -> str:
     return ".".join(str(part) for part in error["loc"])
 
 
-def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
+def _find(value: Path, config_path: Path) -> Path | None:
+    """A relative path is looked up from the current directory, then from the config's folder."""
+    candidates = [value] if value.is_absolute() else [Path.cwd() / value, config_path.parent / value]
+    return next((candidate for candidate in candidates if candidate.exists()), None)
+
+
+def load_config(path: str | Path, check_files: bool = True) -> RunConfig | InferenceConfig:
     """Read and validate a run configuration.
 
     Relative data paths are resolved against the current directory first and
@@ -220,7 +277,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
         check_files: Also require the data files to exist.
 
     Returns:
-        The validated configuration, data paths made absolute.
+        The validated configuration (a RunConfig, or an InferenceConfig for a
+        YAML with an `inference` section), paths made absolute.
 
     Raises:
         ConfigError: With a one-line message naming the file and the key.
@@ -239,8 +297,9 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, ...), got {type(raw).__name__}")
+    schema = InferenceConfig if "inference" in raw else RunConfig
     try:
-        config = RunConfig.model_validate(raw)
+        config = schema.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = _error_location(first)
@@ -259,15 +318,22 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig:
             raise ConfigError(f"{path}: {message}{more}") from None
         raise ConfigError(f"{path}: {where}: {message}{more}") from None
 
+    if isinstance(config, InferenceConfig):
+        settings = config.inference
+        found = _find(settings.input_file, path)
+        if found is None and check_files:
+            raise ConfigError(f"{path}: inference.input_file: not found: {settings.input_file}")
+        output = settings.output_file if settings.output_file.is_absolute() else Path.cwd() / settings.output_file
+        update = {"input_file": (found or settings.input_file).resolve(), "output_file": output.resolve()}
+        return config.model_copy(update={"inference": settings.model_copy(update=update)})
     data = config.data
     resolved = {}
     for key in ("train_file", "validation_file", "test_file", "path"):
         value: Path | None = getattr(data, key)
         if value is None:
             continue
-        candidates = [value] if value.is_absolute() else [Path.cwd() / value, path.parent / value]
-        found = next((c for c in candidates if c.exists()), None)
+        found = _find(value, path)
         if found is None and check_files:
             raise ConfigError(f"{path}: data.{key}: not found: {value}")
-        resolved[key] = (found or candidates[0]).resolve()
+        resolved[key] = (found or value).resolve()
     return config.model_copy(update={"data": data.model_copy(update=resolved)})

@@ -172,3 +172,35 @@ def to_example(row: dict, data_format: str = "auto", columns: dict[str, str] | N
         system, turns, completion = _from_messages(row["messages"])
         return Example(context=tuple(turns), completion=completion, system=system, source=source)
     raise RowError(f"unknown format {kind!r} (expected one of {', '.join(FORMATS)})")
+
+
+def to_inference_input(
+    row: dict, data_format: str = "auto", columns: dict[str, str] | None = None
+) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    """The system prompt and turns of an unanswered row, for inference.
+
+    Accepts the training formats without their answer: a prompt, an
+    instruction (with optional input), or messages ending with a user turn.
+
+    Returns:
+        (the row's own system prompt or None, the context turns).
+
+    Raises:
+        RowError: With the offending field named.
+    """
+    if not isinstance(row, dict):
+        raise RowError(f"expected an object, got {type(row).__name__}")
+    if "messages" in row or data_format == "messages":
+        messages = row.get("messages")
+        if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
+            # A placeholder answer lets the training-format checks run unchanged.
+            if messages[-1].get("role") == "assistant":
+                raise RowError("messages end with an assistant turn; inference needs the conversation up to a user turn")
+            messages = [*messages, {"role": "assistant", "content": "-"}]
+        example = to_example({**row, "messages": messages}, "messages", columns)
+        return example.system, example.context
+    answer = {"completion": "-"} if data_format in ("auto", "prompt_completion") else {"output": "-"}
+    if data_format == "auto" and "instruction" in row:
+        answer = {"output": "-"}
+    example = to_example({**row, **answer}, data_format, columns)
+    return example.system, example.context

@@ -33,7 +33,9 @@ def references_are_json(references: list[str]) -> bool:
     return all(parse_json_object(reference) is not None for reference in references)
 
 
-def score_generations(rows: list[dict], generations: list[Generation]) -> EvaluationResult:
+def score_generations(
+    rows: list[dict], generations: list[Generation], metric_names: str | list[str] = "auto"
+) -> EvaluationResult:
     """Score model answers against the rows' completions.
 
     JSON answers get field accuracies, exact match on the parsed objects and
@@ -42,6 +44,7 @@ def score_generations(rows: list[dict], generations: list[Generation]) -> Evalua
     Args:
         rows: Dicts with "prompt" and "completion" (the expected answer).
         generations: One answer per row, same order.
+        metric_names: "auto" or the metric modules to compute (see EvaluationConfig.metrics).
 
     Returns:
         The metrics and per-example records.
@@ -49,10 +52,23 @@ def score_generations(rows: list[dict], generations: list[Generation]) -> Evalua
     predictions = [g.text for g in generations]
     references = [row["completion"] for row in rows]
     structured = references_are_json(references)
-    if structured:
-        metrics = dict(compute_extraction_metrics(predictions, references))
-    else:
-        metrics = dict(load_metric("exact_match").compute(predictions=predictions, references=references, strip=True))
+    if metric_names == "auto":
+        metric_names = ["json_fields"] if structured else ["exact_match", "rouge"]
+    metrics: dict[str, float] = {}
+    for name in metric_names:
+        if name == "json_fields":
+            if not structured:
+                raise ValueError("evaluation.metrics: json_fields needs every expected answer to be a JSON object")
+            metrics.update(compute_extraction_metrics(predictions, references))
+        elif name == "exact_match" and structured:
+            continue  # json_fields already reports exact match of the parsed objects
+        else:
+            extra = {"strip": True} if name == "exact_match" else {}
+            module = load_metric(name).compute(predictions=predictions, references=references, **extra)
+            # classification_accuracy's keys are generic; name them after the metric.
+            if name == "classification_accuracy":
+                module = {f"classification_{key}": value for key, value in module.items()}
+            metrics.update(module)
     count = len(generations)
     metrics.update(
         num_examples=float(count),
@@ -98,7 +114,7 @@ def evaluate_model(
     generations = generate(
         model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens
     )
-    return score_generations(rows, generations)
+    return score_generations(rows, generations, settings.metrics)
 
 
 def evaluation_fingerprint(config: RunConfig, rows: list[dict]) -> str:

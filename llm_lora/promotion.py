@@ -10,7 +10,8 @@ class PromotionDecision:
     """The gate's verdict and the numbers behind it.
 
     Attributes:
-        promote: Whether the candidate goes to the target stage.
+        promote: Whether the candidate goes to production.
+        stage: The stage the candidate gets: "production", "staging" or None.
         reason: One sentence with the numbers, for logs and metadata.
         metric: The metric compared.
         candidate: The candidate's score.
@@ -19,6 +20,7 @@ class PromotionDecision:
     """
 
     promote: bool
+    stage: str | None
     reason: str
     metric: str
     candidate: float
@@ -37,13 +39,16 @@ def decide_promotion(
     production: float | None,
     min_gain_over_base: float,
     min_gain_over_production: float,
+    staging: bool = True,
+    force: bool = False,
 ) -> PromotionDecision:
-    """Decide whether a candidate replaces production.
+    """Decide which stage a new model version gets.
 
-    The candidate must beat the base model by at least `min_gain_over_base`
-    and, when a production version exists, beat it by more than
-    `min_gain_over_production` (a tie never replaces production: the version
-    that is already serving wins).
+    The candidate must beat the base model by at least `min_gain_over_base`;
+    to replace production it must also beat the production version by more
+    than `min_gain_over_production` (a tie never replaces production: the
+    version already serving wins). A candidate that beats the base model but
+    not production goes to staging when `staging` is on.
 
     Args:
         metric: Name of the compared metric (higher is better).
@@ -52,40 +57,54 @@ def decide_promotion(
         production: The production version's score on the same rows, or None.
         min_gain_over_base: Required margin over the base model.
         min_gain_over_production: Required margin over production.
+        staging: Put base-beating versions that do not beat production into staging.
+        force: Put the candidate into production whatever the numbers (recorded as such).
 
     Returns:
         The decision with a reason that quotes the numbers.
     """
     numbers = dict(metric=metric, candidate=candidate, base=base, production=production)
     gain_base = candidate - base
+    if force:
+        reason = f"forced into production (--force-promote): {metric} {candidate:.4f}, base {base:.4f}" + (
+            f", production {production:.4f}" if production is not None else ""
+        )
+        return PromotionDecision(True, "production", reason, **numbers)
     if gain_base < min_gain_over_base:
         reason = (
             f"{metric} {candidate:.4f} is {gain_base:+.4f} over the base model ({base:.4f}); "
             f"the gate needs at least {min_gain_over_base:+.4f}"
         )
-        return PromotionDecision(False, reason, **numbers)
+        return PromotionDecision(False, None, reason, **numbers)
     if production is None:
         reason = (
             f"{metric} {candidate:.4f} beats the base model ({base:.4f}) by {gain_base:+.4f} "
             "and there is no production version yet"
         )
-        return PromotionDecision(True, reason, **numbers)
+        return PromotionDecision(True, "production", reason, **numbers)
     gain_production = candidate - production
     if gain_production <= min_gain_over_production:
         reason = (
             f"{metric} {candidate:.4f} is {gain_production:+.4f} against production ({production:.4f}); "
             f"the gate needs more than {min_gain_over_production:+.4f}"
         )
-        return PromotionDecision(False, reason, **numbers)
+        return PromotionDecision(False, "staging" if staging else None, reason, **numbers)
     reason = (
         f"{metric} {candidate:.4f} beats production ({production:.4f}) by {gain_production:+.4f} "
         f"and the base model ({base:.4f}) by {gain_base:+.4f}"
     )
-    return PromotionDecision(True, reason, **numbers)
+    return PromotionDecision(True, "production", reason, **numbers)
 
 
 def resolve_metric(metric: str, metrics: dict) -> str:
-    """The metric the gate compares: the configured one, or for "auto" the task's natural one."""
+    """The metric the gate compares: the configured one, or for "auto" the task's natural one.
+
+    Raises:
+        ValueError: "auto" with none of the known primary metrics computed.
+    """
     if metric != "auto":
         return metric
-    return "mean_field_accuracy" if "mean_field_accuracy" in metrics else "exact_match"
+    for name in ("mean_field_accuracy", "classification_accuracy", "exact_match"):
+        if name in metrics:
+            return name
+    raise ValueError(f"promotion.metric: auto found no known metric among {sorted(metrics)}; name one")

@@ -554,8 +554,12 @@ def write_splits(
     n_validation: int = 150,
     n_test: int = 300,
     seed: int = DEFAULT_SEED,
+    n_new: int = 20,
 ) -> dict[str, int]:
     """Write train.jsonl, validation.jsonl and test.jsonl with no email shared between them.
+
+    Also writes new_emails.jsonl: unanswered emails (prompt only) unlike any in
+    the splits, the input of the batch inference example.
 
     Splits are drawn in the order train, validation, test; each drops emails already
     drawn by an earlier split, so evaluation rows never repeat a training row.
@@ -566,6 +570,7 @@ def write_splits(
         n_validation: Rows in validation.jsonl.
         n_test: Rows in test.jsonl.
         seed: Dataset seed; the same seed gives byte-identical files.
+        n_new: Rows in new_emails.jsonl.
 
     Returns:
         Rows written per split name.
@@ -581,6 +586,10 @@ def write_splits(
         # Bytes, not text mode, so no platform rewrites the line endings.
         (out_dir / f"{split}.jsonl").write_bytes(text.encode("utf-8"))
         counts[split] = len(rows)
+    new = [{"prompt": row["prompt"]} for row in generate(n_new, split_seed(seed, "new"), exclude=seen)]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in new)
+    (out_dir / "new_emails.jsonl").write_bytes(text.encode("utf-8"))
+    counts["new_emails"] = len(new)
     return counts
 
 

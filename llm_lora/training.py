@@ -19,6 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithFlattening,
+    EarlyStoppingCallback,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Trainer,
@@ -49,16 +50,15 @@ def build_lora_config(lora: LoraSettings) -> LoraConfig:
     )
 
 
-def build_training_arguments(
-    training: TrainingConfig, output_dir: Path, evaluate_every: int | None = None
-) -> TrainingArguments:
+def build_training_arguments(training: TrainingConfig, output_dir: Path) -> TrainingArguments:
     """transformers' TrainingArguments from the YAML's `training` section.
 
     Args:
         training: The training section.
-        output_dir: Where the Trainer may write (adapters are saved separately).
-        evaluate_every: Validation-loss interval in optimizer steps; None: at the end only.
+        output_dir: Where the Trainer writes its checkpoints (the adapter is saved separately).
     """
+    evaluate_every = training.eval_steps
+    keep_best = bool(evaluate_every) and training.keep_best
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=training.learning_rate,
@@ -78,7 +78,13 @@ def build_training_arguments(
         logging_steps=training.logging_steps,
         eval_strategy="steps" if evaluate_every else "no",
         eval_steps=evaluate_every,
-        save_strategy="no",  # the adapter is saved once, explicitly, by the main process
+        # Checkpoints (adapter weights only, a few MB) exist to return to the best evaluation.
+        save_strategy="steps" if keep_best else "no",
+        save_steps=evaluate_every,
+        save_total_limit=2 if keep_best else None,
+        load_best_model_at_end=keep_best,
+        metric_for_best_model="eval_loss" if keep_best else None,
+        greater_is_better=False if keep_best else None,
         report_to="none",
         disable_tqdm=False,  # the progress bar is the user's clock
         seed=training.seed,
@@ -87,6 +93,13 @@ def build_training_arguments(
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
+
+
+def early_stopping(training: TrainingConfig) -> list[TrainerCallback]:
+    """Stop after `early_stopping_patience` evaluations without a lower validation loss."""
+    if not training.early_stopping_patience:
+        return []
+    return [EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience)]
 
 
 def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
@@ -180,7 +193,7 @@ def train_lora(
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=build_collator(tokenizer, config.data.packing),
-        callbacks=[history],
+        callbacks=[history, *early_stopping(config.training)],
     )
     started = time.perf_counter()
     train_output = trainer.train()
@@ -205,7 +218,11 @@ def train_lora(
         "num_processes": int(trainer.accelerator.num_processes),
     }
     if eval_dataset is not None:
+        # After load_best_model_at_end this is the kept adapter's loss.
         metrics["validation_loss"] = float(trainer.evaluate()["eval_loss"])
+    if trainer.state.best_model_checkpoint:
+        metrics["best_step"] = int(trainer.state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[1])
+    metrics["stopped_early"] = bool(steps < trainer.state.max_steps)
 
     adapter_dir = output_dir / "adapter"
     if trainer.accelerator.is_main_process:

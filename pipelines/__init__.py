@@ -1,5 +1,6 @@
 """ZenML pipelines."""
 
+from pipelines.batch_inference import batch_inference
 from pipelines.finetune import finetune
 
-__all__ = ["finetune"]
+__all__ = ["batch_inference", "finetune"]

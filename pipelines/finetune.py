@@ -2,11 +2,20 @@
 
 from zenml import pipeline
 
-from steps import evaluate_model, preflight_report, prepare_data, promote_model, train_lora
+from llm_lora.config import RunConfig
+from steps import (
+    compare_models,
+    evaluate_model,
+    export_merged,
+    preflight_report,
+    prepare_data,
+    promote_model,
+    train_lora,
+)
 
 
 @pipeline
-def finetune(config_json: str) -> None:
+def finetune(config_json: str, force_promote: bool = False) -> None:
     """Finetune a base model with LoRA and promote it if it is better.
 
     Steps:
@@ -15,29 +24,37 @@ def finetune(config_json: str) -> None:
         3. evaluate_base: score the base model on the test rows.
         4. train_lora: train LoRA adapters (launched by Accelerate).
         5. evaluate_finetuned: score base + adapters on the same test rows.
-        6. promote_model: move the new model version to production if it beats
-           the base model and the current production version.
+        6. compare_models: per-example base vs finetuned, regressions first (HTML).
+        7. promote_model: move the new model version to production if it beats
+           the base model and the current production version (else maybe staging).
+        8. export_merged (when export.merge is on): base + adapter saved as one model.
 
     Args:
         config_json: The run configuration (RunConfig as JSON).
+        force_promote: Put the new version into production whatever its scores.
     """
     prepared_data, data_summary = prepare_data(config_json=config_json)
     preflight_report(data_summary=data_summary, config_json=config_json)
-    base_metrics, _ = evaluate_model(
+    base_metrics, base_predictions = evaluate_model(
         id="evaluate_base", prepared_data=prepared_data, config_json=config_json, label="base"
     )
-    adapter, training_metrics, _ = train_lora(prepared_data=prepared_data, config_json=config_json)
-    finetuned_metrics, _ = evaluate_model(
+    adapter, training_metrics, loss_history = train_lora(prepared_data=prepared_data, config_json=config_json)
+    finetuned_metrics, finetuned_predictions = evaluate_model(
         id="evaluate_finetuned",
         prepared_data=prepared_data,
         config_json=config_json,
         label="finetuned",
         adapter=adapter,
     )
+    compare_models(base_predictions=base_predictions, finetuned_predictions=finetuned_predictions)
     promote_model(
         prepared_data=prepared_data,
         config_json=config_json,
         base_metrics=base_metrics,
         finetuned_metrics=finetuned_metrics,
         training_metrics=training_metrics,
+        loss_history=loss_history,
+        force_promote=force_promote,
     )
+    if RunConfig.from_json(config_json).export.merge:
+        export_merged(adapter=adapter, config_json=config_json)

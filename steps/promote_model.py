@@ -23,7 +23,7 @@ def _production_score(
     """The production version's score on this run's test rows, and where it came from."""
     client = Client()
     try:
-        production = client.get_model_version(config.registry.model_name, config.promotion.stage)
+        production = client.get_model_version(config.registry.model_name, "production")
     except KeyError:
         return None, "no production version"
     if production.id == current_version_id:
@@ -47,6 +47,8 @@ def promote_model(
     base_metrics: dict,
     finetuned_metrics: dict,
     training_metrics: dict,
+    loss_history: list,
+    force_promote: bool = False,
 ) -> Annotated[dict, ArtifactConfig(name="promotion_decision")]:
     """Move this run's model version to production when it beats the base model and production.
 
@@ -56,6 +58,8 @@ def promote_model(
         base_metrics: evaluate_base's metrics.
         finetuned_metrics: evaluate_finetuned's metrics.
         training_metrics: train_lora's metrics, recorded on the model version.
+        loss_history: train_lora's logged losses; the validation curve goes into metadata.
+        force_promote: Put this version into production whatever the numbers.
 
     Returns:
         The decision with its numbers and reason.
@@ -74,16 +78,24 @@ def promote_model(
         production=production,
         min_gain_over_base=config.promotion.min_gain_over_base,
         min_gain_over_production=config.promotion.min_gain_over_production,
+        staging=config.promotion.staging,
+        force=force_promote,
     )
-    record = {**decision.as_metadata(), "production_source": source, "stage": config.promotion.stage}
-    if decision.promote:
-        model.set_stage(config.promotion.stage, force=True)
-    record["new_stage"] = config.promotion.stage if decision.promote else "none"
-    logger.info("Promotion: %s. %s", "promoted" if decision.promote else "not promoted", decision.reason)
+    record = {**decision.as_metadata(), "production_source": source}
+    if decision.stage is not None:
+        # force=True moves a current holder of the stage out of it (ZenML keeps one version per stage).
+        model.set_stage(decision.stage, force=True)
+    record["new_stage"] = decision.stage or "none"
+    logger.info("Promotion: stage %s. %s", decision.stage or "none", decision.reason)
     log_metadata(
         metadata={
             "promotion": record,
             "training": training_metrics,
+            "validation_loss_by_step": {
+                str(entry["step"]): entry["eval_loss"] for entry in loss_history if "eval_loss" in entry
+            },
+            # The whole config, so inference can format inputs exactly as training did.
+            "run_config_json": config_json,
             "hyperparameters": {
                 "model": config.model.model_dump(mode="json"),
                 "lora": config.lora.model_dump(mode="json"),

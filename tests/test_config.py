@@ -133,3 +133,19 @@ def test_data_source_errors(tmp_path, monkeypatch, data, message):
     with pytest.raises(ConfigError, match=message) as error:
         load_config(path)
     assert str(error.value).startswith(f"{path}: data")
+
+
+def test_inference_config_validates_and_resolves_paths(monkeypatch):
+    monkeypatch.chdir(REPO)
+    from llm_lora.config import InferenceConfig
+
+    config = load_config(REPO / "configs" / "inference.yaml")
+    assert isinstance(config, InferenceConfig)
+    assert config.inference.input_file.is_file() and config.inference.output_file.is_absolute()
+    assert config.inference.version == "production"
+
+
+def test_inference_config_unknown_key(tmp_path):
+    path = _write(tmp_path, "inference:\n  model_name: m\n  input: x.jsonl\n  output_file: o.jsonl\n")
+    with pytest.raises(ConfigError, match=r"inference\.input_file: required key is missing"):
+        load_config(path)

@@ -5,12 +5,14 @@ ZENML_CONFIG_PATH), twice: the first run is promoted, the second (same data,
 same seed, --no-cache) ties and stays out of production, saying why.
 """
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import QUICKSTART_MODEL, write_config
 
@@ -66,7 +68,8 @@ def test_second_run_without_cache_is_not_promoted_on_a_tie(first_run, config_pat
     assert first_run.returncode == 0
     second = _run(["run.py", "--config", str(config_path), "--no-cache"], zenml_env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "pipeline-test version 2, stage none (not promoted)" in second.stdout
+    # It beats the base model but only ties production: staging, production untouched.
+    assert "pipeline-test version 2, stage staging (not promoted to production)" in second.stdout
     assert "against production" in second.stdout
     # The production score came from version 1's evaluation on the identical rows.
     assert "compared: production version 1, stored score on identical test rows" in second.stdout
@@ -80,8 +83,6 @@ def test_second_run_without_cache_is_not_promoted_on_a_tie(first_run, config_pat
 def test_changed_test_rows_re_evaluate_production(first_run, config_path, zenml_env, tmp_path):
     """With other test rows, production's stored score is not comparable: its adapter is loaded and re-scored."""
     assert first_run.returncode == 0
-    import yaml
-
     config = yaml.safe_load(config_path.read_text())
     config["data"]["max_test_rows"] = 10
     changed = tmp_path / "changed.yaml"
@@ -89,3 +90,61 @@ def test_changed_test_rows_re_evaluate_production(first_run, config_path, zenml_
     result = _run(["run.py", "--config", str(changed)], zenml_env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "compared: production version 1, re-evaluated on this run's test rows" in result.stdout
+
+
+PLAIN_PEFT = """
+import json, sys
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from zenml.client import Client
+
+version = Client().get_model_version("pipeline-test", "production")
+adapter_uri = version.get_artifact("lora_adapter").uri
+config = json.loads(version.run_metadata["run_config_json"])
+base_dir, row = sys.argv[1], json.loads(sys.argv[2])
+# Outside the project: plain transformers + PEFT on the artifact's folder.
+tokenizer = AutoTokenizer.from_pretrained(adapter_uri)
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_uri).eval()
+messages = [{"role": "system", "content": config["data"]["system_prompt"]}, {"role": "user", "content": row["prompt"]}]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+out = model.generate(**ids, max_new_tokens=64, do_sample=False, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"))
+print(json.dumps({"output": tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()}))
+"""
+
+
+def test_batch_inference_with_production_and_plain_peft_agree(first_run, zenml_env, tmp_path):
+    assert first_run.returncode == 0
+    rows = [json.loads(line) for line in (REPO / "data" / "support_emails" / "new_emails.jsonl").read_text().splitlines()]
+    (tmp_path / "new.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[:4]))
+    config = tmp_path / "inference.yaml"
+    config.write_text(yaml.safe_dump({"inference": {
+        "model_name": "pipeline-test", "version": "production", "input_file": str(tmp_path / "new.jsonl"),
+        "output_file": str(tmp_path / "out" / "predictions.jsonl"), "batch_size": 4,
+    }}))
+    result = _run(["run.py", "--config", str(config)], zenml_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 rows answered" in result.stdout
+    predictions = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [p["prompt"] for p in predictions] == [row["prompt"] for row in rows[:4]]
+    assert all(p["output"] for p in predictions)
+
+    from llm_lora.config import ModelConfig
+    from llm_lora.model_loading import model_files
+
+    script = tmp_path / "plain_peft.py"
+    script.write_text(PLAIN_PEFT)
+    base_dir = model_files(ModelConfig(name=QUICKSTART_MODEL))
+    plain = _run([str(script), base_dir, json.dumps(rows[0])], zenml_env)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert json.loads(plain.stdout.strip().splitlines()[-1])["output"] == predictions[0]["output"]
+
+
+def test_missing_version_is_a_one_line_error(zenml_env, tmp_path):
+    config = tmp_path / "inference.yaml"
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    config.write_text(yaml.safe_dump({"inference": {
+        "model_name": "no-such-model", "input_file": str(tmp_path / "in.jsonl"), "output_file": str(tmp_path / "o.jsonl"),
+    }}))
+    result = _run(["run.py", "--config", str(config)], zenml_env)
+    assert result.returncode != 0
+    assert "inference.version: model 'no-such-model' has no version 'production'" in result.stderr.splitlines()[-1]

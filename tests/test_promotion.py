@@ -20,9 +20,9 @@ def test_not_promoted_below_margin_over_base():
     assert "+0.0400" in decision.reason and "base model" in decision.reason
 
 
-def test_tie_with_production_keeps_production():
+def test_tie_with_production_keeps_production_and_stages_the_candidate():
     decision = decide_promotion(candidate=0.93, base=0.12, production=0.93, **GATE)
-    assert not decision.promote
+    assert not decision.promote and decision.stage == "staging"
     assert "production (0.9300)" in decision.reason
 
 
@@ -48,3 +48,23 @@ def test_production_margin_is_respected(margin, promote):
 def test_metadata_leaves_out_missing_production():
     metadata = decide_promotion(candidate=0.9, base=0.1, production=None, **GATE).as_metadata()
     assert "production" not in metadata and metadata["promote"] is True
+
+
+def test_below_base_gets_no_stage():
+    assert decide_promotion(candidate=0.1, base=0.12, production=0.9, **GATE).stage is None
+
+
+def test_staging_can_be_switched_off():
+    decision = decide_promotion(candidate=0.9, base=0.1, production=0.95, staging=False, **GATE)
+    assert decision.stage is None and not decision.promote
+
+
+def test_force_promote_overrides_the_numbers_and_says_so():
+    decision = decide_promotion(candidate=0.05, base=0.12, production=0.95, force=True, **GATE)
+    assert decision.promote and decision.stage == "production"
+    assert decision.reason.startswith("forced into production (--force-promote)")
+    assert "production 0.9500" in decision.reason
+
+
+def test_first_version_goes_to_production_stage():
+    assert decide_promotion(candidate=0.93, base=0.12, production=None, **GATE).stage == "production"

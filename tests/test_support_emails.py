@@ -69,9 +69,16 @@ def test_generate_skips_excluded_emails():
 
 def test_committed_files_match_the_generator(tmp_path):
     counts = write_splits(tmp_path)
-    assert counts == SPLIT_SIZES
-    for split in SPLIT_SIZES:
+    assert counts == {**SPLIT_SIZES, "new_emails": 20}
+    for split in [*SPLIT_SIZES, "new_emails"]:
         assert (tmp_path / f"{split}.jsonl").read_bytes() == (DATA_DIR / f"{split}.jsonl").read_bytes(), split
+
+
+def test_new_emails_are_unanswered_and_unseen():
+    seen = {row["prompt"] for split in SPLIT_SIZES for row in read_rows(split)}
+    new = [json.loads(line) for line in (DATA_DIR / "new_emails.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(new) == 20 and all(set(row) == {"prompt"} for row in new)
+    assert not seen & {row["prompt"] for row in new}
 
 
 def test_other_seed_writes_other_files(tmp_path):

@@ -1,6 +1,7 @@
 """LoRA training on a tiny random model: only adapters train, loss falls, plain PEFT reloads it."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,3 +97,90 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tokenizer,
         if index > 0:  # without restarting positions, later rows would attend to earlier ones
             assert not torch.allclose(crossed_logits[0, start : start + length], packed_row, atol=1e-4)
         start += length
+
+
+def test_early_stopping_keeps_the_best_evaluation(tmp_path, tiny_model_dir, tokenizer, support_rows):
+    """Validation answers unlike the training answers: as training fits the JSON, validation loss climbs,
+    training stops early and the adapter from the best evaluation is the one kept."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    train = support_rows["train"][:8]
+    validation = [{"prompt": row["prompt"], "completion": "Thank you for your message, we will reply soon."}
+                  for row in support_rows["validation"][:4]]
+    for split, rows in (("train", train), ("validation", validation), ("test", support_rows["test"][:2])):
+        (data_dir / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    path = write_config(
+        tmp_path / "run.yaml", tiny_model_dir, data_dir,
+        training={"max_steps": 24, "batch_size": 4, "learning_rate": 0.05, "precision": "fp32", "logging_steps": 1,
+                  "eval_steps": 2, "early_stopping_patience": 2, "warmup_ratio": 0.0, "lr_scheduler": "constant"},
+        lora={"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "lm_head"]},
+    )
+    config = load_config(path)
+    prepared = prepare_splits(config.data, tokenizer)
+    result = train_lora(config, prepared.splits["train"], prepared.splits["validation"], tmp_path / "out", tokenizer)
+    evaluations = [(r["step"], r["eval_loss"]) for r in result.loss_history if "eval_loss" in r]
+    assert result.metrics["stopped_early"] and result.metrics["optimizer_steps"] < 24
+    best_step, best_loss = min(evaluations, key=lambda item: item[1])
+    assert result.metrics["best_step"] == best_step
+    # The saved adapter is the best one: its validation loss is the lowest seen, not the last.
+    assert result.metrics["validation_loss"] == pytest.approx(best_loss, rel=1e-4)
+    assert evaluations[-2][1] > best_loss
+
+
+def test_merged_model_generates_what_the_adapter_does(trained, tmp_path, tokenizer):
+    from llm_lora.export import merge_adapter
+    from llm_lora.generation import generate
+
+    config, prepared, result = trained
+    merged_dir = merge_adapter(config.model, result.adapter_dir, tmp_path / "merged", dtype="float32")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    adapted = load_adapter(load_model(config.model), result.adapter_dir)
+    prompts = [row["prompt_text"] for row in prepared.splits["test"][:6]]
+    with_adapter = generate(adapted, tokenizer, prompts, batch_size=6, max_new_tokens=12)
+    with_merged = generate(merged, tokenizer, prompts, batch_size=6, max_new_tokens=12)
+    assert [g.text for g in with_merged] == [g.text for g in with_adapter]
+
+
+def test_adapter_materializer_round_trip(trained, tiny_model_dir, tmp_path):
+    """The ZenML materializer stores the plain files, reloads them, and plain PEFT loads the stored folder."""
+    import yaml
+
+    from llm_lora.adapter import LoraAdapter
+    from materializers.lora_adapter_materializer import LoraAdapterMaterializer
+
+    config, _, result = trained
+    uri = tmp_path / "artifact"
+    uri.mkdir()
+    materializer = LoraAdapterMaterializer(str(uri))
+    import shutil
+
+    adapter = LoraAdapter(directory=Path(shutil.copytree(result.adapter_dir, tmp_path / "adapter")))
+    adapter.write_facts("my-base-model", result.metrics["trainable_parameters"])
+    materializer.save(adapter)
+    stored = {path.name for path in uri.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= stored
+    assert not any(name.endswith((".pkl", ".pickle", ".bin")) for name in stored)
+    assert sum(path.stat().st_size for path in uri.iterdir()) < 20 * 2**20
+
+    loaded = LoraAdapterMaterializer(str(uri)).load(LoraAdapter)
+    assert isinstance(loaded, LoraAdapter) and loaded.directory != result.adapter_dir
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (loaded.directory / name).read_bytes() == (result.adapter_dir / name).read_bytes()
+
+    ids = torch.tensor([[5, 6, 7, 8]])
+    original = load_adapter(load_model(config.model), result.adapter_dir)
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(uri))
+    assert torch.allclose(original(ids).logits, plain(ids).logits, atol=1e-6)
+
+    facts = loaded.facts()
+    assert facts["base_model"] == "my-base-model" and facts["rank"] == 4
+    assert facts["trainable_parameters"] == result.metrics["trainable_parameters"]
+    assert "q_proj" in facts["target_modules"]
+    visualizations = materializer.save_visualizations(adapter)
+    (page,) = visualizations
+    text = open(page).read()
+    assert "| rank | 4 |" in text and "| trainable_parameters |" in text
+    metadata = materializer.extract_metadata(adapter)
+    assert metadata["rank"] == 4 and isinstance(metadata["target_modules"], str)
+    assert yaml.safe_load(json.dumps(metadata))  # plain JSON-able values

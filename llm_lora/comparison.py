@@ -1,0 +1,170 @@
+"""Base vs finetuned, example by example: where the finetuned model got better and where worse."""
+
+from __future__ import annotations
+
+import html
+import math
+
+FIELD_PREFIX = "correct_"
+
+
+def example_score(record: dict) -> float:
+    """One number per answer, between 0 and 1.
+
+    JSON answers score the share of fields right (0 for an answer that is not
+    valid JSON); other answers score 1 for an exact match, else 0.
+
+    Args:
+        record: A per-example record from evaluation (see EvaluationResult.examples).
+
+    Returns:
+        The answer's score.
+    """
+    fields = [key for key in record if key.startswith(FIELD_PREFIX)]
+    if fields:
+        if not record.get("valid_json", True):
+            return 0.0
+        return sum(bool(record[key]) for key in fields) / len(fields)
+    return 1.0 if record.get("exact_match") else 0.0
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def compare_examples(base_records: list[dict], finetuned_records: list[dict]) -> list[dict]:
+    """Pair the base and finetuned records of the same test rows.
+
+    Args:
+        base_records: Per-example records of the base model's evaluation.
+        finetuned_records: The finetuned model's records, same rows in the same order.
+
+    Returns:
+        One dict per row: input, expected, both outputs, both scores, per-field
+        correctness of each, both latencies and `change` ("better", "worse", "same").
+
+    Raises:
+        ValueError: When the two evaluations are not of the same rows.
+    """
+    if len(base_records) != len(finetuned_records):
+        raise ValueError(
+            f"cannot compare evaluations of different rows: {len(base_records)} base vs"
+            f" {len(finetuned_records)} finetuned examples"
+        )
+    rows = []
+    for index, (base, tuned) in enumerate(zip(base_records, finetuned_records, strict=True)):
+        if base["prompt"] != tuned["prompt"] or base["expected"] != tuned["expected"]:
+            raise ValueError(f"cannot compare evaluations of different rows: row {index} differs")
+        base_score, tuned_score = example_score(base), example_score(tuned)
+        change = "better" if tuned_score > base_score else "worse" if tuned_score < base_score else "same"
+        row = {
+            "index": index,
+            "prompt": base["prompt"],
+            "expected": base["expected"],
+            "base_output": base["output"],
+            "finetuned_output": tuned["output"],
+            "base_score": round(base_score, 4),
+            "finetuned_score": round(tuned_score, 4),
+            "change": change,
+            "base_latency_s": base.get("latency_s"),
+            "finetuned_latency_s": tuned.get("latency_s"),
+        }
+        for key in tuned:
+            if key.startswith(FIELD_PREFIX):
+                field = key[len(FIELD_PREFIX):]
+                base_value = base.get(key)
+                row[f"base_{field}"] = None if _is_missing(base_value) else bool(base_value)
+                row[f"finetuned_{field}"] = bool(tuned[key])
+        rows.append(row)
+    return rows
+
+
+def field_names(rows: list[dict]) -> list[str]:
+    """The answer fields the comparison has per-field correctness for, in answer order."""
+    if not rows:
+        return []
+    return [key[len("finetuned_"):] for key in rows[0] if key.startswith("finetuned_") and key not in (
+        "finetuned_output", "finetuned_score", "finetuned_latency_s")]
+
+
+def comparison_summary(rows: list[dict]) -> dict:
+    """Counts of better/worse/same rows, per-field fixes and breaks, and mean scores.
+
+    Args:
+        rows: Output of compare_examples.
+
+    Returns:
+        A flat dict of numbers, fit for model-version metadata.
+    """
+    count = len(rows)
+    summary: dict = {
+        "examples": count,
+        "better": sum(row["change"] == "better" for row in rows),
+        "worse": sum(row["change"] == "worse" for row in rows),
+        "same": sum(row["change"] == "same" for row in rows),
+        "mean_base_score": round(sum(row["base_score"] for row in rows) / count, 4) if count else 0.0,
+        "mean_finetuned_score": round(sum(row["finetuned_score"] for row in rows) / count, 4) if count else 0.0,
+    }
+    for field in field_names(rows):
+        summary[f"fixed/{field}"] = sum(not row[f"base_{field}"] and row[f"finetuned_{field}"] for row in rows)
+        summary[f"broken/{field}"] = sum(bool(row[f"base_{field}"]) and not row[f"finetuned_{field}"] for row in rows)
+    return summary
+
+
+def _cell(text) -> str:
+    return f"<td><pre>{html.escape(str(text))}</pre></td>"
+
+
+def _mark(value) -> str:
+    if value is None:
+        return "<td>–</td>"
+    return "<td class='ok'>&#10003;</td>" if value else "<td class='bad'>&#10007;</td>"
+
+
+def render_comparison_html(rows: list[dict]) -> str:
+    """A self-contained HTML page: counts, per-field fixes/breaks, then every row, regressions first.
+
+    Args:
+        rows: Output of compare_examples.
+
+    Returns:
+        The page, for the ZenML dashboard.
+    """
+    summary = comparison_summary(rows)
+    fields = field_names(rows)
+    order = {"worse": 0, "better": 1, "same": 2}
+    ordered = sorted(rows, key=lambda row: (order[row["change"]], row["finetuned_score"], row["index"]))
+    field_table = "".join(
+        f"<tr><td>{html.escape(field)}</td><td>{summary[f'fixed/{field}']}</td><td>{summary[f'broken/{field}']}</td></tr>"
+        for field in fields
+    )
+    body = []
+    for row in ordered:
+        marks = "".join(_mark(row[f"base_{field}"]) + _mark(row[f"finetuned_{field}"]) for field in fields)
+        body.append(
+            f"<tr class='{row['change']}'><td>{row['index']}</td><td>{row['change']}</td>"
+            f"<td>{row['base_score']:.2f} &rarr; {row['finetuned_score']:.2f}</td>"
+            f"{_cell(row['prompt'])}{_cell(row['expected'])}{_cell(row['base_output'])}{_cell(row['finetuned_output'])}"
+            f"{marks}<td>{_latency(row['base_latency_s'])} / {_latency(row['finetuned_latency_s'])}</td></tr>"
+        )
+    field_colspan = "".join(f"<th colspan='2'>{html.escape(field)}</th>" for field in fields)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Base vs finetuned</title><style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0 1.5em}}
+td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}} th{{background:#f3f3f3}}
+pre{{white-space:pre-wrap;max-width:28em;margin:0;font-size:.85em}} .ok{{color:#067647}} .bad{{color:#b42318}}
+tr.worse{{background:#fef3f2}} tr.better{{background:#ecfdf3}}
+</style></head><body>
+<h2>Base vs finetuned, per example</h2>
+<p>{summary['examples']} test rows: <b>{summary['better']} better</b>, <b>{summary['worse']} worse</b>,
+{summary['same']} unchanged. Mean score {summary['mean_base_score']:.3f} &rarr; {summary['mean_finetuned_score']:.3f}
+(share of fields right for JSON answers, exact match otherwise).</p>
+{f"<h3>Fields fixed and broken</h3><table><thead><tr><th>field</th><th>fixed</th><th>broken</th></tr></thead><tbody>{field_table}</tbody></table>" if fields else ""}
+<h3>Rows (regressions first)</h3>
+<table><thead><tr><th>#</th><th>change</th><th>score</th><th>input</th><th>expected</th><th>base output</th>
+<th>finetuned output</th>{field_colspan}<th>latency s<br>base / tuned</th></tr></thead>
+<tbody>{''.join(body)}</tbody></table>
+</body></html>"""
+
+
+def _latency(value) -> str:
+    return "–" if _is_missing(value) else f"{value:.2f}"

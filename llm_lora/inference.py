@@ -1,0 +1,89 @@
+"""Batch inference: format unanswered rows exactly as training did, generate, parse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llm_lora.config import RunConfig
+from llm_lora.data_formats import RowError, to_inference_input
+from llm_lora.data_sources import DataError, read_file
+from llm_lora.generation import generate
+from llm_lora.metrics import parse_json_object
+from llm_lora.prompt_formatting import format_prompt
+
+
+def read_inference_rows(path: Path, config: RunConfig) -> list[tuple[str, str | None, tuple]]:
+    """Read rows to answer: (source, system prompt, context turns) each.
+
+    Raises:
+        DataError: An unreadable file or row, named by file and line.
+    """
+    raw = read_file(path)
+    if raw.bad:
+        source, reason = raw.bad[0]
+        raise DataError(f"{source}: {reason}")
+    rows = []
+    for row, source in raw.rows:
+        try:
+            system, context = to_inference_input(row, config.data.format, config.data.columns)
+        except RowError as exc:
+            raise DataError(f"{source}: {exc}") from None
+        rows.append((source, system, context))
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[tuple[str, str | None, tuple]],
+    config: RunConfig,
+    batch_size: int,
+    max_new_tokens: int,
+) -> list[dict]:
+    """Answer each row with greedy generation, formatted by the training run's settings.
+
+    Args:
+        model: Base model with the adapter.
+        tokenizer: Its tokenizer.
+        rows: Output of `read_inference_rows`.
+        config: The training run's configuration (system prompt, template).
+        batch_size: Rows per generation batch.
+        max_new_tokens: Cap on each answer.
+
+    Returns:
+        One dict per row: source, prompt, output, and for JSON answers the parsed object.
+    """
+    prompts = [
+        format_prompt(tokenizer, context, system if system is not None else config.data.system_prompt,
+                      config.data.plain_template)
+        for _, system, context in rows
+    ]
+    generations = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    results = []
+    for (source, _, context), generation in zip(rows, generations):
+        parsed = parse_json_object(generation.text)
+        results.append(
+            {
+                "source": source,
+                "prompt": context[-1][1],
+                "output": generation.text,
+                "json": parsed,
+                "valid_json": parsed is not None,
+                "latency_s": round(generation.latency_s, 4),
+            }
+        )
+    return results
+
+
+def write_predictions(results: list[dict], path: Path) -> Path:
+    """Write predictions as JSONL (folders created as needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for result in results:
+            handle.write(json.dumps(result, ensure_ascii=False) + "\n")
+    return path

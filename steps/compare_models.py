@@ -1,0 +1,31 @@
+"""Step: where the finetuned model got better and where it got worse, example by example."""
+
+from typing import Annotated, Tuple
+
+import pandas as pd
+from zenml import ArtifactConfig, log_metadata, step
+from zenml.types import HTMLString
+
+from llm_lora.comparison import compare_examples, comparison_summary, render_comparison_html
+
+
+@step
+def compare_models(
+    base_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame
+) -> Tuple[
+    Annotated[HTMLString, ArtifactConfig(name="model_comparison")],
+    Annotated[dict, ArtifactConfig(name="comparison_summary")],
+]:
+    """Pair the two evaluations row by row.
+
+    Args:
+        base_predictions: evaluate_base's per-example records.
+        finetuned_predictions: evaluate_finetuned's records, same rows.
+
+    Returns:
+        An HTML page (regressions first) and the improved/regressed/same counts.
+    """
+    rows = compare_examples(base_predictions.to_dict("records"), finetuned_predictions.to_dict("records"))
+    summary = comparison_summary(rows)
+    log_metadata(metadata={"comparison": summary}, infer_model=True)
+    return HTMLString(render_comparison_html(rows)), summary

@@ -1,0 +1,67 @@
+"""Per-example comparison of base and finetuned answers."""
+
+import json
+
+import pytest
+
+from llm_lora.comparison import compare_examples, comparison_summary, example_score, render_comparison_html
+from llm_lora.evaluation import score_generations
+from llm_lora.generation import Generation
+
+EXPECTED = json.dumps({"order_id": "ORD-1", "issue_type": "late_delivery", "priority": "high"})
+ROWS = [{"prompt": f"email {i}", "completion": EXPECTED} for i in range(3)]
+
+
+def _records(texts):
+    generations = [Generation(text=text, latency_s=0.2, new_tokens=5, prompt_tokens=20) for text in texts]
+    return score_generations(ROWS, generations).examples
+
+
+def test_scores_per_example():
+    base = _records([
+        "Sure! The order is ORD-1.",  # not JSON
+        json.dumps({"order_id": "ORD-1", "issue_type": "late_delivery", "priority": "low"}),  # 2 of 3
+        EXPECTED,
+    ])
+    assert [example_score(record) for record in base] == [0.0, pytest.approx(2 / 3), 1.0]
+
+
+def test_better_worse_and_same_rows_with_field_fixes_and_breaks():
+    base = _records([
+        "Sure! The order is ORD-1.",
+        EXPECTED,
+        json.dumps({"order_id": "ORD-9", "issue_type": "late_delivery", "priority": "high"}),
+    ])
+    tuned = _records([
+        EXPECTED,  # fixed everything
+        json.dumps({"order_id": "ORD-1", "issue_type": "late_delivery", "priority": "low"}),  # broke priority
+        json.dumps({"order_id": "ORD-9", "issue_type": "late_delivery", "priority": "high"}),  # same mistake
+    ])
+    rows = compare_examples(base, tuned)
+    assert [row["change"] for row in rows] == ["better", "worse", "same"]
+    assert rows[0]["base_output"].startswith("Sure!") and rows[0]["finetuned_output"] == EXPECTED
+    assert rows[1]["base_priority"] is True and rows[1]["finetuned_priority"] is False
+    summary = comparison_summary(rows)
+    assert (summary["better"], summary["worse"], summary["same"]) == (1, 1, 1)
+    # row 0: base invalid JSON counts every field wrong, so all three are fixed there.
+    assert summary["fixed/order_id"] == 1 and summary["fixed/priority"] == 1
+    assert summary["broken/priority"] == 1 and summary["broken/order_id"] == 0
+
+
+def test_html_lists_regressions_first_and_escapes_outputs():
+    base = _records([EXPECTED, "<script>alert(1)</script>", EXPECTED])
+    tuned = _records([EXPECTED, EXPECTED, "{}"])
+    page = render_comparison_html(compare_examples(base, tuned))
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    assert "1 better</b>, <b>1 worse</b>" in page
+    table = page.split("Rows (regressions first)")[1]
+    assert table.index("class='worse'") < table.index("class='better'") < table.index("class='same'")
+
+
+def test_evaluations_of_different_rows_are_refused():
+    base = _records([EXPECTED] * 3)
+    with pytest.raises(ValueError, match="different rows"):
+        compare_examples(base, base[:2])
+    shifted = [dict(record, prompt="other") for record in base]
+    with pytest.raises(ValueError, match="row 0 differs"):
+        compare_examples(base, shifted)

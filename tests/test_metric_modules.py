@@ -1,0 +1,87 @@
+"""The rouge and classification_accuracy metric modules, and metric selection in evaluation."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+
+from llm_lora.evaluation import score_generations  # noqa: E402
+from llm_lora.generation import Generation  # noqa: E402
+from llm_lora.metrics import load_metric  # noqa: E402
+
+
+def test_rouge_scores_identical_text_one_and_disjoint_text_zero():
+    rouge = load_metric("rouge")
+    assert rouge.compute(predictions=["the parcel arrived broken"], references=["the parcel arrived broken"]) == {
+        "rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0,
+    }
+    assert rouge.compute(predictions=["refund please"], references=["ship a replacement"]) == {
+        "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0,
+    }
+
+
+def test_rouge_partial_overlap_by_hand():
+    # prediction: 6 unigrams, reference: 3, all 3 shared -> P=3/6, R=1 -> F=2/3.
+    # bigrams: prediction 5, reference 2, shared 2 -> P=2/5, R=1 -> F=4/7.
+    result = load_metric("rouge").compute(predictions=["the cat sat on the mat"], references=["the cat sat"])
+    assert result["rouge1"] == pytest.approx(2 / 3)
+    assert result["rouge2"] == pytest.approx(4 / 7)
+    assert result["rougeL"] == pytest.approx(2 / 3)
+
+
+def test_rouge_averages_over_pairs_and_empty_prediction_scores_zero():
+    result = load_metric("rouge").compute(predictions=["", "late order"], references=["late order", "late order"])
+    assert result["rouge1"] == pytest.approx(0.5)
+
+
+def test_rouge_refuses_empty_input():
+    with pytest.raises(ValueError, match="at least one"):
+        load_metric("rouge").compute(predictions=[], references=[])
+
+
+def test_classification_accuracy_normalizes_and_counts_out_of_set_answers():
+    metric = load_metric("classification_accuracy")
+    result = metric.compute(
+        predictions=[" Spam", '"ham"', "maybe", "spam"],
+        references=["spam", "ham", "ham", "ham"],
+    )
+    assert result["accuracy"] == pytest.approx(0.5)
+    assert result["out_of_set_rate"] == pytest.approx(0.25)
+    # spam: P=1/2, R=1 -> F=2/3; ham: P=1, R=1/3 -> F=1/2; macro = 7/12.
+    assert result["macro_f1"] == pytest.approx(7 / 12)
+
+
+def test_classification_accuracy_uses_the_given_label_set():
+    result = load_metric("classification_accuracy").compute(
+        predictions=["neutral", "positive"], references=["positive", "positive"], labels=["positive", "negative", "neutral"]
+    )
+    assert result["accuracy"] == pytest.approx(0.5)
+    assert result["out_of_set_rate"] == 0.0
+
+
+def _generations(texts):
+    return [Generation(text=text, latency_s=0.1, new_tokens=3, prompt_tokens=10) for text in texts]
+
+
+def test_free_text_answers_get_exact_match_and_rouge_by_default():
+    rows = [{"prompt": "p1", "completion": "ship a new one"}, {"prompt": "p2", "completion": "refund"}]
+    result = score_generations(rows, _generations(["ship a new one", "no"]))
+    assert result.metrics["exact_match"] == 0.5
+    assert result.metrics["rouge1"] == pytest.approx(0.5)
+    assert "valid_json_rate" not in result.metrics
+    assert [example["exact_match"] for example in result.examples] == [True, False]
+
+
+def test_configured_classification_metric_is_reported_under_its_name():
+    rows = [{"prompt": "p", "completion": label} for label in ("billing", "shipping", "billing")]
+    result = score_generations(rows, _generations(["billing", "billing", "Billing"]), ["classification_accuracy"])
+    assert result.metrics["classification_accuracy"] == pytest.approx(2 / 3)
+    assert result.metrics["classification_out_of_set_rate"] == 0.0
+
+
+def test_json_fields_on_free_text_references_is_refused():
+    rows = [{"prompt": "p", "completion": "not json"}]
+    with pytest.raises(ValueError, match="evaluation.metrics: json_fields"):
+        score_generations(rows, _generations(["{}"]), ["json_fields"])
