@@ -73,9 +73,16 @@ def print_summary(run, config: RunConfig) -> None:
     click.echo(f"{'metric':32} {'base':>10} {'finetuned':>10}")
     for name in names:
         click.echo(f"{name:32} {base.get(name, float('nan')):10.3f} {tuned.get(name, float('nan')):10.3f}")
+    comparison = output("compare_models", "comparison_summary")
     click.echo(
-        f"\ntraining: {training['optimizer_steps']} steps, {training['train_runtime_s']:.0f} s,"
+        f"\nexamples: {comparison['better']} better, {comparison['worse']} worse, {comparison['same']} unchanged"
+        " (model_comparison artifact: regressions first)"
+    )
+    click.echo(
+        f"training: {training['optimizer_steps']} steps, {training['train_runtime_s']:.0f} s,"
         f" {training['train_tokens_per_s']:.0f} tokens/s, mean loss {training['train_loss']:.3f}"
+        + (f", kept step {training['best_step']}" if "best_step" in training else "")
+        + (", stopped early" if training.get("stopped_early") else "")
     )
     version = run.model_version
     from zenml.client import Client

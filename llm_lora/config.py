@@ -135,14 +135,24 @@ class TrainingConfig(_Section):
     eval_steps: int | None = Field(default=None, ge=1)
     # Stop when validation loss has not improved for this many evaluations (needs eval_steps).
     early_stopping_patience: int | None = Field(default=None, ge=1)
-    # Keep the adapter from the evaluation with the lowest validation loss, not the last step.
+    # Keep the adapter from the best evaluation (by `best_by`), not the last step.
     keep_best: bool = True
+    # At every evaluation also greedy-generate on this many validation rows and score them
+    # with the evaluation metrics (0: loss only). Costs generation time per evaluation.
+    eval_generation_rows: int = Field(default=0, ge=0)
+    # What "best" means for keep_best and early stopping: lowest validation loss, or the
+    # highest promotion metric on the generated validation slice (needs eval_generation_rows).
+    best_by: Literal["validation_loss", "primary_metric"] = "validation_loss"
     seed: int = 42
 
     @model_validator(mode="after")
-    def _early_stopping_needs_evaluations(self) -> TrainingConfig:
+    def _evaluation_settings_fit(self) -> TrainingConfig:
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("training.early_stopping_patience: needs training.eval_steps")
+        if self.eval_generation_rows and not self.eval_steps:
+            raise ValueError("training.eval_generation_rows: needs training.eval_steps")
+        if self.best_by == "primary_metric" and not self.eval_generation_rows:
+            raise ValueError("training.best_by: primary_metric needs training.eval_generation_rows > 0")
         return self
 
 
@@ -175,6 +185,8 @@ class ExportConfig(_Section):
 
     merge: bool = False  # also save base + adapter as one model (safetensors + tokenizer)
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # of the merged weights
+    # Check on this many test rows that the merged model answers as base + adapter does (0: skip).
+    verify_rows: int = Field(default=8, ge=0)
 
 
 class PreflightConfig(_Section):

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from llm_lora.config import ModelConfig
-from llm_lora.model_loading import load_model, load_tokenizer
+from llm_lora.config import ModelConfig, RunConfig
+from llm_lora.generation import generate
+from llm_lora.model_loading import default_device, load_model, load_tokenizer
 
 
 def merge_adapter(model: ModelConfig, adapter_dir: Path, output_dir: Path, dtype: str = "bfloat16") -> Path:
@@ -31,3 +32,31 @@ def merge_adapter(model: ModelConfig, adapter_dir: Path, output_dir: Path, dtype
     merged.save_pretrained(output_dir)
     load_tokenizer(model).save_pretrained(output_dir)
     return output_dir
+
+
+def compare_merged_with_adapter(config: RunConfig, adapter_dir: Path, merged_dir: Path, rows: list[dict]) -> dict:
+    """Greedy answers of the merged model and of base + adapter, in the merged dtype, on the same rows.
+
+    Args:
+        config: The run configuration (model, export dtype, generation settings).
+        adapter_dir: The saved adapter.
+        merged_dir: Output of merge_adapter.
+        rows: Prepared rows (with `prompt_text`).
+
+    Returns:
+        Counts of checked and matching rows, and the indexes of rows that differ.
+    """
+    dtype = config.export.dtype
+    tokenizer = load_tokenizer(config.model)
+    prompts = [row["prompt_text"] for row in rows]
+    settings = dict(batch_size=config.evaluation.batch_size, max_new_tokens=config.evaluation.max_new_tokens)
+    device = default_device()
+    adapted = PeftModel.from_pretrained(
+        load_model(config.model.model_copy(update={"dtype": dtype}), device=device), str(adapter_dir)
+    ).eval()
+    with_adapter = [g.text for g in generate(adapted, tokenizer, prompts, **settings)]
+    del adapted
+    merged_config = ModelConfig(name=str(merged_dir), dtype=dtype)
+    with_merged = [g.text for g in generate(load_model(merged_config, device=device), tokenizer, prompts, **settings)]
+    differing = [index for index, (a, b) in enumerate(zip(with_adapter, with_merged)) if a != b]
+    return {"checked_rows": len(rows), "matching_rows": len(rows) - len(differing), "differing_rows": differing}

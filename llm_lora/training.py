@@ -29,7 +29,10 @@ from transformers import (
 )
 
 from llm_lora.config import LoraSettings, RunConfig, TrainingConfig
+from llm_lora.evaluation import score_generations
+from llm_lora.generation import generate
 from llm_lora.model_loading import load_model, load_tokenizer
+from llm_lora.promotion import resolve_metric
 from llm_lora.tokenization import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,9 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
     """
     evaluate_every = training.eval_steps
     keep_best = bool(evaluate_every) and training.keep_best
+    # The criterion early stopping and keep_best share.
+    by_metric = training.best_by == "primary_metric"
+    best_metric = (PRIMARY_METRIC_KEY if by_metric else "eval_loss") if evaluate_every else None
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=training.learning_rate,
@@ -83,8 +89,8 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
         save_steps=evaluate_every,
         save_total_limit=2 if keep_best else None,
         load_best_model_at_end=keep_best,
-        metric_for_best_model="eval_loss" if keep_best else None,
-        greater_is_better=False if keep_best else None,
+        metric_for_best_model=best_metric,
+        greater_is_better=by_metric if best_metric else None,
         report_to="none",
         disable_tqdm=False,  # the progress bar is the user's clock
         seed=training.seed,
@@ -115,14 +121,56 @@ def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
 
 
+PRIMARY_METRIC_KEY = "eval_primary_metric"
+_NOT_SCORES = ("num_examples", "mean_latency_s", "mean_new_tokens", "mean_prompt_tokens")
+
+
+class GenerationMetrics(TrainerCallback):
+    """At every evaluation, greedy answers on a validation slice, scored like the test set.
+
+    The scores join the evaluation's metrics as `eval_<name>`, and the promotion
+    metric also as `eval_primary_metric`, so keep_best and early stopping can use it.
+    Must come before EarlyStoppingCallback in the callback list.
+    """
+
+    def __init__(self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, config: RunConfig) -> None:
+        self.rows = rows
+        self.tokenizer = tokenizer
+        self.config = config
+        self.records: list[dict] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):  # noqa: D102
+        if metrics is None or model is None:
+            return
+        was_training, use_cache = model.training, model.config.use_cache
+        model.eval()
+        model.config.use_cache = True  # generation only; training keeps it off
+        try:
+            generations = generate(
+                model, self.tokenizer, [row["prompt_text"] for row in self.rows],
+                batch_size=self.config.evaluation.batch_size, max_new_tokens=self.config.evaluation.max_new_tokens,
+            )
+        finally:
+            model.config.use_cache = use_cache
+            model.train(was_training)
+        scores = score_generations(self.rows, generations, self.config.evaluation.metrics).metrics
+        primary = resolve_metric(self.config.promotion.metric, scores)
+        found = {f"eval_{name}": value for name, value in scores.items() if name not in _NOT_SCORES}
+        found[PRIMARY_METRIC_KEY] = scores[primary]
+        metrics.update(found)
+        self.records.append({"step": state.global_step, "metric": primary, **found})
+        logger.info("Step %d: %s %.4f on %d validation rows", state.global_step, primary, scores[primary], len(self.rows))
+
+
 class _LossHistory(TrainerCallback):
     """Keeps every logged loss, for curves and metadata."""
 
     def __init__(self) -> None:
         self.records: list[dict] = []
+        self.active = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D102
-        if logs and ("loss" in logs or "eval_loss" in logs):
+        if self.active and logs and ("loss" in logs or "eval_loss" in logs):
             self.records.append({"step": state.global_step, **{k: v for k, v in logs.items() if "loss" in k}})
 
 
@@ -187,13 +235,20 @@ def train_lora(
     train_dataset = _as_dataset(train_rows)
     eval_dataset = _as_dataset(validation_rows) if validation_rows else None
     history = _LossHistory()
+    callbacks: list[TrainerCallback] = [history]
+    generation_metrics = None
+    if config.training.eval_generation_rows and validation_rows:
+        generation_metrics = GenerationMetrics(
+            validation_rows[: config.training.eval_generation_rows], tokenizer, config
+        )
+        callbacks.append(generation_metrics)
     trainer = Trainer(
         model=model,
         args=build_training_arguments(config.training, output_dir / "trainer"),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=build_collator(tokenizer, config.data.packing),
-        callbacks=[history, *early_stopping(config.training)],
+        callbacks=[*callbacks, *early_stopping(config.training)],
     )
     started = time.perf_counter()
     train_output = trainer.train()
@@ -218,8 +273,12 @@ def train_lora(
         "num_processes": int(trainer.accelerator.num_processes),
     }
     if eval_dataset is not None:
-        # After load_best_model_at_end this is the kept adapter's loss.
-        metrics["validation_loss"] = float(trainer.evaluate()["eval_loss"])
+        # After load_best_model_at_end these are the kept adapter's numbers: not a point on the curve.
+        history.active = False
+        final = trainer.evaluate()
+        metrics["validation_loss"] = float(final["eval_loss"])
+        if PRIMARY_METRIC_KEY in final:
+            metrics["validation_primary_metric"] = float(final[PRIMARY_METRIC_KEY])
     if trainer.state.best_model_checkpoint:
         metrics["best_step"] = int(trainer.state.best_model_checkpoint.rstrip("/").rsplit("-", 1)[1])
     metrics["stopped_early"] = bool(steps < trainer.state.max_steps)
@@ -231,6 +290,12 @@ def train_lora(
         (adapter_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
     trainer.accelerator.wait_for_everyone()
     logger.info("Trained %d steps in %.0f s, %.0f tokens/s", steps, seconds, metrics["train_tokens_per_s"])
+    if generation_metrics is not None:
+        # The final evaluation above repeated the best one; the history keeps the interval ones.
+        scored = {record["step"]: record for record in generation_metrics.records[:-1]}
+        for record in history.records:
+            if "eval_loss" in record and record["step"] in scored:
+                record.update({k: v for k, v in scored[record["step"]].items() if k != "step"})
     return TrainingResult(adapter_dir=adapter_dir, metrics=metrics, loss_history=history.records)
 
 

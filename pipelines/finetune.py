@@ -57,4 +57,4 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         force_promote=force_promote,
     )
     if RunConfig.from_json(config_json).export.merge:
-        export_merged(adapter=adapter, config_json=config_json)
+        export_merged(adapter=adapter, prepared_data=prepared_data, config_json=config_json)

@@ -15,6 +15,7 @@ def compare_models(
 ) -> Tuple[
     Annotated[HTMLString, ArtifactConfig(name="model_comparison")],
     Annotated[dict, ArtifactConfig(name="comparison_summary")],
+    Annotated[pd.DataFrame, ArtifactConfig(name="per_example_results")],
 ]:
     """Pair the two evaluations row by row.
 
@@ -23,9 +24,11 @@ def compare_models(
         finetuned_predictions: evaluate_finetuned's records, same rows.
 
     Returns:
-        An HTML page (regressions first) and the improved/regressed/same counts.
+        An HTML page (regressions first), the better/worse/same counts, and one
+        row per test example: input, expected, both outputs, per-field
+        correctness of each, both latencies.
     """
     rows = compare_examples(base_predictions.to_dict("records"), finetuned_predictions.to_dict("records"))
     summary = comparison_summary(rows)
     log_metadata(metadata={"comparison": summary}, infer_model=True)
-    return HTMLString(render_comparison_html(rows)), summary
+    return HTMLString(render_comparison_html(rows)), summary, pd.DataFrame(rows)

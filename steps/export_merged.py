@@ -4,24 +4,43 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from zenml import ArtifactConfig, step
+from zenml import ArtifactConfig, log_metadata, step
+from zenml.logger import get_logger
 
 from llm_lora.adapter import LoraAdapter
 from llm_lora.config import RunConfig
-from llm_lora.export import merge_adapter
+from llm_lora.data_preparation import load_prepared_split
+from llm_lora.export import compare_merged_with_adapter, merge_adapter
+
+logger = get_logger(__name__)
 
 
 @step
-def export_merged(adapter: LoraAdapter, config_json: str) -> Annotated[Path, ArtifactConfig(name="merged_model")]:
-    """Merge the adapter into the unquantized base model.
+def export_merged(
+    adapter: LoraAdapter, prepared_data: Path, config_json: str
+) -> Annotated[Path, ArtifactConfig(name="merged_model")]:
+    """Merge the adapter into the unquantized base model and check it answers the same.
 
     Args:
         adapter: train_lora's adapter.
+        prepared_data: Output of prepare_data (test rows for the check).
         config_json: The run configuration (RunConfig as JSON).
 
     Returns:
         A folder with the merged model's safetensors, config and tokenizer.
     """
     config = RunConfig.from_json(config_json)
-    target = Path(tempfile.mkdtemp(prefix="merged-model-"))
-    return merge_adapter(config.model, adapter.directory, target, config.export.dtype)
+    target = merge_adapter(
+        config.model, adapter.directory, Path(tempfile.mkdtemp(prefix="merged-model-")), config.export.dtype
+    )
+    metadata = {"dtype": config.export.dtype}
+    if config.export.verify_rows:
+        rows = load_prepared_split(prepared_data, "test")[: config.export.verify_rows]
+        check = compare_merged_with_adapter(config, adapter.directory, target, rows)
+        metadata.update(check)
+        logger.info(
+            "Merged model: %d of %d test rows answered exactly as base + adapter",
+            check["matching_rows"], check["checked_rows"],
+        )
+    log_metadata(metadata={"merged_export": metadata}, infer_model=True)
+    return target

@@ -12,7 +12,7 @@ from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluate_model, evaluation_fingerprint
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.promotion import decide_promotion, resolve_metric
-from llm_lora.training import load_adapter
+from llm_lora.training import PRIMARY_METRIC_KEY, load_adapter
 
 logger = get_logger(__name__)
 
@@ -93,6 +93,10 @@ def promote_model(
             "training": training_metrics,
             "validation_loss_by_step": {
                 str(entry["step"]): entry["eval_loss"] for entry in loss_history if "eval_loss" in entry
+            },
+            # With training.eval_generation_rows: the promotion metric on the validation slice.
+            "validation_metric_by_step": {
+                str(entry["step"]): entry[PRIMARY_METRIC_KEY] for entry in loss_history if PRIMARY_METRIC_KEY in entry
             },
             # The whole config, so inference can format inputs exactly as training did.
             "run_config_json": config_json,

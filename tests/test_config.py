@@ -149,3 +149,19 @@ def test_inference_config_unknown_key(tmp_path):
     path = _write(tmp_path, "inference:\n  model_name: m\n  input: x.jsonl\n  output_file: o.jsonl\n")
     with pytest.raises(ConfigError, match=r"inference\.input_file: required key is missing"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "training, message",
+    [
+        ({"early_stopping_patience": 2}, r"training\.early_stopping_patience: needs training\.eval_steps"),
+        ({"eval_generation_rows": 8}, r"training\.eval_generation_rows: needs training\.eval_steps"),
+        ({"eval_steps": 10, "best_by": "primary_metric"}, r"training\.best_by: primary_metric needs training\.eval_generation_rows"),
+    ],
+)
+def test_evaluation_during_training_settings_must_fit(tmp_path, monkeypatch, training, message):
+    monkeypatch.chdir(REPO)
+    path = _quickstart(tmp_path, lambda c: c["training"].update(training))
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(path)
+    assert "\n" not in str(error.value)

@@ -7,6 +7,7 @@ same seed, --no-cache) ties and stays out of production, saying why.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,8 @@ def test_first_run_trains_evaluates_and_promotes(first_run):
     assert "mean_field_accuracy" in out and "field_accuracy/order_id" in out
     assert "pipeline-test version 1, stage production (promoted)" in out
     assert "no production version yet" in out
+    better, worse, same = (int(n) for n in re.search(r"examples: (\d+) better, (\d+) worse, (\d+) unchanged", out).groups())
+    assert better + worse + same == 12 and better > worse
     base_line = next(line for line in out.splitlines() if line.startswith("mean_field_accuracy"))
     base, tuned = map(float, base_line.split()[1:3])
     assert tuned >= base + 0.05

@@ -79,8 +79,22 @@ KINDS = [
 
 
 READ_REPORT = """
+import json
+from transformers import AutoModelForCausalLM
 from zenml.client import Client
 run = Client().get_pipeline("finetune").last_run
+merged = run.steps["export_merged"].outputs["merged_model"][0].load()
+model = AutoModelForCausalLM.from_pretrained(merged)
+results = run.steps["compare_models"].outputs["per_example_results"][0].load()
+check = run.model_version.run_metadata["merged_export"]
+print(json.dumps({
+    "merged_lora_params": sum("lora" in name for name, _ in model.named_parameters()),
+    "merged_dtype": str(model.dtype),
+    "check": check,
+    "results_columns": list(results.columns),
+    "results_rows": len(results),
+    "comparison": str(run.steps["compare_models"].outputs["model_comparison"][0].load())[:200],
+}))
 print(run.steps["preflight_report"].outputs["preflight_report"][0].load())
 """
 
@@ -93,6 +107,8 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
         tmp_path / "run.yaml", tiny_model_dir, tmp_path, data=data,
         training={"max_steps": 1, "batch_size": 4},
         registry={"model_name": f"sources-{kind}"},
+        # One run also exports the merged model and checks it against the adapter.
+        **({"export": {"merge": True, "dtype": "float32", "verify_rows": 4}} if kind == KINDS[0] else {}),
     )
     # write_config's default data files are replaced by this source's keys.
     loaded = yaml.safe_load(config.read_text())
@@ -113,8 +129,17 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
         script.write_text(READ_REPORT)
         read = subprocess.run([sys.executable, str(script)], cwd=REPO, env=zenml_env, capture_output=True, text=True)
         assert read.returncode == 0, read.stderr[-2000:]
-        assert read.stdout.lstrip().startswith("<!doctype html>")
-        assert "<h2>Preflight report</h2>" in read.stdout and "Token lengths" in read.stdout
+        facts_line, page = read.stdout.lstrip().split("\n", 1)
+        facts = json.loads(facts_line)
+        # The merged export is an ordinary model: no LoRA layers, answers as base + adapter did.
+        assert facts["merged_lora_params"] == 0 and facts["merged_dtype"] == "torch.float32"
+        assert facts["check"]["checked_rows"] == 4 and facts["check"]["matching_rows"] == 4
+        # Per-example results: input, expected, both outputs, per-field correctness, latency.
+        assert {"prompt", "expected", "base_output", "finetuned_output", "change", "base_order_id",
+                "finetuned_order_id", "base_latency_s", "finetuned_latency_s"} <= set(facts["results_columns"])
+        assert facts["results_rows"] > 0 and facts["comparison"].startswith("<!doctype html>")
+        assert page.lstrip().startswith("<!doctype html>")
+        assert "<h2>Preflight report</h2>" in page and "Token lengths" in page
 
 
 def test_bad_rows_stop_the_run_before_training(tmp_path, tiny_model_dir, support_rows, zenml_env):

@@ -124,7 +124,43 @@ def test_early_stopping_keeps_the_best_evaluation(tmp_path, tiny_model_dir, toke
     assert result.metrics["best_step"] == best_step
     # The saved adapter is the best one: its validation loss is the lowest seen, not the last.
     assert result.metrics["validation_loss"] == pytest.approx(best_loss, rel=1e-4)
-    assert evaluations[-2][1] > best_loss
+    assert evaluations[-1][1] > best_loss  # the last interval evaluation was worse: stopping was right
+
+
+def test_generated_validation_metric_picks_the_kept_adapter(tmp_path, tiny_model_dir, tokenizer, support_rows):
+    """With best_by: primary_metric the validation slice is answered at every evaluation; the kept adapter
+    is the one with the best score there, and early stopping watches that score."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    label = {"prompt": None, "completion": "billing"}
+    splits = {"train": support_rows["train"][:16], "validation": support_rows["validation"][:4], "test": support_rows["test"][:2]}
+    for split, rows in splits.items():
+        (data_dir / f"{split}.jsonl").write_text("".join(json.dumps(dict(label, prompt=row["prompt"])) + "\n" for row in rows))
+    path = write_config(
+        tmp_path / "run.yaml", tiny_model_dir, data_dir,
+        training={"max_steps": 40, "batch_size": 4, "learning_rate": 0.05, "precision": "fp32", "logging_steps": 1,
+                  "eval_steps": 2, "early_stopping_patience": 4, "warmup_ratio": 0.0, "lr_scheduler": "constant",
+                  "eval_generation_rows": 4, "best_by": "primary_metric"},
+        lora={"rank": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "lm_head"]},
+        evaluation={"batch_size": 4, "max_new_tokens": 4, "metrics": ["classification_accuracy"]},
+    )
+    config = load_config(path)
+    prepared = prepare_splits(config.data, tokenizer)
+    result = train_lora(config, prepared.splits["train"], prepared.splits["validation"], tmp_path / "out", tokenizer)
+    evaluations = [r for r in result.loss_history if "eval_loss" in r]
+    assert evaluations and all(r["metric"] == "classification_accuracy" for r in evaluations)
+    assert all(r["eval_primary_metric"] == r["eval_classification_accuracy"] for r in evaluations)
+    scores = [r["eval_primary_metric"] for r in evaluations]
+    best = max(scores)
+    assert best == 1.0 and scores[0] < 1.0  # the model learned the label during training
+    first_best = next(r["step"] for r in evaluations if r["eval_primary_metric"] == best)
+    assert result.metrics["best_step"] == first_best
+    assert result.metrics["validation_primary_metric"] == best
+    # The kept adapter is chosen by the metric, not by validation loss (which bottoms out later here).
+    lowest_loss_step = min(evaluations, key=lambda r: r["eval_loss"])["step"]
+    assert lowest_loss_step != first_best
+    # Nothing beats 1.0: four more evaluations (patience 4, every 2 steps) and training stops.
+    assert result.metrics["stopped_early"] and evaluations[-1]["step"] == first_best + 8
 
 
 def test_merged_model_generates_what_the_adapter_does(trained, tmp_path, tokenizer):
