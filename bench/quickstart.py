@@ -46,6 +46,7 @@ def main() -> None:
         if read.returncode != 0:
             sys.exit(f"could not read the run back:\n{read.stderr[-3000:]}")
         record = json.loads(read.stdout.strip().splitlines()[-1])
+        record["printout"] = result.stdout.strip().splitlines()
     import yaml
 
     record.update(
@@ -84,6 +85,7 @@ def read_last_run() -> None:
         "finetuned": output("evaluate_finetuned", "metrics"),
         "training": output("train_lora", "training_metrics"),
         "promotion": output("promote_model", "promotion_decision"),
+        "comparison": output("compare_models", "comparison_summary"),
         "step_seconds": {
             name: round((step.end_time - step.start_time).total_seconds(), 1) for name, step in run.steps.items()
         },
