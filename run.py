@@ -81,6 +81,7 @@ def print_summary(run, config: RunConfig) -> None:
     click.echo(
         f"training: {training['optimizer_steps']} steps, {training['train_runtime_s']:.0f} s,"
         f" {training['train_tokens_per_s']:.0f} tokens/s, mean loss {training['train_loss']:.3f}"
+        + (f", resumed from step {training['resumed_from_step']}" if training.get("resumed_from_step") else "")
         + (f", kept step {training['best_step']}" if "best_step" in training else "")
         + (", stopped early" if training.get("stopped_early") else "")
     )

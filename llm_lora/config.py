@@ -143,6 +143,14 @@ class TrainingConfig(_Section):
     # What "best" means for keep_best and early stopping: lowest validation loss, or the
     # highest promotion metric on the generated validation slice (needs eval_generation_rows).
     best_by: Literal["validation_loss", "primary_metric"] = "validation_loss"
+    # Save a resumable checkpoint (adapter, optimizer, scheduler, RNG, data position) every N
+    # optimizer steps; a re-run of the same config after a crash continues from the newest one.
+    checkpoint_steps: int | None = Field(default=None, ge=1)
+    # Where checkpoints go (local path or artifact-store URI); None: inside the active
+    # artifact store, under llm_lora_checkpoints/<model name>/<key of model, settings and rows>.
+    checkpoint_dir: str | None = None
+    # Continue from the newest complete checkpoint of the same settings when one exists.
+    resume: bool = True
     seed: int = 42
 
     @model_validator(mode="after")
@@ -153,6 +161,11 @@ class TrainingConfig(_Section):
             raise ValueError("training.eval_generation_rows: needs training.eval_steps")
         if self.best_by == "primary_metric" and not self.eval_generation_rows:
             raise ValueError("training.best_by: primary_metric needs training.eval_generation_rows > 0")
+        if self.checkpoint_steps and self.eval_steps and self.keep_best and self.checkpoint_steps % self.eval_steps:
+            raise ValueError(
+                f"training.checkpoint_steps: {self.checkpoint_steps} must be a multiple of training.eval_steps"
+                f" ({self.eval_steps}) when keep_best is on"
+            )
         return self
 
 

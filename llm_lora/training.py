@@ -28,6 +28,7 @@ from transformers import (
     set_seed,
 )
 
+from llm_lora.checkpoints import CheckpointStore
 from llm_lora.config import LoraSettings, RunConfig, TrainingConfig
 from llm_lora.evaluation import score_generations
 from llm_lora.generation import generate
@@ -85,9 +86,10 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
         eval_strategy="steps" if evaluate_every else "no",
         eval_steps=evaluate_every,
         # Checkpoints (adapter weights only, a few MB) exist to return to the best evaluation.
-        save_strategy="steps" if keep_best else "no",
-        save_steps=evaluate_every,
-        save_total_limit=2 if keep_best else None,
+        save_strategy="steps" if keep_best or training.checkpoint_steps else "no",
+        # keep_best needs a checkpoint at every evaluation; resumable ones are published every checkpoint_steps.
+        save_steps=evaluate_every if keep_best else training.checkpoint_steps,
+        save_total_limit=2 if keep_best or training.checkpoint_steps else None,
         load_best_model_at_end=keep_best,
         metric_for_best_model=best_metric,
         greater_is_better=by_metric if best_metric else None,
@@ -162,6 +164,47 @@ class GenerationMetrics(TrainerCallback):
         logger.info("Step %d: %s %.4f on %d validation rows", state.global_step, primary, scores[primary], len(self.rows))
 
 
+def _step_of(checkpoint: str | None) -> int | None:
+    return int(checkpoint.rstrip("/").rsplit("-", 1)[1]) if checkpoint else None
+
+
+class _PublishCheckpoints(TrainerCallback):
+    """Publish every `every`-th saved checkpoint to the durable store (main process only)."""
+
+    def __init__(self, store: CheckpointStore, every: int) -> None:
+        self.store = store
+        self.every = every
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: D102
+        if not state.is_world_process_zero or state.global_step % self.every:
+            return
+        local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        best = _step_of(state.best_model_checkpoint)
+        self.store.publish(local, keep={best} if best is not None else set())
+        logger.info("Checkpoint at step %d saved to %s", state.global_step, self.store.root)
+
+
+def resume_point(store: CheckpointStore, trainer_dir: Path) -> Path | None:
+    """Fetch the newest complete checkpoint (and the best one it refers to) into the Trainer's folder.
+
+    Returns:
+        The local checkpoint folder to resume from, or None when the store has none.
+    """
+    step = store.latest()
+    if step is None:
+        return None
+    local = store.fetch(step, trainer_dir)
+    state_path = local / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    best = _step_of(state.get("best_model_checkpoint"))
+    if best is not None and best != step and best in store.steps():
+        store.fetch(best, trainer_dir)
+    # The state names the best checkpoint by the crashed run's scratch path; point it here.
+    state["best_model_checkpoint"] = str(trainer_dir / f"checkpoint-{best}") if best in store.steps() else None
+    state_path.write_text(json.dumps(state, indent=2))
+    return local
+
+
 class _LossHistory(TrainerCallback):
     """Keeps every logged loss, for curves and metadata."""
 
@@ -210,6 +253,7 @@ def train_lora(
     validation_rows: list[dict],
     output_dir: Path,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> TrainingResult:
     """Train LoRA adapters on tokenized rows and save them.
 
@@ -219,6 +263,8 @@ def train_lora(
         validation_rows: Same shape; validation loss is computed at the end.
         output_dir: The adapter and tokenizer are saved to `output_dir / "adapter"`.
         tokenizer: Reuse an already-loaded tokenizer.
+        checkpoints: Durable store for resumable checkpoints (with training.checkpoint_steps):
+            published every checkpoint_steps, resumed from when it holds one, cleared at the end.
 
     Returns:
         The adapter directory and the training metrics.
@@ -242,20 +288,28 @@ def train_lora(
             validation_rows[: config.training.eval_generation_rows], tokenizer, config
         )
         callbacks.append(generation_metrics)
+    publishing = checkpoints is not None and config.training.checkpoint_steps
+    if publishing:
+        callbacks.append(_PublishCheckpoints(checkpoints, config.training.checkpoint_steps))
+    trainer_dir = output_dir / "trainer"
+    resume_from = resume_point(checkpoints, trainer_dir) if publishing and config.training.resume else None
+    if resume_from is not None:
+        logger.info("Resuming from %s (step %s)", checkpoints.root, resume_from.name.rsplit("-", 1)[1])
     trainer = Trainer(
         model=model,
-        args=build_training_arguments(config.training, output_dir / "trainer"),
+        args=build_training_arguments(config.training, trainer_dir),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=build_collator(tokenizer, config.data.packing),
         callbacks=[*callbacks, *early_stopping(config.training)],
     )
     started = time.perf_counter()
-    train_output = trainer.train()
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - started
 
     steps = train_output.global_step
-    examples_seen = steps * config.training.batch_size * config.training.gradient_accumulation_steps
+    resumed_step = _step_of(str(resume_from)) if resume_from else 0
+    examples_seen = (steps - resumed_step) * config.training.batch_size * config.training.gradient_accumulation_steps
     examples_seen *= trainer.accelerator.num_processes
     # Real (non-pad) tokens of the rows actually consumed, epochs included.
     lengths = [len(row["input_ids"]) for row in train_rows]
@@ -271,6 +325,7 @@ def train_lora(
         "total_parameters": int(total),
         "device": str(trainer.args.device),
         "num_processes": int(trainer.accelerator.num_processes),
+        "resumed_from_step": int(resumed_step),
     }
     if eval_dataset is not None:
         # After load_best_model_at_end these are the kept adapter's numbers: not a point on the curve.
@@ -288,6 +343,8 @@ def train_lora(
         model.save_pretrained(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
         (adapter_dir / "training_metrics.json").write_text(json.dumps(metrics, indent=2))
+        if publishing:
+            checkpoints.clear()  # finished: the adapter is saved, nothing is left to resume
     trainer.accelerator.wait_for_everyone()
     logger.info("Trained %d steps in %.0f s, %.0f tokens/s", steps, seconds, metrics["train_tokens_per_s"])
     if generation_metrics is not None:

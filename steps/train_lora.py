@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Annotated, Tuple
 
 from zenml import ArtifactConfig, step
+from zenml.io import fileio
 from zenml.steps import BaseStep
 
 from llm_lora.adapter import LoraAdapter
+from llm_lora.checkpoints import CheckpointStore, checkpoint_key
 from llm_lora.config import RunConfig, TrainingConfig
-from llm_lora.data_preparation import load_prepared_split
+from llm_lora.data_preparation import fingerprint, load_prepared_split
 from llm_lora.training import train_lora as run_training
 from materializers.lora_adapter_materializer import LoraAdapterMaterializer
 
@@ -41,16 +43,45 @@ def train_lora(
     """
     config = RunConfig.from_json(config_json)
     output_dir = Path(tempfile.mkdtemp(prefix="lora-training-"))
+    train_rows = load_prepared_split(Path(prepared_data), "train")
     result = run_training(
         config,
-        load_prepared_split(Path(prepared_data), "train"),
+        train_rows,
         load_prepared_split(Path(prepared_data), "validation"),
         output_dir,
+        checkpoints=checkpoint_store(config, train_rows),
     )
     adapter = LoraAdapter(directory=result.adapter_dir)
     if result.adapter_dir.exists():  # main process only
         adapter.write_facts(config.model.name, result.metrics["trainable_parameters"])
     return adapter, result.metrics, result.loss_history
+
+
+def checkpoint_store(config: RunConfig, train_rows: list[dict]) -> CheckpointStore | None:
+    """The durable checkpoint folder of this model, these settings and these training rows.
+
+    Under `training.checkpoint_dir` when set, else inside the active stack's
+    artifact store (so a cloud stack keeps them in its bucket). ZenML's file
+    layer reads and writes any artifact-store URI.
+    """
+    training = config.training
+    if not training.checkpoint_steps:
+        return None
+    root = training.checkpoint_dir
+    if root is None:
+        from zenml.client import Client
+
+        root = f"{Client().active_stack.artifact_store.path.rstrip('/')}/llm_lora_checkpoints"
+    key = checkpoint_key(
+        [
+            config.model.model_dump(mode="json"),
+            config.lora.model_dump(mode="json"),
+            training.model_dump(mode="json", exclude={"checkpoint_dir", "resume", "logging_steps"}),
+            config.data.packing,
+        ],
+        fingerprint(train_rows),
+    )
+    return CheckpointStore(f"{root.rstrip('/')}/{config.registry.model_name}/{key}", fs=fileio)
 
 
 def launch_with_accelerate(training: TrainingConfig) -> BaseStep:

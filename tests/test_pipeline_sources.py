@@ -158,3 +158,54 @@ def test_bad_rows_stop_the_run_before_training(tmp_path, tiny_model_dir, support
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: pipeline failed: ") and f"{tmp_path / 'train.jsonl'}:5: malformed JSON" in last
     assert "train_lora has started" not in result.stdout + result.stderr
+
+
+KILLED_RUN = """
+from zenml.client import Client
+runs = Client().list_pipeline_runs(pipeline_name="finetune", sort_by="asc:created", size=50).items
+killed = [run for run in runs if run.config.model and "resume" in str(run.model_version.model.name)]
+first = Client().get_pipeline_run(killed[0].id)
+print(str(first.status), "lora_adapter" in first.steps.get("train_lora").outputs if "train_lora" in first.steps else False)
+"""
+
+
+def test_killed_pipeline_resumes_training_from_its_last_checkpoint(tmp_path, tiny_model_dir, support_rows, zenml_env):
+    """SIGKILL to the whole run (a lost machine); the same command again continues training, not restarts it."""
+    import glob
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, count in (("train", 64), ("validation", 4), ("test", 4)):
+        _jsonl(data / f"{split}.jsonl", support_rows[split][:count])
+    config = write_config(
+        tmp_path / "run.yaml", tiny_model_dir, data,
+        training={"max_steps": 60, "batch_size": 4, "checkpoint_steps": 5, "precision": "fp32"},
+        registry={"model_name": "resume-test"},
+    )
+    home = Path(zenml_env["ZENML_CONFIG_PATH"]).parent
+    pattern = str(home / "**" / "llm_lora_checkpoints" / "resume-test" / "*" / "checkpoint-*" / "COMPLETE")
+    command = [sys.executable, "run.py", "--config", str(config)]
+    first = subprocess.Popen(command, cwd=REPO, env=zenml_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 600
+    while not any(int(Path(p).parent.name.split("-")[1]) >= 10 for p in glob.glob(pattern, recursive=True)):
+        assert first.poll() is None and time.time() < deadline, "the run ended before a checkpoint was published"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    complete = sorted(int(Path(p).parent.name.split("-")[1]) for p in glob.glob(pattern, recursive=True))
+    assert complete and complete[-1] < 60
+
+    second = subprocess.run(command, cwd=REPO, env=zenml_env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "training: 60 steps" in second.stdout and f"resumed from step {complete[-1]}" in second.stdout
+    assert not glob.glob(pattern, recursive=True)  # finished: the checkpoints are gone
+    # The killed run never finished train_lora: no adapter artifact came out of it.
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_RUN)
+    read = subprocess.run([sys.executable, str(script)], cwd=REPO, env=zenml_env, capture_output=True, text=True)
+    assert read.returncode == 0, read.stderr[-2000:]
+    status, has_adapter = read.stdout.split()[-2:]
+    assert status != "completed" and has_adapter == "False"
