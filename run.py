@@ -9,8 +9,10 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -23,7 +25,9 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 from llm_lora.config import ConfigError, InferenceConfig, RunConfig, load_config  # noqa: E402
+from llm_lora.data_preparation import check_rows  # noqa: E402
 from llm_lora.data_sources import DataError  # noqa: E402
+from llm_lora.errors import MachineError, check_machine  # noqa: E402
 from llm_lora.model_loading import ModelSourceError, resolve_model_source  # noqa: E402
 
 REPORTED_METRICS = ("mean_field_accuracy", "exact_match", "valid_json_rate", "mean_latency_s")
@@ -99,6 +103,36 @@ def print_summary(run, config: RunConfig) -> None:
         "\nSee it:    zenml pipeline runs list; zenml model version list --model "
         f"{config.registry.model_name}\nDashboard: zenml login --local  (then open http://127.0.0.1:8237)"
     )
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as its wrapped formatter would, minus the traceback."""
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:  # noqa: D102
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info = record.exc_text = record.stack_info = None
+        try:
+            return self.inner.format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def quiet_console_tracebacks() -> None:
+    """Keep Python tracebacks off the console (--debug shows them).
+
+    Only the console handlers change: the step logs ZenML stores (and the
+    dashboard shows) keep the full traceback.
+    """
+    import zenml  # noqa: F401  (sets up ZenML's console handler)
+    from zenml.logger import ZenMLConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, ZenMLConsoleHandler) and not isinstance(handler.formatter, _WithoutTraceback):
+            handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
 
 
 def failed_step_message(pipeline_name: str) -> str | None:
@@ -182,9 +216,25 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
     except (ConfigError, ModelSourceError, DataError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary)
+    try:
+        if isinstance(config, RunConfig):
+            check_rows(config.data)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
     if dry_run:
-        click.echo(f"{config_path}: valid (dry run, nothing loaded)")
+        click.echo(f"{config_path}: valid (dry run: config and data rows checked, no model loaded)")
         return
+    if not debug:
+        quiet_console_tracebacks()
+    else:
+        os.environ["LLM_LORA_DEBUG"] = "1"
+    error_file = Path(tempfile.mkdtemp(prefix="llm-lora-")) / "training_error.txt"
+    os.environ["LLM_LORA_ERROR_FILE"] = str(error_file)  # read by the Accelerate-launched training
+    try:
+        if isinstance(config, RunConfig):
+            check_machine(config)
+    except MachineError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         if isinstance(config, InferenceConfig):
             run_inference(config)
@@ -199,6 +249,8 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
             message = failed_step_message(pipeline_name) or message
         except Exception:  # the store itself may be what failed; keep ZenML's message
             pass
+        if error_file.is_file():  # training, in its own process, said why
+            message = f"train_lora: {error_file.read_text().strip()}"
         raise click.ClickException(f"pipeline failed: {message}") from None
     print_summary(run, config)
 

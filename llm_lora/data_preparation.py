@@ -117,6 +117,24 @@ def _token_stats(rows: list[dict]) -> dict:
     }
 
 
+def check_rows(data: DataConfig) -> None:
+    """Read local sources and convert every row, without a tokenizer: the checks that need no model.
+
+    Run before a pipeline starts, so a typo in the data fails in a second with
+    the file and line, not as a failed pipeline run. Hub datasets are left to the
+    pipeline (reading them may mean a download).
+
+    Raises:
+        DataError: What prepare_splits would raise for the same rows.
+    """
+    if data.hub_id:
+        return
+    raw, source = read_source(data)
+    examples = {split: _convert(rows, data, split, []) for split, rows in raw.items()}
+    if not examples.get("train"):
+        raise DataError(f"{source}: no usable training rows")
+
+
 def prepare_splits(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     """Read the configured source and turn it into tokenized splits.
 

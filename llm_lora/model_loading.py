@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +159,20 @@ def model_files(config: ModelConfig) -> str:
     return source.location
 
 
+@contextmanager
+def _hub_errors(config: ModelConfig):
+    """Turn hub access failures (gated, missing, offline) into one-line ModelSourceErrors."""
+    try:
+        yield
+    except (OSError, ValueError) as exc:
+        from llm_lora.errors import explain_hub_error
+
+        message = explain_hub_error(config.name, exc)
+        if message is None:
+            raise
+        raise ModelSourceError(message) from exc
+
+
 def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     """Load the base model's tokenizer, with a pad token set.
 
@@ -165,9 +180,10 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     here because labels are built explicitly and padding is masked by position,
     never by token id, so the trained EOS keeps its loss.
     """
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_files(config), revision=config.revision, trust_remote_code=config.trust_remote_code
-    )
+    with _hub_errors(config):
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_files(config), revision=config.revision, trust_remote_code=config.trust_remote_code
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -227,7 +243,8 @@ def load_model(
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForCausalLM.from_pretrained(model_files(config), **kwargs)
+    with _hub_errors(config):
+        model = AutoModelForCausalLM.from_pretrained(model_files(config), **kwargs)
     if quant is None and device is not None:
         model.to(device)
     model.eval()

@@ -244,7 +244,17 @@ def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
         )
     elif config.training.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
-    return get_peft_model(model, build_lora_config(config.lora))
+    try:
+        return get_peft_model(model, build_lora_config(config.lora))
+    except ValueError as exc:
+        if "not found in the base model" not in str(exc) and "Target modules" not in str(exc):
+            raise
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, torch.nn.Linear)})
+        raise ValueError(
+            f"lora.target_modules: {config.lora.target_modules} not found in {config.model.name};"
+            f" its linear layers are {', '.join(linear)} (or use all-linear)"
+        ) from None
 
 
 def train_lora(

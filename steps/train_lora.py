@@ -18,6 +18,7 @@ from llm_lora.adapter import LoraAdapter
 from llm_lora.checkpoints import CheckpointStore, checkpoint_key
 from llm_lora.config import RunConfig, TrainingConfig
 from llm_lora.data_preparation import fingerprint, load_prepared_split
+from llm_lora.errors import explain_training_failure
 from llm_lora.training import train_lora as run_training
 from materializers.lora_adapter_materializer import LoraAdapterMaterializer
 
@@ -44,17 +45,39 @@ def train_lora(
     config = RunConfig.from_json(config_json)
     output_dir = Path(tempfile.mkdtemp(prefix="lora-training-"))
     train_rows = load_prepared_split(Path(prepared_data), "train")
-    result = run_training(
-        config,
-        train_rows,
-        load_prepared_split(Path(prepared_data), "validation"),
-        output_dir,
-        checkpoints=checkpoint_store(config, train_rows),
-    )
+    try:
+        result = run_training(
+            config,
+            train_rows,
+            load_prepared_split(Path(prepared_data), "validation"),
+            output_dir,
+            checkpoints=checkpoint_store(config, train_rows),
+        )
+    except Exception as exc:
+        report_training_failure(exc, config)
+        raise
     adapter = LoraAdapter(directory=result.adapter_dir)
     if result.adapter_dir.exists():  # main process only
         adapter.write_facts(config.model.name, result.metrics["trainable_parameters"])
     return adapter, result.metrics, result.loss_history
+
+
+ERROR_FILE_ENV = "LLM_LORA_ERROR_FILE"
+
+
+def report_training_failure(error: Exception, config: RunConfig) -> None:
+    """Tell run.py, across the Accelerate process boundary, why training failed, in one line.
+
+    run.py sets LLM_LORA_ERROR_FILE; the launched process writes the reason
+    there and, unless LLM_LORA_DEBUG=1, exits without a traceback (Accelerate
+    then reports the failure to the step). Without the variable, nothing changes.
+    """
+    error_file = os.environ.get(ERROR_FILE_ENV)
+    if not error_file:
+        return
+    Path(error_file).write_text(explain_training_failure(error, config))
+    if os.environ.get("LLM_LORA_DEBUG") != "1":
+        raise SystemExit(1)
 
 
 def checkpoint_store(config: RunConfig, train_rows: list[dict]) -> CheckpointStore | None:

@@ -156,8 +156,10 @@ def test_bad_rows_stop_the_run_before_training(tmp_path, tiny_model_dir, support
     )
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: pipeline failed: ") and f"{tmp_path / 'train.jsonl'}:5: malformed JSON" in last
-    assert "train_lora has started" not in result.stdout + result.stderr
+    assert last == f"Error: {tmp_path / 'train.jsonl'}:5: malformed JSON" + last.split("malformed JSON", 1)[1]
+    # Caught before the pipeline starts: no run is created for a typo in the data.
+    assert "Initiating a new run" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
 
 
 KILLED_RUN = """

@@ -1,0 +1,92 @@
+"""One-line explanations for failures users can fix: hub access, memory, the machine."""
+
+from __future__ import annotations
+
+import torch
+
+from llm_lora.config import RunConfig
+
+
+class MachineError(RuntimeError):
+    """The config asks for hardware this machine does not have; the message names the option."""
+
+
+def check_machine(config: RunConfig, cuda_devices: int | None = None) -> None:
+    """Refuse settings this machine cannot run, before anything starts.
+
+    Args:
+        config: The run configuration.
+        cuda_devices: CUDA devices present (None: ask torch).
+
+    Raises:
+        MachineError: QLoRA or fp16 without a GPU, or more processes than GPUs.
+    """
+    training = config.training
+    devices = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    if training.method.startswith("qlora") and devices == 0:
+        raise MachineError(
+            f"training.method: {training.method} needs a CUDA GPU and this machine has none;"
+            " use method: lora with use_cpu: true"
+        )
+    if training.precision == "fp16" and (devices == 0 or training.use_cpu):
+        raise MachineError("training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
+    if training.num_processes > 1 and training.num_processes > devices:
+        raise MachineError(
+            f"training.num_processes: {training.num_processes} processes need {training.num_processes} GPUs;"
+            f" this machine has {devices}"
+        )
+
+
+def explain_hub_error(name: str, error: BaseException) -> str | None:
+    """A one-line, actionable message for a failed hub download, or None when it is something else.
+
+    Args:
+        name: The model id as the YAML gives it.
+        error: What transformers or huggingface_hub raised (its causes are searched too).
+    """
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    seen = error
+    while seen is not None:
+        if isinstance(seen, GatedRepoError):
+            return (
+                f"model.name: {name!r} is a gated model: accept its licence at https://huggingface.co/{name}"
+                " and export HF_TOKEN=<a token of that account> (or store it as a ZenML secret)"
+            )
+        if isinstance(seen, RepositoryNotFoundError):
+            return f"model.name: {name!r} is not a model on the hub (a private one needs HF_TOKEN)"
+        if isinstance(seen, RevisionNotFoundError):
+            return f"model.revision: not a branch, tag or commit of {name!r}"
+        if isinstance(seen, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return (
+                f"model.name: {name!r} is not in the local Hugging Face cache and the hub cannot be reached"
+                " (offline or HF_HUB_OFFLINE=1); download it once with network, or point model.name at a local copy"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def explain_training_failure(error: BaseException, config: RunConfig) -> str:
+    """One line for a training failure; out-of-memory gets the settings to change.
+
+    Args:
+        error: What training raised.
+        config: The run configuration.
+    """
+    training = config.training
+    if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
+        hints = [f"lower training.batch_size ({training.batch_size}) and raise gradient_accumulation_steps"]
+        if not training.gradient_checkpointing:
+            hints.append("set training.gradient_checkpointing: true")
+        if training.method == "lora":
+            hints.append("use training.method: qlora-4bit")
+        hints.append(f"lower data.max_seq_length ({config.data.max_seq_length})")
+        return "out of memory while training: " + "; or ".join(hints)
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
