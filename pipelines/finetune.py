@@ -25,9 +25,10 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         4. train_lora: train LoRA adapters (launched by Accelerate).
         5. evaluate_finetuned: score base + adapters on the same test rows.
         6. compare_models: per-example base vs finetuned, regressions first (HTML).
-        7. promote_model: move the new model version to production if it beats
+        7. export_merged (when export.merge is on): base + adapter saved as one model.
+        8. promote_model: move the new model version to production if it beats
            the base model and the current production version (else maybe staging).
-        8. export_merged (when export.merge is on): base + adapter saved as one model.
+           Last, so that a run failing anywhere before never changes a stage.
 
     Args:
         config_json: The run configuration (RunConfig as JSON).
@@ -47,6 +48,11 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         adapter=adapter,
     )
     compare_models(base_predictions=base_predictions, finetuned_predictions=finetuned_predictions)
+    # Promotion is the last step: a run that fails anywhere else never changes a stage.
+    before_promotion = ["compare_models"]
+    if RunConfig.from_json(config_json).export.merge:
+        export_merged(adapter=adapter, prepared_data=prepared_data, config_json=config_json)
+        before_promotion.append("export_merged")
     promote_model(
         prepared_data=prepared_data,
         config_json=config_json,
@@ -55,6 +61,5 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         training_metrics=training_metrics,
         loss_history=loss_history,
         force_promote=force_promote,
+        after=before_promotion,
     )
-    if RunConfig.from_json(config_json).export.merge:
-        export_merged(adapter=adapter, prepared_data=prepared_data, config_json=config_json)

@@ -1,13 +1,18 @@
 """Step: compare the new model version with the base model and production, promote if better."""
 
+import random
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 from zenml import ArtifactConfig, get_step_context, log_metadata, step
 from zenml.client import Client
+from zenml.exceptions import EntityExistsError
 from zenml.logger import get_logger
 
-from llm_lora.config import RunConfig
+from llm_lora.config import PromotionConfig, RunConfig
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluate_model, evaluation_fingerprint
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
@@ -17,27 +22,112 @@ from llm_lora.training import PRIMARY_METRIC_KEY, load_adapter
 logger = get_logger(__name__)
 
 
-def _production_score(
-    config: RunConfig, metric: str, prepared_data: Path, current_version_id
-) -> tuple[float | None, str]:
-    """The production version's score on this run's test rows, and where it came from."""
+LOCK_SUFFIX = "--promotion-lock"
+
+
+@contextmanager
+def promotion_lock(model_name: str, holder: str, timeout_s: float = 1800, stale_after_s: float = 3600):
+    """Only one run at a time compares with production and changes stages.
+
+    The lock is a ZenML Model named `<model>--promotion-lock`: the store refuses
+    a second model of the same name, in SQLite and on a server alike, so this
+    works across processes and machines. A lock older than `stale_after_s` (its
+    holder died) is broken.
+
+    Args:
+        model_name: The registered model.
+        holder: Who takes the lock (shown while it is held).
+        timeout_s: Give up waiting after this long.
+        stale_after_s: Age after which a held lock is considered abandoned.
+    """
     client = Client()
+    name = model_name + LOCK_SUFFIX
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            lock = client.create_model(name=name, description=f"promotion in progress: {holder}")
+            break
+        except EntityExistsError:
+            try:
+                held = client.get_model(name)
+            except KeyError:
+                continue  # released meanwhile
+            age = (datetime.now(timezone.utc) - held.created.replace(tzinfo=timezone.utc)).total_seconds()
+            if age > stale_after_s:
+                logger.warning("Breaking a promotion lock held for %.0f s: %s", age, held.description)
+                try:
+                    client.delete_model(held.id)
+                except KeyError:
+                    pass
+                continue
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"promotion: {model_name!r} is locked by another run ({held.description})") from None
+            time.sleep(0.5 + random.random())
     try:
-        production = client.get_model_version(config.registry.model_name, "production")
+        yield
+    finally:
+        client.delete_model(lock.id)
+
+
+def production_score(
+    model_name: str, metric: str, fingerprint: str, current_version_id, reevaluate: Callable
+) -> tuple[float | None, str]:
+    """The production version's score on this run's test rows, and where it came from.
+
+    Args:
+        model_name: The registered model.
+        metric: The compared metric.
+        fingerprint: This run's evaluation fingerprint (rows, model, prompt, generation settings).
+        current_version_id: This run's version (never compared with itself).
+        reevaluate: Called with the production version when its stored score is not comparable;
+            returns its metrics on this run's rows.
+    """
+    try:
+        production = Client().get_model_version(model_name, "production")
     except KeyError:
         return None, "no production version"
     if production.id == current_version_id:
         return None, "no production version"
-    rows = load_prepared_split(prepared_data, "test")
     stored = production.run_metadata.get("finetuned")
-    if isinstance(stored, dict) and stored.get("evaluation_fingerprint") == evaluation_fingerprint(config, rows):
+    if isinstance(stored, dict) and stored.get("evaluation_fingerprint") == fingerprint and metric in stored:
         # Same rows, base model, prompt and greedy settings: re-running would give these numbers.
         return float(stored[metric]), f"version {production.number}, stored score on identical test rows"
     logger.info("Re-evaluating production version %s on this run's test rows", production.number)
-    adapter = production.get_artifact("lora_adapter").load()
-    model = load_adapter(load_model(config.model, device=default_device()), adapter.directory)
-    result = evaluate_model(model, load_tokenizer(config.model), rows, config.data.system_prompt, config.evaluation)
-    return float(result.metrics[metric]), f"version {production.number}, re-evaluated on this run's test rows"
+    return float(reevaluate(production)[metric]), f"version {production.number}, re-evaluated on this run's test rows"
+
+
+def gate(
+    model_name: str,
+    version,
+    metric: str,
+    candidate: float,
+    base: float,
+    fingerprint: str,
+    reevaluate: Callable,
+    promotion: PromotionConfig,
+    force: bool = False,
+) -> dict:
+    """Under the promotion lock: compare with the current production version, decide, set the stage.
+
+    Returns:
+        The decision, its numbers and reason, where production's score came from, and the new stage.
+    """
+    with promotion_lock(model_name, holder=f"version {version.number}"):
+        production, source = production_score(model_name, metric, fingerprint, version.id, reevaluate)
+        decision = decide_promotion(
+            metric,
+            candidate=candidate,
+            base=base,
+            production=production,
+            min_gain_over_base=promotion.min_gain_over_base,
+            min_gain_over_production=promotion.min_gain_over_production,
+            staging=promotion.staging,
+            force=force,
+        )
+        if decision.stage is not None:
+            # force=True moves the current holder of the stage out of it (ZenML keeps one version per stage).
+            version.set_stage(decision.stage, force=True)
+    return {**decision.as_metadata(), "production_source": source, "new_stage": decision.stage or "none"}
 
 
 @step
@@ -70,23 +160,29 @@ def promote_model(
         if metric not in metrics:
             raise ValueError(f"promotion.metric: {metric!r} not among the {name} metrics {sorted(metrics)}")
     model = get_step_context().model
-    production, source = _production_score(config, metric, prepared_data, model.id)
-    decision = decide_promotion(
+    rows = load_prepared_split(prepared_data, "test")
+
+    def reevaluate(production) -> dict:
+        adapter = production.get_artifact("lora_adapter").load()
+        base = load_model(config.model, device=default_device())
+        result = evaluate_model(
+            load_adapter(base, adapter.directory), load_tokenizer(config.model), rows,
+            config.data.system_prompt, config.evaluation,
+        )
+        return result.metrics
+
+    record = gate(
+        config.registry.model_name,
+        model,
         metric,
         candidate=float(finetuned_metrics[metric]),
         base=float(base_metrics[metric]),
-        production=production,
-        min_gain_over_base=config.promotion.min_gain_over_base,
-        min_gain_over_production=config.promotion.min_gain_over_production,
-        staging=config.promotion.staging,
+        fingerprint=evaluation_fingerprint(config, rows),
+        reevaluate=reevaluate,
+        promotion=config.promotion,
         force=force_promote,
     )
-    record = {**decision.as_metadata(), "production_source": source}
-    if decision.stage is not None:
-        # force=True moves a current holder of the stage out of it (ZenML keeps one version per stage).
-        model.set_stage(decision.stage, force=True)
-    record["new_stage"] = decision.stage or "none"
-    logger.info("Promotion: stage %s. %s", decision.stage or "none", decision.reason)
+    logger.info("Promotion: stage %s. %s", record["new_stage"], record["reason"])
     log_metadata(
         metadata={
             "promotion": record,
