@@ -34,7 +34,11 @@ class ModelConfig(_Section):
         )
     )
     revision: str | None = None
+    # Run Python code shipped with a hub model. Off: only architectures transformers knows load.
     trust_remote_code: bool = False
+    # Name of a ZenML secret whose `token` is the Hugging Face token (gated models such as
+    # Llama 3.1). Without it, HF_TOKEN from the environment is used. Never written anywhere.
+    token_secret: str | None = None
     # Loading dtype of the base weights. bf16 halves memory; fp32 is the safe CPU default.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = "sdpa"

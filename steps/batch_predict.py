@@ -10,6 +10,7 @@ from llm_lora.config import InferenceConfig, RunConfig
 from llm_lora.inference import predict, read_inference_rows, write_predictions
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.training import load_adapter
+from steps.hub_token import apply_hub_token
 
 
 @step
@@ -37,6 +38,7 @@ def batch_predict(
             "run the finetune pipeline first (python run.py --config configs/quickstart.yaml)"
         ) from None
     config = RunConfig.from_json(version.run_metadata["run_config_json"])
+    apply_hub_token(config.model)
     adapter = version.get_artifact("lora_adapter").load()
     tokenizer = load_tokenizer(config.model)
     model = load_adapter(load_model(config.model, device=default_device()), adapter.directory)

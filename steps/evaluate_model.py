@@ -13,6 +13,7 @@ from llm_lora.evaluation import evaluate_model as run_evaluation
 from llm_lora.evaluation import evaluation_fingerprint
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.training import load_adapter
+from steps.hub_token import apply_hub_token
 
 
 @step
@@ -40,6 +41,7 @@ def evaluate_model(
         The metrics and one row per test example (output, correctness, latency).
     """
     config = RunConfig.from_json(config_json)
+    apply_hub_token(config.model)
     rows = load_prepared_split(prepared_data, "test")
     tokenizer = load_tokenizer(config.model)
     model = load_model(config.model, device=default_device())

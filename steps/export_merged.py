@@ -11,6 +11,7 @@ from llm_lora.adapter import LoraAdapter
 from llm_lora.config import RunConfig
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.export import compare_merged_with_adapter, merge_adapter
+from steps.hub_token import apply_hub_token
 
 logger = get_logger(__name__)
 
@@ -30,6 +31,7 @@ def export_merged(
         A folder with the merged model's safetensors, config and tokenizer.
     """
     config = RunConfig.from_json(config_json)
+    apply_hub_token(config.model)
     target = merge_adapter(
         config.model, adapter.directory, Path(tempfile.mkdtemp(prefix="merged-model-")), config.export.dtype
     )

@@ -9,6 +9,7 @@ from zenml import ArtifactConfig, log_metadata, step
 from llm_lora.config import RunConfig
 from llm_lora.data_preparation import prepare_splits, save_prepared
 from llm_lora.model_loading import load_tokenizer
+from steps.hub_token import apply_hub_token
 
 
 @step
@@ -28,11 +29,13 @@ def prepare_data(
         prompt, input ids, labels) and a summary of counts and drops.
     """
     config = RunConfig.from_json(config_json)
+    token_source = apply_hub_token(config.model)
     prepared = prepare_splits(config.data, load_tokenizer(config.model))
     directory = save_prepared(prepared, Path(tempfile.mkdtemp(prefix="prepared-data-")))
     log_metadata(
         metadata={
-            f"{name}_rows": prepared.summary[name]["rows"] for name in ("train", "validation", "test")
+            **{f"{name}_rows": prepared.summary[name]["rows"] for name in ("train", "validation", "test")},
+            "hub_token_source": token_source,
         },
         infer_model=True,
     )

@@ -18,6 +18,7 @@ from llm_lora.evaluation import evaluate_model, evaluation_fingerprint
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.promotion import decide_promotion, resolve_metric
 from llm_lora.training import PRIMARY_METRIC_KEY, load_adapter
+from steps.hub_token import apply_hub_token
 
 logger = get_logger(__name__)
 
@@ -155,6 +156,7 @@ def promote_model(
         The decision with its numbers and reason.
     """
     config = RunConfig.from_json(config_json)
+    apply_hub_token(config.model)
     metric = resolve_metric(config.promotion.metric, finetuned_metrics)
     for name, metrics in (("base", base_metrics), ("finetuned", finetuned_metrics)):
         if metric not in metrics:

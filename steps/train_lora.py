@@ -21,6 +21,7 @@ from llm_lora.data_preparation import fingerprint, load_prepared_split
 from llm_lora.errors import explain_training_failure
 from llm_lora.training import train_lora as run_training
 from materializers.lora_adapter_materializer import LoraAdapterMaterializer
+from steps.hub_token import apply_hub_token
 
 
 @step(output_materializers={"lora_adapter": LoraAdapterMaterializer})
@@ -43,6 +44,7 @@ def train_lora(
         logged loss by step.
     """
     config = RunConfig.from_json(config_json)
+    apply_hub_token(config.model)
     output_dir = Path(tempfile.mkdtemp(prefix="lora-training-"))
     train_rows = load_prepared_split(Path(prepared_data), "train")
     try:
