@@ -92,3 +92,21 @@ def test_hub_token_never_stored_and_no_pickles(tmp_path, tiny_model_dir, support
     # The scan does find what is stored: the system prompt's canary is in the database and the artifacts.
     found = [where for where, content in haystacks.items() if CANARY.encode() in content]
     assert any(".db:" in where for where in found) and any(".db:" not in where for where in found), found
+
+
+@pytest.mark.pipeline
+def test_local_dashboard_listens_on_loopback_only(tmp_path):
+    import psutil
+
+    env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp_path / "config"), ZENML_ANALYTICS_OPT_IN="false")
+    zenml = str(Path(sys.executable).parent / "zenml")
+    port = "8247"  # not the default, so a user's own local server is left alone
+    started = subprocess.run([zenml, "login", "--local", "--port", port], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        listening = [c.laddr.ip for c in psutil.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port == int(port)]
+        assert listening == ["127.0.0.1"], listening
+    finally:
+        subprocess.run([zenml, "logout", "--local"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
