@@ -99,10 +99,7 @@ def print_summary(run, config: RunConfig) -> None:
     if "production" in decision:
         click.echo(f"compared: production {decision['production_source']}")
     click.echo(f"run:      {run.name}")
-    click.echo(
-        "\nSee it:    zenml pipeline runs list; zenml model version list --model "
-        f"{config.registry.model_name}\nDashboard: zenml login --local  (then open http://127.0.0.1:8237)"
-    )
+    click.echo(where_to_look(run, config.registry.model_name))
 
 
 class _WithoutTraceback(logging.Formatter):
@@ -160,6 +157,24 @@ def failed_step_message(pipeline_name: str) -> str | None:
     return None
 
 
+def where_to_look(run, model_name: str) -> str:
+    """Where the run is visible: its dashboard page when a server records it, else how to get one."""
+    from zenml.client import Client
+    from zenml.utils.dashboard_utils import get_run_url
+
+    stack = Client().active_stack_model
+    lines = [
+        f"\nstack:     {stack.name}",
+        f"See it:    zenml pipeline runs list; zenml model version list --model {model_name}",
+    ]
+    url = get_run_url(run) if Client().zen_store.type.value == "rest" else None
+    if url:
+        lines.append(f"Dashboard: {url}")
+    else:
+        lines.append("Dashboard: zenml login --local  (then open http://127.0.0.1:8237; runs started after that show there)")
+    return "\n".join(lines)
+
+
 def describe_inference(config: InferenceConfig) -> str:
     """What an inference run will do."""
     settings = config.inference
@@ -185,9 +200,51 @@ def run_inference(config: InferenceConfig):
     return run
 
 
-def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False):
-    """Build and run the finetune pipeline; returns the pipeline run."""
+SCHEDULING_ORCHESTRATORS = "kubernetes, vertex, sagemaker, azureml, kubeflow, airflow, databricks"
+
+
+def runs_on_this_machine() -> bool:
+    """Whether the active stack's orchestrator runs the steps here (then this machine's GPUs count)."""
+    from zenml.client import Client
+
+    return Client().active_stack.orchestrator.config.is_local
+
+
+def use_stack(name: str) -> None:
+    """Run on the named stack for this command only (the active stack stays as it is)."""
+    from zenml.client import Client
+
+    try:
+        stack = Client().get_stack(name)
+    except KeyError:
+        raise click.ClickException(f"--stack: no ZenML stack {name!r} (zenml stack list)") from None
+    os.environ["ZENML_ACTIVE_STACK_ID"] = str(stack.id)
+
+
+def check_schedule(cron: str) -> None:
+    """Refuse a malformed cron expression, or a stack whose orchestrator cannot schedule, in one line."""
+    fields = cron.split()
+    if len(fields) != 5:
+        raise click.ClickException(
+            f"--schedule: {cron!r} is not a cron expression (5 fields: minute hour day month weekday,"
+            " e.g. '0 3 * * 1' for Mondays at 03:00)"
+        )
+    from zenml.client import Client
+
+    stack = Client().active_stack
+    orchestrator = stack.orchestrator
+    if not orchestrator.config.is_schedulable:
+        raise click.ClickException(
+            f"--schedule: stack {stack.name!r} runs on orchestrator {orchestrator.name!r}"
+            f" (flavor {orchestrator.flavor}), which cannot run schedules; use a stack whose orchestrator can"
+            f" ({SCHEDULING_ORCHESTRATORS}), e.g. --stack <name>"
+        )
+
+
+def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False, cron: str | None = None):
+    """Build and run the finetune pipeline; returns the pipeline run (None when only scheduled)."""
     from zenml import Model
+    from zenml.config.schedule import Schedule
 
     from pipelines import finetune
     from steps import launch_with_accelerate
@@ -198,7 +255,14 @@ def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False)
         description=config.registry.description,
         tags=config.registry.tags or None,
     )
-    configured = finetune.with_options(model=model, enable_cache=not no_cache)
+    options = {"model": model, "enable_cache": not no_cache}
+    if config.remote is not None:
+        from pipelines.remote import remote_options
+
+        options.update(remote_options(config.remote))
+    if cron:
+        options["schedule"] = Schedule(name=f"{config.registry.model_name}-{cron}", cron_expression=cron)
+    configured = finetune.with_options(**options)
     return configured(config_json=config.to_json(), force_promote=force_promote)
 
 
@@ -207,8 +271,13 @@ def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False)
 @click.option("--no-cache", is_flag=True, help="Re-run every step even when its inputs are unchanged.")
 @click.option("--dry-run", is_flag=True, help="Validate the config and the model/data paths, load nothing.")
 @click.option("--force-promote", is_flag=True, help="Put the new version into production whatever its scores.")
+@click.option("--schedule", "cron", metavar="CRON",
+              help="Run on a schedule instead of now, e.g. '0 3 * * 1' (Mondays 03:00); needs a stack whose "
+                   "orchestrator can schedule.")
+@click.option("--stack", "stack_name", metavar="NAME", help="Run on this ZenML stack instead of the active one.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
-def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, debug: bool) -> None:
+def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, cron: str | None,
+         stack_name: str | None, debug: bool) -> None:
     """Finetune a base model with LoRA on ZenML, evaluate it and promote it if it is better."""
     try:
         config = load_config(config_path)
@@ -224,6 +293,12 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
     if dry_run:
         click.echo(f"{config_path}: valid (dry run: config and data rows checked, no model loaded)")
         return
+    if stack_name:
+        use_stack(stack_name)
+    if cron:
+        if isinstance(config, InferenceConfig):
+            raise click.ClickException("--schedule: schedules are for the finetune pipeline")
+        check_schedule(cron)
     if not debug:
         quiet_console_tracebacks()
     else:
@@ -231,7 +306,7 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
     error_file = Path(tempfile.mkdtemp(prefix="llm-lora-")) / "training_error.txt"
     os.environ["LLM_LORA_ERROR_FILE"] = str(error_file)  # read by the Accelerate-launched training
     try:
-        if isinstance(config, RunConfig):
+        if isinstance(config, RunConfig) and runs_on_this_machine():
             check_machine(config)
     except MachineError as exc:
         raise click.ClickException(str(exc)) from None
@@ -239,7 +314,7 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
         if isinstance(config, InferenceConfig):
             run_inference(config)
             return
-        run = run_pipeline(config, no_cache, force_promote)
+        run = run_pipeline(config, no_cache, force_promote, cron)
     except Exception as exc:  # the step logs above hold the details
         if debug:
             traceback.print_exc()
@@ -252,6 +327,14 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
         if error_file.is_file():  # training, in its own process, said why
             message = f"train_lora: {error_file.read_text().strip()}"
         raise click.ClickException(f"pipeline failed: {message}") from None
+    if cron:
+        from zenml.client import Client
+
+        click.echo(
+            f"\nScheduled: finetune with {config_path} at '{cron}' on stack {Client().active_stack_model.name!r}"
+            "\nSee it:    zenml pipeline schedule list"
+        )
+        return
     print_summary(run, config)
 
 

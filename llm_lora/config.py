@@ -206,6 +206,26 @@ class ExportConfig(_Section):
     verify_rows: int = Field(default=8, ge=0)
 
 
+class RemoteConfig(_Section):
+    """How the pipeline runs on a remote (cloud) stack. The local orchestrator ignores it."""
+
+    # Image the step containers build on: CUDA + PyTorch, the project's requirements go on top.
+    parent_image: str = "pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime"
+    requirements: str = "requirements.txt"  # installed in the image (relative to the repository)
+    apt_packages: list[str] = []
+    environment: dict[str, str] = {}  # set in every step's container (no secrets: use model.token_secret)
+    # A registered step operator that runs train_lora only (e.g. a Vertex or SageMaker GPU job),
+    # so data preparation and evaluation stay on the orchestrator's cheaper machines. None:
+    # train_lora runs on the orchestrator like every other step (then set train_gpus).
+    training_step_operator: str | None = None
+    train_gpus: int = Field(default=1, ge=0)  # GPUs requested for train_lora
+    train_memory: str | None = "48GB"  # memory requested for train_lora (ZenML format: 48GB, 512MB)
+    eval_gpus: int = Field(default=1, ge=0)  # GPUs for evaluation steps (generation on 7-8B models)
+    # Retries of a failed step (preemption): train_lora resumes from its checkpoints.
+    retries: int = Field(default=2, ge=0)
+    retry_delay_s: int = Field(default=60, ge=0)
+
+
 class PreflightConfig(_Section):
     """Figures for the preflight report's time and cost estimate."""
 
@@ -234,6 +254,7 @@ class RunConfig(_Section):
     preflight: PreflightConfig = PreflightConfig()
     export: ExportConfig = ExportConfig()
     registry: RegistryConfig = RegistryConfig()
+    remote: RemoteConfig | None = None  # settings for a remote stack (configs/remote/*.yaml)
 
     @model_validator(mode="after")
     def _check_precision_fits_method(self) -> RunConfig:
@@ -249,13 +270,41 @@ class RunConfig(_Section):
         return value
 
     def to_json(self) -> str:
-        """Serialize to a JSON string (paths as strings), for step parameters."""
-        return self.model_dump_json()
+        """Serialize to a JSON string for step parameters.
+
+        Data paths inside the repository travel relative to it, so a step running in
+        a container (where the code lives elsewhere, e.g. /app) finds the same files.
+        """
+        data = self.data.model_copy(
+            update={key: _repo_relative(getattr(self.data, key)) for key in DATA_PATH_KEYS}
+        )
+        return self.model_copy(update={"data": data}).model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
-        """Inverse of `to_json`."""
-        return cls.model_validate(json.loads(text))
+        """Inverse of `to_json` (repository-relative paths made absolute against this checkout)."""
+        config = cls.model_validate(json.loads(text))
+        data = config.data.model_copy(
+            update={key: _from_repo(getattr(config.data, key)) for key in DATA_PATH_KEYS}
+        )
+        return config.model_copy(update={"data": data})
+
+
+DATA_PATH_KEYS = ("train_file", "validation_file", "test_file", "path")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _repo_relative(path: Path | None) -> Path | None:
+    if path is None or not path.is_absolute():
+        return path
+    try:
+        return path.relative_to(REPO_ROOT)
+    except ValueError:
+        return path  # outside the repository: only reachable where the same path exists
+
+
+def _from_repo(path: Path | None) -> Path | None:
+    return path if path is None or path.is_absolute() else REPO_ROOT / path
 
 
 class InferenceSettings(_Section):

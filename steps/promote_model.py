@@ -5,18 +5,20 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated, Callable, Tuple
 
 from zenml import ArtifactConfig, get_step_context, log_metadata, step
 from zenml.client import Client
 from zenml.exceptions import EntityExistsError
 from zenml.logger import get_logger
+from zenml.types import HTMLString
 
 from llm_lora.config import PromotionConfig, RunConfig
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluate_model, evaluation_fingerprint
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.promotion import decide_promotion, resolve_metric
+from llm_lora.reports import render_run_report
 from llm_lora.training import PRIMARY_METRIC_KEY, load_adapter
 from steps.hub_token import apply_hub_token
 
@@ -140,7 +142,10 @@ def promote_model(
     training_metrics: dict,
     loss_history: list,
     force_promote: bool = False,
-) -> Annotated[dict, ArtifactConfig(name="promotion_decision")]:
+) -> Tuple[
+    Annotated[dict, ArtifactConfig(name="promotion_decision")],
+    Annotated[HTMLString, ArtifactConfig(name="run_report")],
+]:
     """Move this run's model version to production when it beats the base model and production.
 
     Args:
@@ -153,7 +158,8 @@ def promote_model(
         force_promote: Put this version into production whatever the numbers.
 
     Returns:
-        The decision with its numbers and reason.
+        The decision with its numbers and reason, and the run report (loss curves,
+        base vs finetuned table, the decision) for the dashboard.
     """
     config = RunConfig.from_json(config_json)
     apply_hub_token(config.model)
@@ -206,4 +212,8 @@ def promote_model(
         },
         infer_model=True,
     )
-    return record
+    report = render_run_report(
+        base_metrics, finetuned_metrics, record, training_metrics, loss_history,
+        f"{config.registry.model_name} version {model.number}",
+    )
+    return record, HTMLString(report)

@@ -10,7 +10,7 @@ import yaml
 from llm_lora.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 
 def _write(tmp_path, text):
@@ -165,3 +165,34 @@ def test_evaluation_during_training_settings_must_fit(tmp_path, monkeypatch, tra
     with pytest.raises(ConfigError, match=message) as error:
         load_config(path)
     assert "\n" not in str(error.value)
+
+
+def test_data_paths_travel_relative_to_the_repository(monkeypatch):
+    """Steps in a container find the repository's data wherever the code is checked out."""
+    import json
+
+    from llm_lora.config import RunConfig
+
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "remote" / "mistral-7b.yaml")
+    assert config.data.train_file == REPO / "data" / "support_emails" / "train.jsonl"
+    travelled = json.loads(config.to_json())["data"]
+    assert travelled["train_file"] == "data/support_emails/train.jsonl"
+    assert RunConfig.from_json(config.to_json()).data.train_file == config.data.train_file
+    assert config.remote.train_gpus == 1 and config.remote.retries == 2
+
+
+def test_remote_section_becomes_zenml_settings(monkeypatch):
+    from pipelines.remote import remote_options
+
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "remote" / "llama-3.1-8b.yaml")
+    remote = config.remote.model_copy(update={"training_step_operator": "vertex-gpu"})
+    options = remote_options(remote)
+    docker = options["settings"]["docker"]
+    assert docker.parent_image.startswith("pytorch/pytorch:") and docker.requirements == "requirements.txt"
+    train = options["steps"]["train_lora"]
+    assert train["step_operator"] == "vertex-gpu" and train["settings"]["resources"].gpu_count == 1
+    # Data preparation stays on the orchestrator's default machine; evaluation gets a GPU.
+    assert "prepare_data" not in options["steps"] and options["steps"]["evaluate_base"]["settings"]["resources"].gpu_count == 1
+    assert options["retry"].max_retries == 2
