@@ -29,6 +29,7 @@ from llm_lora.data_preparation import check_rows  # noqa: E402
 from llm_lora.data_sources import DataError  # noqa: E402
 from llm_lora.errors import MachineError, check_machine  # noqa: E402
 from llm_lora.model_loading import ModelSourceError, resolve_model_source  # noqa: E402
+from llm_lora.worth_it import summary_lines  # noqa: E402
 
 REPORTED_METRICS = ("mean_field_accuracy", "exact_match", "valid_json_rate", "mean_latency_s")
 
@@ -46,6 +47,15 @@ def describe(config: RunConfig) -> str:
         names = [p.name for p in (data.train_file, data.validation_file, data.test_file) if p is not None]
         source = " / ".join(names)
     lora = config.lora
+    baselines = config.baselines
+    compared = ["zero-shot"] + ([f"{baselines.few_shot_k}-shot (seed {baselines.few_shot_seed})"]
+                                if baselines.few_shot_k else [])
+    if baselines.reference_model is not None:
+        try:
+            resolve_model_source(baselines.reference_model.name)
+        except ModelSourceError as exc:  # its messages name model.name; this is the reference's
+            raise ModelSourceError(str(exc).replace("model.name:", "baselines.reference_model.name:", 1)) from None
+        compared.append(f"reference {baselines.reference_model.name}")
     return "\n".join(
         [
             f"model     {config.model.name} ({model_source.kind}, {config.model.dtype})",
@@ -56,27 +66,37 @@ def describe(config: RunConfig) -> str:
             f"training  {training.method}, lr {training.learning_rate}, epochs {training.epochs},"
             f" batch {training.batch_size}x{training.gradient_accumulation_steps}, {training.precision},"
             f" {training.num_processes} process(es)",
+            f"baselines {', '.join(compared)}",
             f"registry  ZenML model {config.registry.model_name!r}, promotion on {config.promotion.metric}"
-            f" (+{config.promotion.min_gain_over_base} over base)",
+            f" (+{config.promotion.min_gain_over_base} over"
+            f" {'base' if config.promotion.must_beat == 'base' else 'the best baseline'})",
         ]
     )
 
 
 def print_summary(run, config: RunConfig) -> None:
-    """Base vs finetuned metrics, the model version and its stage, where to look next."""
+    """Baselines vs finetuned metrics, the verdict, the model version and its stage, where to look next."""
     def output(step: str, name: str):
         return run.steps[step].outputs[name][0].load()
 
-    base = output("evaluate_base", "metrics")
     tuned = output("evaluate_finetuned", "metrics")
     training = output("train_lora", "training_metrics")
     decision = output("promote_model", "promotion_decision")
+    # Zero-shot base model, then the baselines this config evaluates, finetuned last.
+    columns = [("zero-shot", output("evaluate_base", "metrics"))]
+    if "evaluate_few_shot" in run.steps:
+        columns.append((f"{config.baselines.few_shot_k}-shot", output("evaluate_few_shot", "metrics")))
+    if "evaluate_reference" in run.steps:
+        columns.append(("reference", output("evaluate_reference", "metrics")))
+    columns.append(("finetuned", tuned))
     fields = [key for key in tuned if key.startswith("field_accuracy/")]  # in the answer's key order
     names = [name for name in (*REPORTED_METRICS[:3], *fields, "mean_latency_s") if name in tuned]
     click.echo("")
-    click.echo(f"{'metric':32} {'base':>10} {'finetuned':>10}")
+    click.echo(f"{'metric':32}" + "".join(f" {title:>10}" for title, _ in columns))
     for name in names:
-        click.echo(f"{name:32} {base.get(name, float('nan')):10.3f} {tuned.get(name, float('nan')):10.3f}")
+        click.echo(f"{name:32}" + "".join(f" {metrics.get(name, float('nan')):10.3f}" for _, metrics in columns))
+    for name in ("mean_prompt_tokens", "mean_new_tokens"):
+        click.echo(f"{name:32}" + "".join(f" {metrics.get(name, float('nan')):10.1f}" for _, metrics in columns))
     comparison = output("compare_models", "comparison_summary")
     click.echo(
         f"\nexamples: {comparison['better']} better, {comparison['worse']} worse, {comparison['same']} unchanged"
@@ -89,6 +109,8 @@ def print_summary(run, config: RunConfig) -> None:
         + (f", kept step {training['best_step']}" if "best_step" in training else "")
         + (", stopped early" if training.get("stopped_early") else "")
     )
+    for line in summary_lines(output("worth_it_report", "worth_it")):
+        click.echo(line)
     version = run.model_version
     from zenml.client import Client
 

@@ -183,12 +183,46 @@ class EvaluationConfig(_Section):
     metrics: Literal["auto"] | list[Literal["json_fields", "exact_match", "rouge", "classification_accuracy"]] = "auto"
 
 
+class BaselinesConfig(_Section):
+    """What the finetuned model is measured against, and how the "worth it" verdict is reached.
+
+    The base model zero-shot is always evaluated. A few-shot prompt is the cheaper
+    alternative to finetuning: the base model shown `few_shot_k` solved training rows
+    before each test input. Every baseline answers the same test rows as the finetuned model.
+    """
+
+    # Solved examples from the train split put before each test input as earlier
+    # user/assistant turns (0: no few-shot baseline). Each one adds its tokens to every prompt.
+    few_shot_k: int = Field(default=3, ge=0)
+    few_shot_seed: int = 0  # which train rows are drawn as examples
+    # An optional larger model, answered zero-shot with the same prompt (e.g. {name: org/bigger-model}).
+    reference_model: ModelConfig | None = None
+    # The verdict: a paired bootstrap interval of the per-example gain over the best baseline.
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(default=2000, ge=100)
+    bootstrap_seed: int = 0
+    # Gains smaller than this (in per-example score) count as the same quality; then cost decides.
+    min_gain: float = Field(default=0.02, ge=0.0)
+
+
+class CostConfig(_Section):
+    """Prices for the "worth it" report's payback; the training price is preflight.price_per_gpu_hour."""
+
+    # What a prompt token costs you when serving (in your currency); None: no payback figure.
+    price_per_million_prompt_tokens: float | None = Field(default=None, ge=0)
+    # Requests you expect to serve with this model; decides the verdict when quality is the same.
+    expected_requests: int | None = Field(default=None, ge=1)
+
+
 class PromotionConfig(_Section):
     """When a new model version goes to production."""
 
     # "auto": mean_field_accuracy for JSON answers, else classification_accuracy, else exact_match.
     metric: str = "auto"
-    # Required gain over the base model, in metric units (0.05 = five points of accuracy).
+    # What the new version must beat by min_gain_over_base: the base model zero-shot, or the
+    # best baseline (zero-shot, few-shot or the reference model, whichever scores highest).
+    must_beat: Literal["base", "best_baseline"] = "base"
+    # Required gain over the base model (or best baseline), in metric units (0.05 = five points).
     min_gain_over_base: float = 0.05
     # Required gain over the current production version on the same test rows.
     min_gain_over_production: float = 0.0
@@ -250,6 +284,8 @@ class RunConfig(_Section):
     lora: LoraSettings = LoraSettings()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    cost: CostConfig = CostConfig()
     promotion: PromotionConfig = PromotionConfig()
     preflight: PreflightConfig = PreflightConfig()
     export: ExportConfig = ExportConfig()
@@ -267,6 +303,13 @@ class RunConfig(_Section):
     def _check_model_name(cls, value: ModelConfig) -> ModelConfig:
         if not value.name.strip():
             raise ValueError("model.name: must not be empty")
+        return value
+
+    @field_validator("baselines")
+    @classmethod
+    def _check_reference_name(cls, value: BaselinesConfig) -> BaselinesConfig:
+        if value.reference_model is not None and not value.reference_model.name.strip():
+            raise ValueError("baselines.reference_model.name: must not be empty")
         return value
 
     def to_json(self) -> str:

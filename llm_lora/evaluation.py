@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -12,7 +13,7 @@ from llm_lora.config import EvaluationConfig, RunConfig
 from llm_lora.data_preparation import fingerprint
 from llm_lora.generation import Generation, generate
 from llm_lora.metrics import compute_extraction_metrics, load_metric, parse_json_object, score_example
-from llm_lora.prompt_formatting import format_prompt
+from llm_lora.prompt_formatting import PLAIN_TEMPLATE, Turns, format_prompt, with_examples
 
 
 @dataclass
@@ -90,12 +91,56 @@ def score_generations(
     return EvaluationResult(metrics=metrics, examples=examples)
 
 
+def _context(row: dict) -> str | Turns:
+    return [tuple(turn) for turn in row["context"]] if row.get("context") else row["prompt"]
+
+
+def evaluation_prompts(
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict],
+    system_prompt: str | None,
+    few_shot: Sequence[dict] = (),
+    plain_template: str = PLAIN_TEMPLATE,
+    reformat: bool = False,
+) -> list[str]:
+    """The prompt each row is answered from, through the one formatting function.
+
+    Prepared rows carry their prompt already formatted for the base model
+    (`prompt_text`); it is used as is unless solved examples go before the input
+    or another model's tokenizer must format it (`reformat`).
+
+    Args:
+        tokenizer: The answering model's tokenizer.
+        rows: Prepared rows, or plain dicts with "prompt".
+        system_prompt: The YAML's system prompt (a row's own system message wins).
+        few_shot: Solved rows ("context" or "prompt", and "completion") put before
+            every input as earlier user/assistant turns.
+        plain_template: Layout for tokenizers without a chat template.
+        reformat: Format from the row's turns even when it has a prompt_text.
+
+    Returns:
+        One prompt text per row.
+    """
+    examples = [(_context(example), example["completion"]) for example in few_shot]
+    prompts = []
+    for row in rows:
+        if row.get("prompt_text") and not examples and not reformat:
+            prompts.append(row["prompt_text"])
+            continue
+        system = row["system"] if row.get("system") is not None else system_prompt
+        prompts.append(format_prompt(tokenizer, with_examples(_context(row), examples), system, plain_template))
+    return prompts
+
+
 def evaluate_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     rows: list[dict],
     system_prompt: str | None,
     settings: EvaluationConfig,
+    few_shot: Sequence[dict] = (),
+    plain_template: str = PLAIN_TEMPLATE,
+    reformat: bool = False,
 ) -> EvaluationResult:
     """Greedy-generate an answer for every row and score it.
 
@@ -106,11 +151,14 @@ def evaluate_model(
             plain dicts with "prompt" and "completion".
         system_prompt: The system prompt training used (for rows not yet formatted).
         settings: Batch size and answer length cap.
+        few_shot: Solved training rows shown before every input (a few-shot baseline).
+        plain_template: Layout for tokenizers without a chat template.
+        reformat: Format every row with this tokenizer (a model other than the base model).
 
     Returns:
         Metrics and per-example records.
     """
-    prompts = [row.get("prompt_text") or format_prompt(tokenizer, row["prompt"], system_prompt) for row in rows]
+    prompts = evaluation_prompts(tokenizer, rows, system_prompt, few_shot, plain_template, reformat)
     generations = generate(
         model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens
     )

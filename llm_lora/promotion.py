@@ -15,8 +15,9 @@ class PromotionDecision:
         reason: One sentence with the numbers, for logs and metadata.
         metric: The metric compared.
         candidate: The candidate's score.
-        base: The base model's score on the same rows.
+        base: The base model's (or the best baseline's) score on the same rows.
         production: The production version's score on the same rows, if any.
+        baseline: The best baseline's name when the gate compared with it, not the base model.
     """
 
     promote: bool
@@ -26,6 +27,7 @@ class PromotionDecision:
     candidate: float
     base: float
     production: float | None
+    baseline: str | None = None
 
     def as_metadata(self) -> dict:
         """A flat dict for ZenML metadata (None left out)."""
@@ -41,10 +43,12 @@ def decide_promotion(
     min_gain_over_production: float,
     staging: bool = True,
     force: bool = False,
+    baseline: str | None = None,
 ) -> PromotionDecision:
     """Decide which stage a new model version gets.
 
-    The candidate must beat the base model by at least `min_gain_over_base`;
+    The candidate must beat the base model (or, with `baseline`, the best
+    baseline) by at least `min_gain_over_base`;
     to replace production it must also beat the production version by more
     than `min_gain_over_production` (a tie never replaces production: the
     version already serving wins). A candidate that beats the base model but
@@ -53,32 +57,36 @@ def decide_promotion(
     Args:
         metric: Name of the compared metric (higher is better).
         candidate: The new version's score.
-        base: The base model's score on the same rows.
+        base: The base model's score on the same rows (or the best baseline's, see `baseline`).
         production: The production version's score on the same rows, or None.
-        min_gain_over_base: Required margin over the base model.
+        min_gain_over_base: Required margin over the base model (or the best baseline).
         min_gain_over_production: Required margin over production.
         staging: Put base-beating versions that do not beat production into staging.
         force: Put the candidate into production whatever the numbers (recorded as such).
+        baseline: When the gate compares with the best baseline instead of the base
+            model (promotion.must_beat), its name ("base model, 3-shot").
 
     Returns:
         The decision with a reason that quotes the numbers.
     """
-    numbers = dict(metric=metric, candidate=candidate, base=base, production=production)
+    numbers = dict(metric=metric, candidate=candidate, base=base, production=production, baseline=baseline)
     gain_base = candidate - base
+    against = f"the base model ({base:.4f})" if baseline is None else f"the best baseline ({baseline}: {base:.4f})"
     if force:
-        reason = f"forced into production (--force-promote): {metric} {candidate:.4f}, base {base:.4f}" + (
+        reference = f"base {base:.4f}" if baseline is None else f"best baseline {base:.4f}"
+        reason = f"forced into production (--force-promote): {metric} {candidate:.4f}, {reference}" + (
             f", production {production:.4f}" if production is not None else ""
         )
         return PromotionDecision(True, "production", reason, **numbers)
     if gain_base < min_gain_over_base:
         reason = (
-            f"{metric} {candidate:.4f} is {gain_base:+.4f} over the base model ({base:.4f}); "
+            f"{metric} {candidate:.4f} is {gain_base:+.4f} over {against}; "
             f"the gate needs at least {min_gain_over_base:+.4f}"
         )
         return PromotionDecision(False, None, reason, **numbers)
     if production is None:
         reason = (
-            f"{metric} {candidate:.4f} beats the base model ({base:.4f}) by {gain_base:+.4f} "
+            f"{metric} {candidate:.4f} beats {against} by {gain_base:+.4f} "
             "and there is no production version yet"
         )
         return PromotionDecision(True, "production", reason, **numbers)
@@ -91,7 +99,7 @@ def decide_promotion(
         return PromotionDecision(False, "staging" if staging else None, reason, **numbers)
     reason = (
         f"{metric} {candidate:.4f} beats production ({production:.4f}) by {gain_production:+.4f} "
-        f"and the base model ({base:.4f}) by {gain_base:+.4f}"
+        f"and {against} by {gain_base:+.4f}"
     )
     return PromotionDecision(True, "production", reason, **numbers)
 

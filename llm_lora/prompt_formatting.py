@@ -48,6 +48,25 @@ def _plain_prompt(
     return (tokenizer.bos_token or "") + template.format(system=system, prompt=prompt)
 
 
+def with_examples(context: str | Turns, examples: Sequence[tuple[str | Turns, str]]) -> list[tuple[str, str]]:
+    """Put solved examples before an input as earlier user/assistant turns (a few-shot prompt).
+
+    The result is an ordinary conversation, so `format_prompt` renders it with the
+    model's own chat template, as it renders any multi-turn row.
+
+    Args:
+        context: The input, or the conversation so far ending with a user turn.
+        examples: (input or turns, answer) pairs, shown in this order.
+
+    Returns:
+        The turns: each example's input and answer, then the context.
+    """
+    turns: list[tuple[str, str]] = []
+    for example_context, answer in examples:
+        turns += [*_turns(example_context), ("assistant", answer)]
+    return turns + _turns(context)
+
+
 def format_prompt(
     tokenizer: PreTrainedTokenizerBase,
     context: str | Turns,

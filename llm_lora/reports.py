@@ -94,7 +94,13 @@ def metric_rows(base: dict, finetuned: dict) -> list[tuple[str, float, float]]:
 
 
 def render_run_report(
-    base: dict, finetuned: dict, decision: dict, training: dict, loss_history: list[dict], model_label: str
+    base: dict,
+    finetuned: dict,
+    decision: dict,
+    training: dict,
+    loss_history: list[dict],
+    model_label: str,
+    worth_it: dict | None = None,
 ) -> str:
     """One page telling the run's story: did it learn, is it better, what happened to it.
 
@@ -105,6 +111,7 @@ def render_run_report(
         training: Training metrics (steps, runtime, tokens/s, losses).
         loss_history: Logged losses by step.
         model_label: "<model name> version <n>".
+        worth_it: The "worth it" report (verdict and reason), shown under the decision.
     """
     rows = []
     for name, before, after in metric_rows(base, finetuned):
@@ -133,6 +140,7 @@ def render_run_report(
 <div class="decision {'promoted' if promoted else 'held'}" id="decision"><b>Stage: {html.escape(str(stage))}</b>
 ({'promoted to production' if promoted else 'not promoted to production'}) &mdash; {html.escape(str(decision.get('reason', '')))}
 {f"<br>Production compared: {html.escape(str(decision['production_source']))}" if decision.get('production_source') else ''}</div>
+{f"<p id='worth-it'><b>Worth it? {html.escape(worth_it['verdict'])}</b> &mdash; {html.escape(worth_it['reason'])} (worth_it_report artifact)</p>" if worth_it else ''}
 <h3>Loss</h3>
 <p class="legend"><span style="background:{TRAIN_COLOR}"></span>training<span style="background:{VALIDATION_COLOR}"></span>validation</p>
 {loss_curve_svg(loss_history)}

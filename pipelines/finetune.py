@@ -11,34 +11,56 @@ from steps import (
     prepare_data,
     promote_model,
     train_lora,
+    worth_it_report,
 )
 
 
 @pipeline
 def finetune(config_json: str, force_promote: bool = False) -> None:
-    """Finetune a base model with LoRA and promote it if it is better.
+    """Finetune a base model with LoRA, weigh it against prompting alone, and promote it if it is better.
 
     Steps:
         1. prepare_data: read, validate, format and tokenize the splits.
         2. preflight_report: what was dropped and why, token statistics, time and cost estimate.
-        3. evaluate_base: score the base model on the test rows.
-        4. train_lora: train LoRA adapters (launched by Accelerate).
-        5. evaluate_finetuned: score base + adapters on the same test rows.
-        6. compare_models: per-example base vs finetuned, regressions first (HTML).
-        7. export_merged (when export.merge is on): base + adapter saved as one model.
-        8. promote_model: move the new model version to production if it beats
-           the base model and the current production version (else maybe staging).
-           Last, so that a run failing anywhere before never changes a stage.
+        3. evaluate_base: score the base model zero-shot on the test rows.
+        4. evaluate_few_shot (baselines.few_shot_k > 0): the base model with solved
+           train rows before each test input, same rows.
+        5. evaluate_reference (with baselines.reference_model): a larger model, zero-shot, same rows.
+        6. train_lora: train LoRA adapters (launched by Accelerate).
+        7. evaluate_finetuned: score base + adapters on the same test rows.
+        8. compare_models: per-example base vs finetuned, regressions first (HTML).
+        9. worth_it_report: the finetuned model against the best baseline: gain with a
+           confidence interval, prompt tokens and latency saved, training cost, payback
+           and a verdict (HTML).
+        10. export_merged (when export.merge is on): base + adapter saved as one model.
+        11. promote_model: move the new model version to production if it beats
+            the base model (or the best baseline, promotion.must_beat) and the current
+            production version (else maybe staging).
+            Last, so that a run failing anywhere before never changes a stage.
 
     Args:
         config_json: The run configuration (RunConfig as JSON).
         force_promote: Put the new version into production whatever its scores.
     """
+    config = RunConfig.from_json(config_json)
     prepared_data, data_summary = prepare_data(config_json=config_json)
     preflight_report(data_summary=data_summary, config_json=config_json)
     base_metrics, base_predictions = evaluate_model(
         id="evaluate_base", prepared_data=prepared_data, config_json=config_json, label="base"
     )
+    baselines = {}
+    if config.baselines.few_shot_k:
+        few_shot_metrics, few_shot_predictions = evaluate_model(
+            id="evaluate_few_shot", prepared_data=prepared_data, config_json=config_json, label="few_shot",
+            few_shot=True,
+        )
+        baselines.update(few_shot_metrics=few_shot_metrics, few_shot_predictions=few_shot_predictions)
+    if config.baselines.reference_model is not None:
+        reference_metrics, reference_predictions = evaluate_model(
+            id="evaluate_reference", prepared_data=prepared_data, config_json=config_json, label="reference",
+            reference=True,
+        )
+        baselines.update(reference_metrics=reference_metrics, reference_predictions=reference_predictions)
     adapter, training_metrics, loss_history = train_lora(prepared_data=prepared_data, config_json=config_json)
     finetuned_metrics, finetuned_predictions = evaluate_model(
         id="evaluate_finetuned",
@@ -48,9 +70,18 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         adapter=adapter,
     )
     compare_models(base_predictions=base_predictions, finetuned_predictions=finetuned_predictions)
+    worth_it, _ = worth_it_report(
+        config_json=config_json,
+        base_metrics=base_metrics,
+        base_predictions=base_predictions,
+        finetuned_metrics=finetuned_metrics,
+        finetuned_predictions=finetuned_predictions,
+        training_metrics=training_metrics,
+        **baselines,
+    )
     # Promotion is the last step: a run that fails anywhere else never changes a stage.
     before_promotion = ["compare_models"]
-    if RunConfig.from_json(config_json).export.merge:
+    if config.export.merge:
         export_merged(adapter=adapter, prepared_data=prepared_data, config_json=config_json)
         before_promotion.append("export_merged")
     promote_model(
@@ -60,6 +91,7 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         finetuned_metrics=finetuned_metrics,
         training_metrics=training_metrics,
         loss_history=loss_history,
+        worth_it=worth_it,
         force_promote=force_promote,
         after=before_promotion,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from llm_lora.config import RemoteConfig
 
-MODEL_STEPS = ("evaluate_base", "evaluate_finetuned", "promote_model", "export_merged")
+MODEL_STEPS = (
+    "evaluate_base", "evaluate_few_shot", "evaluate_reference", "evaluate_finetuned", "promote_model", "export_merged",
+)
 
 
 def remote_options(remote: RemoteConfig) -> dict:

@@ -8,5 +8,9 @@ from steps.preflight_report import preflight_report
 from steps.prepare_data import prepare_data
 from steps.promote_model import promote_model
 from steps.train_lora import launch_with_accelerate, train_lora
+from steps.worth_it_report import worth_it_report
 
-__all__ = ["batch_predict", "compare_models", "evaluate_model", "export_merged", "launch_with_accelerate", "preflight_report", "prepare_data", "promote_model", "train_lora"]
+__all__ = [
+    "batch_predict", "compare_models", "evaluate_model", "export_merged", "launch_with_accelerate",
+    "preflight_report", "prepare_data", "promote_model", "train_lora", "worth_it_report",
+]

@@ -1,4 +1,4 @@
-"""Step: generate on the test rows and score, for the base or the finetuned model."""
+"""Step: generate on the test rows and score, for the base model, a baseline or the finetuned model."""
 
 from pathlib import Path
 from typing import Annotated, Optional, Tuple
@@ -7,6 +7,7 @@ import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
 
 from llm_lora.adapter import LoraAdapter
+from llm_lora.baselines import choose_few_shot_examples
 from llm_lora.config import RunConfig
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluate_model as run_evaluation
@@ -22,20 +23,27 @@ def evaluate_model(
     config_json: str,
     label: str,
     adapter: Optional[LoraAdapter] = None,
+    few_shot: bool = False,
+    reference: bool = False,
 ) -> Tuple[
     Annotated[dict, ArtifactConfig(name="metrics")],
     Annotated[pd.DataFrame, ArtifactConfig(name="predictions")],
 ]:
     """Score a model on the test split with greedy generation.
 
-    Used twice in a pipeline: as `evaluate_base` (no adapter) and as
-    `evaluate_finetuned` (with the trained adapter), on the same rows.
+    Used under several ids in a pipeline, all on the same test rows:
+    `evaluate_base` (the base model), `evaluate_finetuned` (with the trained
+    adapter), and the baselines `evaluate_few_shot` (the base model shown
+    `baselines.few_shot_k` solved train rows before each input) and
+    `evaluate_reference` (`baselines.reference_model`, zero-shot).
 
     Args:
         prepared_data: Output of prepare_data.
         config_json: The run configuration (RunConfig as JSON).
-        label: "base" or "finetuned": the metadata key the metrics go under.
+        label: "base", "finetuned", "few_shot" or "reference": the metadata key the metrics go under.
         adapter: LoRA adapter to put on the base model; None scores the base model.
+        few_shot: Put solved examples from the train split before every test input.
+        reference: Score the reference model instead of the base model.
 
     Returns:
         The metrics and one row per test example (output, correctness, latency).
@@ -43,11 +51,29 @@ def evaluate_model(
     config = RunConfig.from_json(config_json)
     apply_hub_token(config.model)
     rows = load_prepared_split(prepared_data, "test")
-    tokenizer = load_tokenizer(config.model)
-    model = load_model(config.model, device=default_device())
+    examples = []
+    if few_shot:  # from the train split only, never a row with a test input
+        examples = choose_few_shot_examples(
+            load_prepared_split(prepared_data, "train"),
+            config.baselines.few_shot_k,
+            config.baselines.few_shot_seed,
+            evaluated_rows=rows,
+        )
+    model_config = config.baselines.reference_model if reference else config.model
+    if reference:
+        apply_hub_token(model_config)
+    tokenizer = load_tokenizer(model_config)
+    model = load_model(model_config, device=default_device())
     if adapter is not None:
         model = load_adapter(model, adapter.directory)
-    result = run_evaluation(model, tokenizer, rows, config.data.system_prompt, config.evaluation)
-    metrics = {**result.metrics, "evaluation_fingerprint": evaluation_fingerprint(config, rows)}
-    log_metadata(metadata={label: metrics}, infer_model=True)
+    result = run_evaluation(
+        model, tokenizer, rows, config.data.system_prompt, config.evaluation,
+        few_shot=examples, plain_template=config.data.plain_template, reformat=reference,
+    )
+    metrics = dict(result.metrics)
+    if not (few_shot or reference):
+        # What makes the score comparable across runs (the promotion gate compares with production).
+        metrics["evaluation_fingerprint"] = evaluation_fingerprint(config, rows)
+    extra = {"few_shot_examples": [example["source"] for example in examples]} if few_shot else {}
+    log_metadata(metadata={label: {**metrics, **extra}}, infer_model=True)
     return metrics, pd.DataFrame(result.examples)

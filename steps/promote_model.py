@@ -109,8 +109,11 @@ def gate(
     reevaluate: Callable,
     promotion: PromotionConfig,
     force: bool = False,
+    baseline: str | None = None,
 ) -> dict:
     """Under the promotion lock: compare with the current production version, decide, set the stage.
+
+    `base` is the base model's score, or with `baseline` (its name) the best baseline's.
 
     Returns:
         The decision, its numbers and reason, where production's score came from, and the new stage.
@@ -126,6 +129,7 @@ def gate(
             min_gain_over_production=promotion.min_gain_over_production,
             staging=promotion.staging,
             force=force,
+            baseline=baseline,
         )
         if decision.stage is not None:
             # force=True moves the current holder of the stage out of it (ZenML keeps one version per stage).
@@ -141,6 +145,7 @@ def promote_model(
     finetuned_metrics: dict,
     training_metrics: dict,
     loss_history: list,
+    worth_it: dict,
     force_promote: bool = False,
 ) -> Tuple[
     Annotated[dict, ArtifactConfig(name="promotion_decision")],
@@ -155,6 +160,7 @@ def promote_model(
         finetuned_metrics: evaluate_finetuned's metrics.
         training_metrics: train_lora's metrics, recorded on the model version.
         loss_history: train_lora's logged losses; the validation curve goes into metadata.
+        worth_it: worth_it_report's report: the best baseline, for `promotion.must_beat: best_baseline`.
         force_promote: Put this version into production whatever the numbers.
 
     Returns:
@@ -179,16 +185,21 @@ def promote_model(
         )
         return result.metrics
 
+    base_score, baseline = float(base_metrics[metric]), None
+    if config.promotion.must_beat == "best_baseline":
+        best = next(row for row in worth_it["models"] if row["name"] == worth_it["best_baseline"])
+        base_score, baseline = float(best["primary_metric"]), best["label"]
     record = gate(
         config.registry.model_name,
         model,
         metric,
         candidate=float(finetuned_metrics[metric]),
-        base=float(base_metrics[metric]),
+        base=base_score,
         fingerprint=evaluation_fingerprint(config, rows),
         reevaluate=reevaluate,
         promotion=config.promotion,
         force=force_promote,
+        baseline=baseline,
     )
     logger.info("Promotion: stage %s. %s", record["new_stage"], record["reason"])
     log_metadata(
@@ -214,6 +225,6 @@ def promote_model(
     )
     report = render_run_report(
         base_metrics, finetuned_metrics, record, training_metrics, loss_history,
-        f"{config.registry.model_name} version {model.number}",
+        f"{config.registry.model_name} version {model.number}", worth_it=worth_it,
     )
     return record, HTMLString(report)

@@ -196,3 +196,30 @@ def test_remote_section_becomes_zenml_settings(monkeypatch):
     # Data preparation stays on the orchestrator's default machine; evaluation gets a GPU.
     assert "prepare_data" not in options["steps"] and options["steps"]["evaluate_base"]["settings"]["resources"].gpu_count == 1
     assert options["retry"].max_retries == 2
+
+
+@pytest.mark.parametrize(
+    "section, values, message",
+    [
+        ("baselines", {"few_shot_k": -1}, r"baselines\.few_shot_k: Input should be greater than or equal to 0"),
+        ("baselines", {"fewshot_k": 2}, r"baselines\.fewshot_k: unknown key$"),
+        ("baselines", {"confidence": 1.5}, r"baselines\.confidence: Input should be less than 1"),
+        ("baselines", {"reference_model": {"name": " "}}, r"baselines\.reference_model\.name: must not be empty"),
+        ("baselines", {"reference_model": {"nmae": "org/big"}}, r"baselines\.reference_model\.name: required key"),
+        ("cost", {"price_per_million_prompt_tokens": -1}, r"cost\.price_per_million_prompt_tokens: Input should be"),
+        ("promotion", {"must_beat": "production"}, r"promotion\.must_beat: Input should be 'base' or 'best_baseline'"),
+    ],
+)
+def test_baseline_and_cost_settings_named(tmp_path, monkeypatch, section, values, message):
+    monkeypatch.chdir(REPO)
+    path = _quickstart(tmp_path, lambda c: c.setdefault(section, {}).update(values))
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config(path)
+    assert "\n" not in str(error.value)
+
+
+def test_baselines_default_to_zero_and_few_shot(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    config = load_config(_quickstart(tmp_path, lambda c: (c.pop("baselines"), c.pop("cost"))))
+    assert config.baselines.few_shot_k == 3 and config.baselines.reference_model is None
+    assert config.cost.price_per_million_prompt_tokens is None and config.promotion.must_beat == "base"

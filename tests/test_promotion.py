@@ -68,3 +68,12 @@ def test_force_promote_overrides_the_numbers_and_says_so():
 
 def test_first_version_goes_to_production_stage():
     assert decide_promotion(candidate=0.93, base=0.12, production=None, **GATE).stage == "production"
+
+
+def test_gate_against_the_best_baseline_names_it():
+    decision = decide_promotion(candidate=0.93, base=0.41, production=None, baseline="base model, 2-shot", **GATE)
+    assert decision.promote and decision.baseline == "base model, 2-shot"
+    assert "beats the best baseline (base model, 2-shot: 0.4100) by +0.5200" in decision.reason
+    held = decide_promotion(candidate=0.44, base=0.41, production=None, baseline="base model, 2-shot", **GATE)
+    assert not held.promote and "+0.0300 over the best baseline (base model, 2-shot: 0.4100)" in held.reason
+    assert "baseline" not in decide_promotion(candidate=0.9, base=0.1, production=None, **GATE).as_metadata()

@@ -48,3 +48,10 @@ def test_report_states_the_decision_escaped():
     assert "0.9 beats &lt;base&gt; 0.1" in page and "<base>" not in page
     held = render_run_report(BASE, TUNED, dict(DECISION, promote=False, new_stage="staging"), TRAINING, HISTORY, "x")
     assert "class=\"decision held\"" in held and "not promoted to production" in held
+
+
+def test_report_carries_the_worth_it_verdict():
+    worth_it = {"verdict": "worth it", "reason": "beats the best baseline (base model, 2-shot) by +0.5"}
+    page = render_run_report(BASE, TUNED, DECISION, TRAINING, HISTORY, "x", worth_it=worth_it)
+    assert "<b>Worth it? worth it</b>" in page and "base model, 2-shot" in page
+    assert "id='worth-it'" not in render_run_report(BASE, TUNED, DECISION, TRAINING, HISTORY, "x")

@@ -1,0 +1,412 @@
+"""Was finetuning worth it? The finetuned model against its cheaper alternatives, with costs and a verdict.
+
+The alternatives are the baselines (the base model zero-shot, the base model with
+a few-shot prompt, optionally a larger reference model), all scored on the same
+test rows. The report states the quality gain over the best of them with a
+confidence interval, what finetuning saves per request (prompt tokens, latency),
+what training cost, after how many requests the saved prompt tokens pay for
+it, and a verdict: worth it, not worth it, or inconclusive, with the reason.
+
+The interval is a paired bootstrap over per-example scores: test rows are
+resampled with replacement, each row keeping both models' scores, the mean
+difference is recomputed for every resample, and the interval is the middle
+`confidence` share of those means (percentile method, fixed seed).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from llm_lora.comparison import example_score
+
+# Below this many test rows the verdict is inconclusive whatever the interval says: a
+# bootstrap only sees the variation the sample happens to contain.
+MIN_ROWS = 10
+
+SCORE_MEANING = "per-example score: share of fields right for JSON answers, exact match otherwise"
+_NOT_QUALITY = {
+    "num_examples", "mean_latency_s", "mean_new_tokens", "mean_prompt_tokens", "evaluation_fingerprint",
+    "valid_json_rate", "classification_out_of_set_rate",
+}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean difference and its confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One model's evaluation on the test rows.
+
+    Attributes:
+        name: "base", "few_shot", "reference" or "finetuned".
+        label: How reports name it ("base model, 3-shot").
+        metrics: The evaluation's aggregate metrics.
+        records: Its per-example records (see EvaluationResult.examples).
+    """
+
+    name: str
+    label: str
+    metrics: dict
+    records: list[dict]
+
+
+def paired_bootstrap(
+    candidate: Sequence[float], baseline: Sequence[float], samples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> Interval:
+    """Confidence interval of the mean per-example difference candidate − baseline.
+
+    Both models answered the same rows, so rows are resampled as pairs: the
+    interval reflects how much the mean difference depends on which rows
+    happened to be in the test set.
+
+    Args:
+        candidate: Per-example scores of the candidate.
+        baseline: Per-example scores of the baseline on the same rows, same order.
+        samples: Bootstrap resamples.
+        confidence: Share of resampled means inside the interval (0.95: 2.5th to 97.5th percentile).
+        seed: Seed of the resampling, so the same scores always give the same interval.
+
+    Returns:
+        The observed mean difference and the interval's ends.
+
+    Raises:
+        ValueError: No rows, or the two lists differ in length.
+    """
+    if len(candidate) != len(baseline):
+        raise ValueError(f"paired scores differ in length: {len(candidate)} vs {len(baseline)}")
+    if not candidate:
+        raise ValueError("no per-example scores to compare")
+    differences = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(differences), size=(samples, len(differences)))
+    means = differences[picks].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    # Rounded so that identical differences give an interval of width exactly zero.
+    return Interval(mean=round(float(differences.mean()), 6), low=round(float(low), 6), high=round(float(high), 6))
+
+
+def training_cost(training_metrics: dict, price_per_gpu_hour: float | None) -> float | None:
+    """What training cost: runtime × processes (one GPU each) × price per GPU hour; None without a price."""
+    if price_per_gpu_hour is None:
+        return None
+    hours = training_metrics["train_runtime_s"] / 3600
+    return hours * training_metrics.get("num_processes", 1) * price_per_gpu_hour
+
+
+def payback_requests(
+    training_cost: float, prompt_tokens_saved: float, price_per_million_prompt_tokens: float
+) -> int | None:
+    """How many requests it takes for the prompt tokens saved to pay for training.
+
+    Args:
+        training_cost: What training cost.
+        prompt_tokens_saved: Prompt tokens saved per request (baseline's minus finetuned's).
+        price_per_million_prompt_tokens: Serving price of a million prompt tokens.
+
+    Returns:
+        The number of requests (rounded up), or None when nothing is saved per
+        request (no, or negative, savings, or a price of zero): it never pays back.
+    """
+    saving = prompt_tokens_saved * price_per_million_prompt_tokens
+    if saving <= 0:
+        return None
+    # Rounded before the ceiling so that an exact quotient (1000.0000000001) is not a request more.
+    return math.ceil(round(training_cost * 1_000_000 / saving, 6))
+
+
+def valid_output_rate(metrics: dict, records: list[dict]) -> float:
+    """Share of answers of the expected form: valid JSON, an in-set label, or else any non-empty answer."""
+    if "valid_json_rate" in metrics:
+        return float(metrics["valid_json_rate"])
+    if "classification_out_of_set_rate" in metrics:
+        return 1.0 - float(metrics["classification_out_of_set_rate"])
+    return sum(bool(str(record.get("output", "")).strip()) for record in records) / max(len(records), 1)
+
+
+def quality_metrics(metrics: dict, primary: str) -> dict[str, float]:
+    """The primary metric first, then the other scores (headline, then per field)."""
+    names = [n for n, v in metrics.items() if n not in _NOT_QUALITY and isinstance(v, (int, float)) and n != primary]
+    ordered = [primary] + [n for n in names if "/" not in n] + [n for n in names if "/" in n]
+    return {name: float(metrics[name]) for name in ordered if name in metrics}
+
+
+def summarize_model(evaluated: Evaluated, primary: str) -> dict:
+    """One model's row of the report: quality, valid outputs, tokens and latency per request."""
+    metrics = evaluated.metrics
+    return {
+        "name": evaluated.name,
+        "label": evaluated.label,
+        "primary_metric": float(metrics[primary]),
+        "quality": quality_metrics(metrics, primary),
+        "valid_output_rate": valid_output_rate(metrics, evaluated.records),
+        "prompt_tokens": float(metrics["mean_prompt_tokens"]),
+        "generated_tokens": float(metrics["mean_new_tokens"]),
+        "latency_s": float(metrics["mean_latency_s"]),
+    }
+
+
+def paired_scores(candidate: list[dict], baseline: list[dict]) -> tuple[list[float], list[float]]:
+    """Per-example scores of two evaluations of the same rows.
+
+    Raises:
+        ValueError: The evaluations are not of the same rows in the same order.
+    """
+    if len(candidate) != len(baseline):
+        raise ValueError(f"evaluations of different rows: {len(candidate)} vs {len(baseline)} examples")
+    for index, (a, b) in enumerate(zip(candidate, baseline)):
+        if a["prompt"] != b["prompt"] or a["expected"] != b["expected"]:
+            raise ValueError(f"evaluations of different rows: row {index} differs")
+    return [example_score(r) for r in candidate], [example_score(r) for r in baseline]
+
+
+def judge(
+    gain: Interval,
+    rows: int,
+    baseline: str,
+    min_gain: float,
+    confidence: float,
+    prompt_tokens_saved: float,
+    payback: int | None,
+    priced: bool,
+    expected_requests: int | None,
+) -> tuple[str, str]:
+    """The verdict and its reason.
+
+    In order: too few rows → inconclusive. An interval inside ±min_gain → the same
+    quality, so cost decides (fewer prompt tokens that pay back within the expected
+    requests → worth it; no tokens saved, or payback beyond them → not worth it;
+    no prices or no expected requests → inconclusive). An interval below zero →
+    not worth it. An interval above zero with a gain of at least min_gain → worth
+    it. Anything else: the gain is within the noise → inconclusive.
+
+    Args:
+        gain: Mean per-example gain over the best baseline and its interval.
+        rows: Test rows behind it.
+        baseline: The best baseline's label.
+        min_gain: Smallest gain that counts as better quality.
+        confidence: The interval's level.
+        prompt_tokens_saved: Per request, against the best baseline.
+        payback: Requests until the saved prompt tokens pay for training (None: never or unknown).
+        priced: Whether training and prompt tokens both have prices.
+        expected_requests: Requests the model is expected to serve, if known.
+
+    Returns:
+        ("worth it" | "not worth it" | "inconclusive", one-sentence reason).
+    """
+    ci = f"{confidence:.0%} CI {gain.low:+.3f} to {gain.high:+.3f}"
+    if rows < MIN_ROWS:
+        return "inconclusive", (
+            f"only {rows} test rows: too few to tell a gain from noise (at least {MIN_ROWS}; data.max_test_rows)"
+        )
+    if -min_gain <= gain.low and gain.high <= min_gain:
+        same = f"same quality as the best baseline ({baseline}) within ±{min_gain:g} ({ci})"
+        if prompt_tokens_saved <= 0:
+            return "not worth it", f"{same}, and no prompt tokens saved per request"
+        saved = f"{same}; it saves {prompt_tokens_saved:.0f} prompt tokens per request"
+        if not priced:
+            return "inconclusive", (
+                f"{saved}: set preflight.price_per_gpu_hour and cost.price_per_million_prompt_tokens to price them"
+            )
+        if payback is None:
+            return "not worth it", f"{saved}, which at the configured price never pays for training"
+        if expected_requests is None:
+            return "inconclusive", f"{saved} and pays back after {payback} requests: set cost.expected_requests to decide"
+        if payback <= expected_requests:
+            return "worth it", f"{saved} and pays back after {payback} of the {expected_requests} expected requests"
+        return "not worth it", f"{saved} but pays back only after {payback} requests, more than the {expected_requests} expected"
+    if gain.high < 0:
+        return "not worth it", f"worse than the best baseline ({baseline}) by {gain.mean:+.3f} ({ci}) on {rows} test rows"
+    if gain.low > 0 and gain.mean >= min_gain:
+        return "worth it", f"beats the best baseline ({baseline}) by {gain.mean:+.3f} ({ci}) on {rows} test rows"
+    return "inconclusive", (
+        f"the gain over the best baseline ({baseline}), {gain.mean:+.3f}, is within the noise of {rows} test rows"
+        f" ({ci}); more test rows (data.max_test_rows) narrow the interval"
+    )
+
+
+def assess(
+    metric: str,
+    baselines: list[Evaluated],
+    finetuned: Evaluated,
+    training_metrics: dict,
+    *,
+    price_per_gpu_hour: float | None = None,
+    price_per_million_prompt_tokens: float | None = None,
+    expected_requests: int | None = None,
+    min_gain: float = 0.02,
+    confidence: float = 0.95,
+    bootstrap_samples: int = 2000,
+    bootstrap_seed: int = 0,
+) -> dict:
+    """The whole "worth it" report as a flat, JSON-friendly dict.
+
+    Args:
+        metric: The primary metric (the promotion metric); the best baseline is the one scoring highest on it.
+        baselines: The evaluated baselines (the base model zero-shot first).
+        finetuned: The finetuned model's evaluation on the same rows.
+        training_metrics: train_lora's metrics (runtime, processes, device).
+        price_per_gpu_hour: Training price; None: the cost in time only.
+        price_per_million_prompt_tokens: Serving price of prompt tokens; None: no payback figure.
+        expected_requests: Requests the model is expected to serve.
+        min_gain: Smallest per-example gain that counts as better quality.
+        confidence: Level of the interval.
+        bootstrap_samples: Resamples of the paired bootstrap.
+        bootstrap_seed: Its seed.
+
+    Returns:
+        Per-model rows, the best baseline, gain and interval, savings, costs, payback, verdict and reason.
+    """
+    for evaluated in (*baselines, finetuned):
+        if metric not in evaluated.metrics:
+            raise ValueError(f"promotion.metric: {metric!r} not among the {evaluated.name} metrics")
+    models = [summarize_model(evaluated, metric) for evaluated in (*baselines, finetuned)]
+    # Highest score wins; on a tie the cheaper prompt, since that is what one would deploy.
+    best_index = max(range(len(baselines)), key=lambda i: (models[i]["primary_metric"], -models[i]["prompt_tokens"]))
+    best, best_row, tuned_row = baselines[best_index], models[best_index], models[-1]
+    candidate_scores, baseline_scores = paired_scores(finetuned.records, best.records)
+    gain = paired_bootstrap(candidate_scores, baseline_scores, bootstrap_samples, confidence, bootstrap_seed)
+    tokens_saved = best_row["prompt_tokens"] - tuned_row["prompt_tokens"]
+    cost = training_cost(training_metrics, price_per_gpu_hour)
+    priced = cost is not None and price_per_million_prompt_tokens is not None
+    payback = payback_requests(cost, tokens_saved, price_per_million_prompt_tokens) if priced else None
+    if cost is None:
+        payback_text = "unknown: set preflight.price_per_gpu_hour"
+    elif price_per_million_prompt_tokens is None:
+        payback_text = "unknown: set cost.price_per_million_prompt_tokens"
+    elif payback is None:
+        payback_text = "never: no prompt tokens saved per request" if tokens_saved <= 0 else "never: prompt tokens are free"
+    else:
+        payback_text = f"after {payback} requests"
+    verdict, reason = judge(
+        gain, len(candidate_scores), best.label, min_gain, confidence, tokens_saved, payback, priced, expected_requests
+    )
+    return {
+        "metric": metric,
+        "models": models,
+        "best_baseline": best.name,
+        "best_baseline_label": best.label,
+        "test_rows": len(candidate_scores),
+        "score": SCORE_MEANING,
+        "gain": gain.mean,
+        "gain_low": gain.low,
+        "gain_high": gain.high,
+        "confidence": confidence,
+        "interval_method": (
+            f"paired bootstrap over per-example scores, {bootstrap_samples} resamples, seed {bootstrap_seed},"
+            " percentile interval"
+        ),
+        "min_gain": min_gain,
+        "prompt_tokens_saved": round(tokens_saved, 2),
+        "latency_saved_s": round(best_row["latency_s"] - tuned_row["latency_s"], 4),
+        "training_runtime_s": float(training_metrics["train_runtime_s"]),
+        "training_device": str(training_metrics.get("device", "")),
+        "training_processes": int(training_metrics.get("num_processes", 1)),
+        "training_cost": None if cost is None else round(cost, 6),
+        "saving_per_request": (
+            None if price_per_million_prompt_tokens is None else tokens_saved * price_per_million_prompt_tokens / 1e6
+        ),
+        "payback_requests": payback,
+        "payback": payback_text,
+        "expected_requests": expected_requests,
+        "verdict": verdict,
+        "reason": reason,
+    }
+
+
+def summary_lines(report: dict) -> list[str]:
+    """The verdict and the savings, as the run summary prints them."""
+    best = report["best_baseline_label"]
+    cost = f", cost {report['training_cost']:.4g}" if report["training_cost"] is not None else ""
+    return [
+        f"verdict:  {report['verdict']}: {report['reason']}",
+        f"savings:  vs {best}: {report['prompt_tokens_saved']:.0f} prompt tokens and"
+        f" {report['latency_saved_s']:.3f} s per request; training {report['training_runtime_s']:.0f} s{cost};"
+        f" payback {report['payback']} (worth_it_report artifact)",
+    ]
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} table{border-collapse:collapse;margin:.5em 0 1.5em}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f3f3f3} td:first-child{text-align:left}
+.verdict{padding:.6em 1em;border-radius:6px;margin:.5em 0 1em} .yes{background:#ecfdf3;border:1px solid #abefc6}
+.no{background:#fef3f2;border:1px solid #fecdca} .unsure{background:#fffaeb;border:1px solid #fedf89}
+tr.finetuned{font-weight:600} tr.best td:first-child::after{content:" (best baseline)";font-weight:400;color:#666}
+.bar{display:inline-block;height:.7em;background:#7a5af8;vertical-align:middle;margin-right:.4em}
+"""
+
+
+def _number(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def render_worth_it_html(report: dict) -> str:
+    """A self-contained page for the dashboard: verdict, per-model table, gain, savings, costs, method.
+
+    Args:
+        report: Output of `assess`.
+
+    Returns:
+        The HTML page (no scripts; bars are plain divs).
+    """
+    models = report["models"]
+    names = list(models[-1]["quality"])
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in names)
+    rows = []
+    for model in models:
+        css = "finetuned" if model["name"] == "finetuned" else ("best" if model["name"] == report["best_baseline"] else "")
+        primary = model["primary_metric"]
+        quality = "".join(
+            f"<td>{_number(model['quality'].get(name))}</td>" if name != report["metric"] else
+            f"<td><span class='bar' style='width:{max(primary, 0) * 80:.0f}px'></span>{primary:.3f}</td>"
+            for name in names
+        )
+        rows.append(
+            f"<tr class='{css}'><td>{html.escape(model['label'])}</td>{quality}"
+            f"<td>{model['valid_output_rate']:.3f}</td><td>{model['prompt_tokens']:.1f}</td>"
+            f"<td>{model['generated_tokens']:.1f}</td><td>{model['latency_s']:.3f}</td></tr>"
+        )
+    css = {"worth it": "yes", "not worth it": "no"}.get(report["verdict"], "unsure")
+    cost = report["training_cost"]
+    saving = report["saving_per_request"]
+    facts = [
+        ("quality gain over the best baseline", f"{report['gain']:+.3f} ({report['score']})"),
+        (f"{report['confidence']:.0%} confidence interval", f"{report['gain_low']:+.3f} to {report['gain_high']:+.3f}"),
+        ("test rows", report["test_rows"]),
+        ("prompt tokens saved per request", f"{report['prompt_tokens_saved']:.1f}"),
+        ("latency saved per request", f"{report['latency_saved_s']:.3f} s"),
+        ("training time", f"{report['training_runtime_s']:.0f} s on {report['training_device']}"
+                          f" ({report['training_processes']} process{'es' if report['training_processes'] > 1 else ''})"),
+        ("training cost", "– (set preflight.price_per_gpu_hour)" if cost is None else f"{cost:.4g}"),
+        ("saving per request", "– (set cost.price_per_million_prompt_tokens)" if saving is None else f"{saving:.3g}"),
+        ("pays back", report["payback"]),
+    ]
+    fact_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Was finetuning worth it?</title>
+<style>{_STYLE}</style></head><body>
+<h2>Was finetuning worth it?</h2>
+<div class="verdict {css}" id="verdict"><b>{html.escape(report['verdict'].capitalize())}</b> &mdash;
+{html.escape(report['reason'])}</div>
+<h3>Every model on the same {report['test_rows']} test rows</h3>
+<table id="models"><thead><tr><th>model</th>{header}<th>valid output rate</th><th>prompt tokens / request</th>
+<th>generated tokens / request</th><th>latency s / example</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
+<h3>Finetuned vs the best baseline ({html.escape(report['best_baseline_label'])})</h3>
+<table id="facts"><tbody>{fact_rows}</tbody></table>
+<h3>How this is decided</h3>
+<p>The interval: {html.escape(report['interval_method'])}. Test rows are drawn with replacement, each keeping
+both models' scores, and the mean difference is recomputed for every draw.</p>
+<p>Worth it: the interval lies above zero and the gain is at least {report['min_gain']:g}. Not worth it: the
+interval lies below zero. Same quality (the interval within &plusmn;{report['min_gain']:g}): the cost decides &mdash;
+fewer prompt tokens that pay for training within the expected requests. Otherwise inconclusive: the gain is within
+the noise of this many test rows. Latency is the batch's wall time per example on the evaluation machine.</p>
+</body></html>"""
