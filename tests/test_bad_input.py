@@ -88,6 +88,12 @@ CASES = [
     ("unknown-metric", lambda cfg, data: _edit(cfg, _set("evaluation", metrics=["bleu"])), "evaluation.metrics"),
     ("plain-template-without-prompt", lambda cfg, data: _edit(cfg, _set("data", plain_template="Answer:")),
      "data.plain_template: must contain {prompt}"),
+    ("few-shot-k-negative", lambda cfg, data: _edit(cfg, _set("baselines", few_shot_k=-1)), "baselines.few_shot_k"),
+    ("must-beat-unknown", lambda cfg, data: _edit(cfg, _set("promotion", must_beat="production")),
+     "promotion.must_beat: Input should be 'base' or 'best_baseline'"),
+    ("reference-model-path-missing",
+     lambda cfg, data: _edit(cfg, _set("baselines", reference_model={"name": "./models/bigger"})),
+     "baselines.reference_model.name: path not found: ./models/bigger"),
     # Model ids and paths
     ("model-path-missing", lambda cfg, data: _edit(cfg, _set("model", name="./models/nothing-here")),
      "model.name: path not found: ./models/nothing-here"),
@@ -142,6 +148,8 @@ PIPELINE_CASES = [
      "rows left (see max_seq_length and the dropped rows)"),
     ("lora-targets-not-in-model", lambda cfg, data: _edit(cfg, _set("lora", target_modules=["c_attn"])),
      "train_lora: ValueError: lora.target_modules: ['c_attn'] not found in"),
+    ("few-shot-k-over-train-rows", lambda cfg, data: _edit(cfg, _set("baselines", few_shot_k=20)),
+     "evaluate_few_shot: baselines.few_shot_k: 20 examples asked for, but the train split has 8 usable rows"),
 ]
 
 
