@@ -30,13 +30,18 @@ def zenml_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def config_path(tmp_path_factory):
+def config_path(tmp_path_factory, tiny_model_dir):
     path = tmp_path_factory.mktemp("run") / "run.yaml"
     return write_config(
         path, QUICKSTART_MODEL, REPO / "data" / "support_emails",
         data={"max_train_rows": 64, "max_validation_rows": 8, "max_test_rows": 12},
-        training={"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2},
+        # fp32: bf16 autocast is emulated, and some 50x slower, on CPUs without AVX512-BF16.
+        training={"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2, "precision": "fp32"},
         evaluation={"batch_size": 12, "max_new_tokens": 64},
+        # The tiny random model stands in for a larger reference model: any loadable model works.
+        baselines={"few_shot_k": 2, "reference_model": {"name": str(tiny_model_dir)}},
+        preflight={"price_per_gpu_hour": 0.10},
+        cost={"price_per_million_prompt_tokens": 0.10},
         registry={"model_name": "pipeline-test"},
     )
 
@@ -54,7 +59,22 @@ def first_run(config_path, zenml_env):
     return _run(["run.py", "--config", str(config_path)], zenml_env)
 
 
-def test_first_run_trains_evaluates_and_promotes(first_run):
+READ_WORTH_IT = """
+import json
+from zenml.client import Client
+run = Client().get_pipeline("finetune").last_run
+artifact = run.steps["worth_it_report"].outputs["worth_it_report"][0]
+print(json.dumps({
+    "steps": sorted(run.steps),
+    "report": run.steps["worth_it_report"].outputs["worth_it"][0].load(),
+    "page": str(artifact.load()),
+    "visualizations": [str(v.type) for v in artifact.visualizations or []],
+    "metadata": Client().get_model_version("pipeline-test", 1).run_metadata["worth_it"],
+}))
+"""
+
+
+def test_first_run_trains_evaluates_and_promotes(first_run, zenml_env, tmp_path):
     assert first_run.returncode == 0, first_run.stderr[-3000:]
     out = first_run.stdout
     assert "mean_field_accuracy" in out and "field_accuracy/order_id" in out
@@ -62,9 +82,33 @@ def test_first_run_trains_evaluates_and_promotes(first_run):
     assert "no production version yet" in out
     better, worse, same = (int(n) for n in re.search(r"examples: (\d+) better, (\d+) worse, (\d+) unchanged", out).groups())
     assert better + worse + same == 12 and better > worse
+    # Zero-shot, few-shot, reference and finetuned numbers side by side, then the verdict.
+    header = next(line for line in out.splitlines() if line.startswith("metric"))
+    assert header.split() == ["metric", "zero-shot", "2-shot", "reference", "finetuned"]
     base_line = next(line for line in out.splitlines() if line.startswith("mean_field_accuracy"))
-    base, tuned = map(float, base_line.split()[1:3])
+    base, few_shot, reference, tuned = map(float, base_line.split()[1:])
     assert tuned >= base + 0.05
+    prompt_tokens = next(line for line in out.splitlines() if line.startswith("mean_prompt_tokens"))
+    assert float(prompt_tokens.split()[2]) > float(prompt_tokens.split()[1]) + 100  # two examples in every prompt
+    verdict = re.search(r"^verdict:  (worth it|not worth it|inconclusive): (.+)$", out, re.MULTILINE)
+    assert verdict, out[-3000:]
+    assert re.search(r"^savings:  vs .+ per request; training \d+ s, cost [\d.e-]+; payback ", out, re.MULTILINE)
+
+    script = tmp_path / "read_worth_it.py"
+    script.write_text(READ_WORTH_IT)
+    read = _run([str(script)], zenml_env)
+    assert read.returncode == 0, read.stderr[-3000:]
+    facts = json.loads(read.stdout.strip().splitlines()[-1])
+    assert {"evaluate_few_shot", "evaluate_reference", "worth_it_report"} <= set(facts["steps"])
+    report = facts["report"]
+    assert [m["name"] for m in report["models"]] == ["base", "few_shot", "reference", "finetuned"]
+    assert [m["primary_metric"] for m in report["models"]] == pytest.approx([base, few_shot, reference, tuned], abs=5e-4)
+    assert report["verdict"] == verdict.group(1) and report["reason"] == verdict.group(2)
+    assert report["test_rows"] == 12 and report["gain_low"] <= report["gain"] <= report["gain_high"]
+    assert report["training_cost"] > 0 and "paired bootstrap" in report["interval_method"]
+    assert "Was finetuning worth it?" in facts["page"] and "base model, 2-shot" in facts["page"]
+    assert any("html" in kind.lower() for kind in facts["visualizations"])
+    assert facts["metadata"]["verdict"] == report["verdict"]
 
 
 def test_second_run_without_cache_is_not_promoted_on_a_tie(first_run, config_path, zenml_env):
