@@ -5,6 +5,7 @@ Examples:
     python run.py --config configs/quickstart.yaml --no-cache
     python run.py --config configs/llama-3.1-8b.yaml --dry-run
     python run.py --config configs/inference.yaml
+    python run.py --config configs/deploy.yaml
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
-from llm_lora.config import ConfigError, InferenceConfig, RunConfig, load_config  # noqa: E402
+from llm_lora.config import ConfigError, DeployConfig, InferenceConfig, RunConfig, load_config  # noqa: E402
 from llm_lora.data_preparation import check_rows  # noqa: E402
 from llm_lora.data_sources import DataError  # noqa: E402
 from llm_lora.errors import MachineError, check_machine  # noqa: E402
@@ -222,6 +223,110 @@ def run_inference(config: InferenceConfig):
     return run
 
 
+def describe_deploy(config: DeployConfig) -> str:
+    """What a deployment will serve."""
+    settings = config.deploy
+    return "\n".join(
+        [
+            f"model     ZenML model {settings.model_name!r}, version {settings.version!r}",
+            f"deploy    pipeline online_inference as {settings.deployment_name or settings.model_name!r}"
+            + (f", port {settings.port}" if settings.port else ""),
+            f"log       {settings.request_log or 'run metadata only (no request_log file)'}",
+        ]
+    )
+
+
+REGISTER_LOCAL_DEPLOYER = "zenml deployer register local --flavor=local && zenml stack update -d local"
+
+
+def check_deployer() -> None:
+    """Refuse, in one line, a stack without a deployer."""
+    from zenml.client import Client
+
+    stack = Client().active_stack
+    if stack.deployer is None:
+        raise click.ClickException(
+            f"stack {stack.name!r} has no deployer; register the local one: {REGISTER_LOCAL_DEPLOYER}"
+        )
+
+
+def wait_until_serving(url: str, timeout_s: float, alive) -> None:
+    """Poll the server's health endpoint until it answers (the model loads before it listens)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if not alive():
+            raise RuntimeError("the server stopped while starting")
+        time.sleep(1)
+    raise RuntimeError(f"the server did not answer within {timeout_s} s")
+
+
+def run_deploy(config: DeployConfig):
+    """Deploy the online inference pipeline with the stack's deployer, wait until it serves, print how to use it."""
+    from zenml.client import Client
+    from zenml.enums import DeploymentStatus
+
+    from llm_lora.serving import EXAMPLE_INPUTS
+    from pipelines import online_inference
+
+    settings = config.deploy
+    name = settings.deployment_name or settings.model_name
+    client = Client()
+    version_id = int(settings.version) if settings.version.isdigit() else settings.version
+    try:
+        client.get_model_version(settings.model_name, version_id)
+    except KeyError:
+        raise click.ClickException(
+            f"deploy.version: model {settings.model_name!r} has no version {settings.version!r}; "
+            "run the finetune pipeline first (python run.py --config configs/quickstart.yaml)"
+        ) from None
+    deployer = client.active_stack.deployer
+    options: dict = {
+        "on_init": "steps.load_served_model.load_served_model",
+        "on_init_kwargs": {
+            "model_name": settings.model_name,
+            "version": settings.version,
+            "batch_size": settings.batch_size,
+            "max_new_tokens": settings.max_new_tokens,
+            "request_log": str(settings.request_log) if settings.request_log else None,
+        },
+    }
+    if settings.port and deployer.flavor == "local":
+        options["settings"] = {f"deployer.{deployer.flavor}": {"port": settings.port, "allocate_port_if_busy": False}}
+    # Deploy-time inputs only fill the example on the server's /docs page; every request sends its own.
+    deployment = online_inference.with_options(**options).deploy(
+        deployment_name=name, timeout=settings.timeout_s, inputs=EXAMPLE_INPUTS
+    )
+    if not deployment.url:
+        raise RuntimeError(f"deployment {name!r} has no URL (zenml deployment describe {name})")
+
+    def alive() -> bool:
+        return client.get_deployment(name).status != DeploymentStatus.ERROR
+
+    try:
+        wait_until_serving(deployment.url, settings.timeout_s, alive)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; see zenml deployment logs {name}") from None
+    url = deployment.url
+    click.echo(f"\nServing:  {url}  (OpenAPI page: {url}/docs)")
+    click.echo(
+        f"Call:     curl -s -X POST {url}/invoke -H 'Content-Type: application/json'"
+        """ -d '{"parameters": {"inputs": ["<an email>"]}}'"""
+    )
+    click.echo(f"Stop:     zenml deployment delete {name} -y")
+    click.echo(f"Logs:     zenml deployment logs {name}")
+    return deployment
+
+
 SCHEDULING_ORCHESTRATORS = "kubernetes, vertex, sagemaker, azureml, kubeflow, airflow, databricks"
 
 
@@ -303,7 +408,10 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
     """Finetune a base model with LoRA on ZenML, evaluate it and promote it if it is better."""
     try:
         config = load_config(config_path)
-        summary = describe_inference(config) if isinstance(config, InferenceConfig) else describe(config)
+        if isinstance(config, DeployConfig):
+            summary = describe_deploy(config)
+        else:
+            summary = describe_inference(config) if isinstance(config, InferenceConfig) else describe(config)
     except (ConfigError, ModelSourceError, DataError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary)
@@ -318,7 +426,7 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
     if stack_name:
         use_stack(stack_name)
     if cron:
-        if isinstance(config, InferenceConfig):
+        if not isinstance(config, RunConfig):
             raise click.ClickException("--schedule: schedules are for the finetune pipeline")
         check_schedule(cron)
     if not debug:
@@ -332,15 +440,22 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
             check_machine(config)
     except MachineError as exc:
         raise click.ClickException(str(exc)) from None
+    if isinstance(config, DeployConfig):
+        check_deployer()
     try:
         if isinstance(config, InferenceConfig):
             run_inference(config)
+            return
+        if isinstance(config, DeployConfig):
+            run_deploy(config)
             return
         run = run_pipeline(config, no_cache, force_promote, cron)
     except Exception as exc:  # the step logs above hold the details
         if debug:
             traceback.print_exc()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(config, DeployConfig):
+            raise click.ClickException(f"deploy failed: {message}") from None
         pipeline_name = "batch_inference" if isinstance(config, InferenceConfig) else "finetune"
         try:
             message = failed_step_message(pipeline_name) or message

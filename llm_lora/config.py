@@ -128,7 +128,9 @@ class TrainingConfig(_Section):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float = Field(default=1.0, gt=0)
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # auto: bf16 where the hardware computes it natively (recent GPUs, CPUs with AVX512-BF16 or
+    # AMX), fp16 on older GPUs, else fp32. bf16 on a CPU without it is emulated, ~10x slower.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
     # Sort rows of similar length into the same batch: less padding, faster on any device.
     group_by_length: bool = True
@@ -376,6 +378,27 @@ class InferenceConfig(_Section):
         return cls.model_validate(json.loads(text))
 
 
+class DeploySettings(_Section):
+    """The production model behind HTTP: a ZenML pipeline deployment on the stack's deployer."""
+
+    model_name: str  # the ZenML Model that the finetune pipeline versions
+    version: str = "production"  # a stage (production, staging), a version number, or a version name
+    deployment_name: str | None = None  # None: the model name; `zenml deployment delete <name>` stops it
+    # Port of the local deployer (None: the first free one from 8000). Other deployers choose their own.
+    port: int | None = Field(default=None, ge=1, le=65535)
+    batch_size: int = Field(default=16, ge=1)  # inputs per generation batch within one request
+    max_new_tokens: int | None = Field(default=None, ge=1)  # None: the training run's evaluation setting
+    # One JSON line per request (time, version, inputs, latency, parse success; no texts). None: none.
+    request_log: Path | None = None
+    timeout_s: int = Field(default=600, ge=10)  # wait this long for the server to load the model
+
+
+class DeployConfig(_Section):
+    """A deploy YAML: a single `deploy` section."""
+
+    deploy: DeploySettings
+
+
 def _error_location(error: dict) -> str:
     return ".".join(str(part) for part in error["loc"])
 
@@ -386,7 +409,7 @@ def _find(value: Path, config_path: Path) -> Path | None:
     return next((candidate for candidate in candidates if candidate.exists()), None)
 
 
-def load_config(path: str | Path, check_files: bool = True) -> RunConfig | InferenceConfig:
+def load_config(path: str | Path, check_files: bool = True) -> RunConfig | InferenceConfig | DeployConfig:
     """Read and validate a run configuration.
 
     Relative data paths are resolved against the current directory first and
@@ -398,8 +421,9 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         check_files: Also require the data files to exist.
 
     Returns:
-        The validated configuration (a RunConfig, or an InferenceConfig for a
-        YAML with an `inference` section), paths made absolute.
+        The validated configuration (a RunConfig, an InferenceConfig for a YAML
+        with an `inference` section, a DeployConfig for one with a `deploy`
+        section), paths made absolute.
 
     Raises:
         ConfigError: With a one-line message naming the file and the key.
@@ -418,7 +442,7 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         raise ConfigError(f"{path}: not UTF-8 text") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, ...), got {type(raw).__name__}")
-    schema = InferenceConfig if "inference" in raw else RunConfig
+    schema = InferenceConfig if "inference" in raw else DeployConfig if "deploy" in raw else RunConfig
     try:
         config = schema.model_validate(raw)
     except ValidationError as exc:
@@ -439,6 +463,11 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             raise ConfigError(f"{path}: {message}{more}") from None
         raise ConfigError(f"{path}: {where}: {message}{more}") from None
 
+    if isinstance(config, DeployConfig):
+        log = config.deploy.request_log
+        if log is not None and not log.is_absolute():
+            log = (Path.cwd() / log).resolve()
+        return config.model_copy(update={"deploy": config.deploy.model_copy(update={"request_log": log})})
     if isinstance(config, InferenceConfig):
         settings = config.inference
         found = _find(settings.input_file, path)

@@ -242,3 +242,33 @@ def test_machine_check_counts_gpus(monkeypatch):
     check_machine(config, cuda_devices=1)  # the shipped GPU config fits one GPU
     with pytest.raises(MachineError, match="training.method: qlora-4bit needs a CUDA GPU"):
         check_machine(config, cuda_devices=0)
+
+
+def _deploy_config(tmp_path, **settings):
+    config = tmp_path / "deploy.yaml"
+    config.write_text(yaml.safe_dump({"deploy": {"model_name": "no-such-model", **settings}}))
+    return config
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"prot": 8000}, "deploy.yaml: deploy.prot: unknown key"),
+    ({"port": 70000}, "deploy.yaml: deploy.port: Input should be less than or equal to 65535"),
+    ({"batch_size": 0}, "deploy.yaml: deploy.batch_size: Input should be greater than or equal to 1"),
+], ids=["unknown-key", "port-out-of-range", "zero-batch"])
+def test_bad_deploy_config_is_one_line(settings, expected, tmp_path, zenml_env):
+    _check(_run(["--config", str(_deploy_config(tmp_path, **settings))], zenml_env), expected)
+
+
+def test_deploy_without_a_production_version_is_one_line(tmp_path, zenml_env):
+    _check(_run(["--config", str(_deploy_config(tmp_path))], zenml_env),
+           "deploy.version: model 'no-such-model' has no version 'production'; run the finetune pipeline first")
+
+
+def test_deploy_on_a_stack_without_a_deployer_says_how_to_register_one(tmp_path, zenml_env):
+    zenml = str(Path(sys.executable).parent / "zenml")
+    registered = subprocess.run([zenml, "stack", "register", "no-deployer", "-o", "default", "-a", "default"],
+                                env=zenml_env, capture_output=True, text=True, timeout=120)
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    result = _run(["--config", str(_deploy_config(tmp_path)), "--stack", "no-deployer"], zenml_env)
+    _check(result, "stack 'no-deployer' has no deployer; register the local one: "
+                   "zenml deployer register local --flavor=local && zenml stack update -d local")
