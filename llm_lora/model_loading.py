@@ -207,7 +207,8 @@ def quantization_config(training: TrainingConfig):
 
     if training.method == "qlora-8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = torch.float16 if training.precision == "fp16" else torch.bfloat16
+    fp16 = training.precision == "fp16" or (training.precision == "auto" and not torch.cuda.is_bf16_supported())
+    compute = torch.float16 if fp16 else torch.bfloat16
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

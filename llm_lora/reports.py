@@ -13,6 +13,7 @@ body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} table{border-coll
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f3f3f3} td:first-child{text-align:left}
 .better{color:#067647;font-weight:600} .worse{color:#b42318;font-weight:600} .decision{padding:.6em 1em;border-radius:6px}
 .promoted{background:#ecfdf3;border:1px solid #abefc6} .held{background:#fffaeb;border:1px solid #fedf89}
+.side-by-side{display:flex;flex-wrap:wrap;gap:0 2.5em;align-items:flex-start} h3{margin:.6em 0 .3em}
 .legend span{display:inline-block;width:1.2em;height:.25em;margin:0 .3em .2em 1em;vertical-align:middle}
 """
 
@@ -141,11 +142,11 @@ def render_run_report(
 ({'promoted to production' if promoted else 'not promoted to production'}) &mdash; {html.escape(str(decision.get('reason', '')))}
 {f"<br>Production compared: {html.escape(str(decision['production_source']))}" if decision.get('production_source') else ''}</div>
 {f"<p id='worth-it'><b>Worth it? {html.escape(worth_it['verdict'])}</b> &mdash; {html.escape(worth_it['reason'])} (worth_it_report artifact)</p>" if worth_it else ''}
-<h3>Loss</h3>
+<div class="side-by-side"><section><h3>Loss</h3>
 <p class="legend"><span style="background:{TRAIN_COLOR}"></span>training<span style="background:{VALIDATION_COLOR}"></span>validation</p>
-{loss_curve_svg(loss_history)}
-<h3>Base vs finetuned (test rows)</h3>
+{loss_curve_svg(loss_history)}</section>
+<section><h3>Base vs finetuned (test rows)</h3>
 <table id="metrics"><thead><tr><th>metric</th><th>base</th><th>finetuned</th><th>change</th></tr></thead>
-<tbody>{''.join(rows)}</tbody></table>
+<tbody>{''.join(rows)}</tbody></table></section></div>
 <h3>Training</h3><table><tbody>{fact_rows}</tbody></table>
 </body></html>"""

@@ -54,6 +54,33 @@ def build_lora_config(lora: LoraSettings) -> LoraConfig:
     )
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
+    cpu = torch.cpu
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(training: TrainingConfig) -> str:
+    """The precision training runs in on this machine: `training.precision`, with "auto" decided here.
+
+    "auto" picks bf16 on GPUs that support it and on CPUs with native bf16, fp16 on older
+    GPUs, and fp32 on other CPUs. An explicit choice is kept; bf16 on a CPU without native
+    support is kept too, with a warning, because it is many times slower than fp32 there.
+    """
+    on_gpu = torch.cuda.is_available() and not training.use_cpu
+    if training.precision == "auto":
+        if on_gpu:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if training.precision == "bf16" and not on_gpu and not cpu_has_native_bf16():
+        logger.warning(
+            "training.precision: bf16 on a CPU without AVX512-BF16/AMX is emulated and many times slower"
+            " than fp32 here; use precision: auto (or fp32)"
+        )
+    return training.precision
+
+
 def build_training_arguments(training: TrainingConfig, output_dir: Path) -> TrainingArguments:
     """transformers' TrainingArguments from the YAML's `training` section.
 
@@ -66,6 +93,7 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
     # The criterion early stopping and keep_best share.
     by_metric = training.best_by == "primary_metric"
     best_metric = (PRIMARY_METRIC_KEY if by_metric else "eval_loss") if evaluate_every else None
+    precision = resolve_precision(training)
     return TrainingArguments(
         output_dir=str(output_dir),
         learning_rate=training.learning_rate,
@@ -78,8 +106,8 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
         lr_scheduler_type=training.lr_scheduler,
         weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm,
-        bf16=training.precision == "bf16",
-        fp16=training.precision == "fp16",
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         activation_checkpointing=training.gradient_checkpointing,
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         logging_steps=training.logging_steps,
@@ -334,6 +362,7 @@ def train_lora(
         "trainable_parameters": int(trainable),
         "total_parameters": int(total),
         "device": str(trainer.args.device),
+        "precision": "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32",
         "num_processes": int(trainer.accelerator.num_processes),
         "resumed_from_step": int(resumed_step),
     }

@@ -129,7 +129,8 @@ def launch_with_accelerate(training: TrainingConfig) -> BaseStep:
     launch = {
         "num_processes": training.num_processes,
         "num_machines": 1,
-        "mixed_precision": {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[training.precision],
+        # "auto" is decided on the machine that trains (llm_lora.training.resolve_precision).
+        "mixed_precision": {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "auto": "no"}[training.precision],
         "dynamo_backend": "no",
         # CPU training: split the cores between processes (what Accelerate would pick, said aloud).
         "num_cpu_threads_per_process": max(1, (os.cpu_count() or 1) // training.num_processes),

@@ -87,6 +87,8 @@ def write_config(path, model_name, data_dir, **sections):
         "training": {"learning_rate": 1e-3, "batch_size": 4, "max_steps": 2, "use_cpu": True, "logging_steps": 1},
         "evaluation": {"batch_size": 8, "max_new_tokens": 16},
         "registry": {"model_name": "test-model"},
+        # Few-shot baseline off unless a test asks for it: one evaluation less per run.
+        "baselines": {"few_shot_k": 0},
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)

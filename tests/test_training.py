@@ -220,3 +220,24 @@ def test_adapter_materializer_round_trip(trained, tiny_model_dir, tmp_path):
     metadata = materializer.extract_metadata(adapter)
     assert metadata["rank"] == 4 and isinstance(metadata["target_modules"], str)
     assert yaml.safe_load(json.dumps(metadata))  # plain JSON-able values
+
+
+def test_auto_precision_follows_the_cpu(monkeypatch, caplog):
+    from llm_lora import training as training_module
+    from llm_lora.config import TrainingConfig
+
+    cpu = TrainingConfig(use_cpu=True)
+    assert cpu.precision == "auto"
+    native = training_module.cpu_has_native_bf16()
+    assert training_module.resolve_precision(cpu) == ("bf16" if native else "fp32")
+    monkeypatch.setattr(training_module, "cpu_has_native_bf16", lambda: False)
+    assert training_module.resolve_precision(cpu) == "fp32"
+    args = training_module.build_training_arguments(cpu, Path("unused"))
+    assert not args.bf16 and not args.fp16
+    # An explicit bf16 is kept, with a warning that names the option.
+    explicit = TrainingConfig(use_cpu=True, precision="bf16")
+    with caplog.at_level("WARNING"):
+        assert training_module.resolve_precision(explicit) == "bf16"
+    assert "training.precision: bf16" in caplog.text
+    monkeypatch.setattr(training_module, "cpu_has_native_bf16", lambda: True)
+    assert training_module.resolve_precision(cpu) == "bf16"
