@@ -143,7 +143,8 @@ def main() -> None:
             "platform": platform.platform(),
             # Other work on the machine shares the cores: 1-minute load average before and after.
             "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
-            "versions": {name: version(name) for name in ("zenml", "torch", "transformers", "peft", "fastapi", "uvicorn")},
+            "versions": {name: version(name)
+                         for name in ("zenml", "torch", "transformers", "peft", "fastapi", "uvicorn")},
         },
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }

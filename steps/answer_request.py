@@ -20,7 +20,9 @@ def answer_request(inputs: list[str]) -> Annotated[dict, ArtifactConfig(name="an
     """
     served = get_step_context().pipeline_state
     if not isinstance(served, ServedModel):
-        raise RuntimeError("no model loaded: answer_request runs in a deployment (python run.py --config configs/deploy.yaml)")
+        raise RuntimeError(
+            "no model loaded: answer_request runs in a deployment (python run.py --config configs/deploy.yaml)"
+        )
     response = answer(served, inputs)
     record = request_record(response)
     # On the run (dashboard, `zenml pipeline runs list`), and as a cheap line in a file.
