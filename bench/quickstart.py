@@ -57,6 +57,8 @@ def main() -> None:
         machine={
             "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(),
+            "native_bf16": cpu_has_native_bf16(),  # AVX512-BF16 or AMX: training.precision auto picks bf16
             "python": platform.python_version(),
         },
         versions={name: version(name) for name in ("torch", "transformers", "peft", "accelerate", "zenml")},
@@ -69,6 +71,23 @@ def main() -> None:
         f"mean_field_accuracy base {base['mean_field_accuracy']:.3f} -> finetuned {tuned['mean_field_accuracy']:.3f}, "
         f"valid JSON {tuned['valid_json_rate']:.3f}, promoted {record['promotion']['promote']}\n-> {out}"
     )
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_has_native_bf16() -> bool:
+    sys.path.insert(0, str(REPO))
+    from llm_lora.training import cpu_has_native_bf16 as check
+
+    return check()
 
 
 def read_last_run() -> None:
@@ -86,6 +105,8 @@ def read_last_run() -> None:
         "training": output("train_lora", "training_metrics"),
         "promotion": output("promote_model", "promotion_decision"),
         "comparison": output("compare_models", "comparison_summary"),
+        "few_shot": output("evaluate_few_shot", "metrics") if "evaluate_few_shot" in run.steps else None,
+        "worth_it": output("worth_it_report", "worth_it") if "worth_it_report" in run.steps else None,
         "step_seconds": {
             name: round((step.end_time - step.start_time).total_seconds(), 1) for name, step in run.steps.items()
         },

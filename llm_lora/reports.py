@@ -144,7 +144,7 @@ def render_run_report(
 {f"<p id='worth-it'><b>Worth it? {html.escape(worth_it['verdict'])}</b> &mdash; {html.escape(worth_it['reason'])} (worth_it_report artifact)</p>" if worth_it else ''}
 <div class="side-by-side"><section><h3>Loss</h3>
 <p class="legend"><span style="background:{TRAIN_COLOR}"></span>training<span style="background:{VALIDATION_COLOR}"></span>validation</p>
-{loss_curve_svg(loss_history)}</section>
+{loss_curve_svg(loss_history, width=520)}</section>
 <section><h3>Base vs finetuned (test rows)</h3>
 <table id="metrics"><thead><tr><th>metric</th><th>base</th><th>finetuned</th><th>change</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table></section></div>

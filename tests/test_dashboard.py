@@ -1,0 +1,184 @@
+"""The ZenML dashboard shows a run: local server, the quickstart on a small slice, a real headless Chromium.
+
+Needs the Debian packages `chromium` and `chromium-driver` (.ci/run installs them) and the
+`selenium` package. Screenshots go to the test's temporary folder, or to
+LLM_LORA_SCREENSHOT_DIR when it is set.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def small_quickstart(path: Path) -> Path:
+    """configs/quickstart.yaml on a small slice: a few rows, a few steps, validation loss on the way."""
+    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    config["data"].update(max_train_rows=24, max_validation_rows=8, max_test_rows=6)
+    config["training"].update(max_steps=6, logging_steps=1, eval_steps=3)
+    config["evaluation"].update(batch_size=6, max_new_tokens=48)
+    config["registry"]["model_name"] = "dashboard-check"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def skip_first_visit_survey(base_url: str) -> None:
+    """Answer the dashboard's first-visit survey for the default user, as a first visitor would."""
+    body = json.dumps({"email_opted_in": False, "user_metadata": {"finished_onboarding_survey": True}}).encode()
+    request = urllib.request.Request(f"{base_url}/api/v1/current-user", data=body, method="PUT",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert json.load(response)["body"]["email_opted_in"] is False
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1920,1080"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(120)
+    return driver
+
+
+def open_visualization(driver, artifact_node_id: str, wait):
+    """Open an artifact's side sheet from the run graph, show its Visualization tab, enter the HTML frame."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    node = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f".react-flow__node[data-id='{artifact_node_id}']")))
+    node.find_element(By.TAG_NAME, "button").click()
+    tab = wait.until(ec.element_to_be_clickable((By.XPATH, "//button[@role='tab'][normalize-space()='Visualization']")))
+    tab.click()
+    # HTML visualizations wait behind a "Load Preview" confirmation, as they do for a user.
+    wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Load Preview']"))).click()
+    frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Secure HTML Content']")))
+    driver.switch_to.frame(frame)
+
+
+def close_sheet(driver):
+    from selenium.webdriver.common.keys import Keys
+
+    driver.switch_to.default_content()
+    driver.find_element("tag name", "body").send_keys(Keys.ESCAPE)
+    time.sleep(1)
+
+
+def check_dashboard(driver, run_url: str, shots: Path) -> None:
+    """The run page shows every step completed; the reports render in their Visualization tabs."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 90)
+    driver.get(run_url)
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".react-flow__node")))
+    # The graph opens zoomed in on its first step and draws only what is in view: fit it to the window.
+    wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "button[aria-label='Fit view']"))).click()
+    wait.until(ec.presence_of_element_located(
+        (By.CSS_SELECTOR, ".react-flow__node[data-id='promote_model/outputs/step_output/run_report']")))
+    steps = {node.get_attribute("data-id"): node.text for node in
+             driver.find_elements(By.CSS_SELECTOR, ".react-flow__node-step")}
+    for step in ("prepare_data", "preflight_report", "evaluate_base", "evaluate_few_shot", "train_lora",
+                 "evaluate_finetuned", "compare_models", "worth_it_report", "promote_model"):
+        assert f"step/{step}" in steps, sorted(steps)
+    assert "Execution failed" not in " ".join(steps.values())
+    progress = driver.find_element(By.TAG_NAME, "body").text
+    assert "completed" in progress.lower() and "Failed\n0" in progress, progress[-1500:]
+    driver.save_screenshot(str(shots / "dashboard-run.png"))
+
+    # The run report: the loss curve with a point per logged step, the metric table with base and finetuned.
+    open_visualization(driver, "promote_model/outputs/step_output/run_report", wait)
+    curve = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "svg#loss-curve")))
+    assert curve.is_displayed() and curve.size["height"] > 100
+    lines = [line.get_attribute("points").split() for line in curve.find_elements(By.TAG_NAME, "polyline")]
+    assert [len(points) for points in lines] == [6, 2], lines  # a loss per step; validation at steps 3 and 6
+    table = driver.find_element(By.CSS_SELECTOR, "table#metrics")
+    assert table.is_displayed()
+    header = [cell.text for cell in table.find_elements(By.CSS_SELECTOR, "thead th")]
+    assert header[:3] == ["metric", "base", "finetuned"], header
+    metric_rows = {row.find_elements(By.TAG_NAME, "td")[0].text for row in
+                   table.find_elements(By.CSS_SELECTOR, "tbody tr")}
+    assert "mean_field_accuracy" in metric_rows, metric_rows
+    assert driver.find_element(By.ID, "decision").text.startswith("Stage:")
+    driver.execute_script("arguments[0].scrollIntoView()", driver.find_element(By.XPATH, "//h3[normalize-space()='Loss']"))
+    driver.switch_to.default_content()
+    driver.save_screenshot(str(shots / "dashboard-run-report.png"))
+    close_sheet(driver)
+
+    # The other reports render too: preflight, per-example comparison, worth it.
+    open_visualization(driver, "preflight_report/outputs/step_output/preflight_report", wait)
+    assert "train" in wait.until(ec.presence_of_element_located((By.TAG_NAME, "body"))).text
+    close_sheet(driver)
+    open_visualization(driver, "compare_models/outputs/step_output/model_comparison", wait)
+    assert wait.until(ec.presence_of_element_located((By.TAG_NAME, "table"))).is_displayed()
+    close_sheet(driver)
+    open_visualization(driver, "worth_it_report/outputs/step_output/worth_it_report", wait)
+    verdict = wait.until(ec.presence_of_element_located((By.TAG_NAME, "body"))).text
+    assert "zero-shot" in verdict.lower() or "few-shot" in verdict.lower() or "shot" in verdict, verdict[:500]
+    driver.switch_to.default_content()
+    driver.save_screenshot(str(shots / "dashboard-worth-it.png"))
+
+
+@pytest.mark.pipeline
+@pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                    reason="needs the Debian packages chromium and chromium-driver")
+def test_dashboard_shows_the_run_and_its_reports(tmp_path):
+    shots = Path(os.environ.get("LLM_LORA_SCREENSHOT_DIR") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp_path / "zenml"), ZENML_ANALYTICS_OPT_IN="false",
+               ZENML_AUTO_OPEN_DASHBOARD="false")
+    zenml = str(Path(sys.executable).parent / "zenml")
+    port = free_loopback_port()
+    base_url = f"http://127.0.0.1:{port}"
+    started = subprocess.run([zenml, "login", "--local", "--port", str(port)], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        run = subprocess.run([sys.executable, "run.py", "--config", str(small_quickstart(tmp_path / "run.yaml"))],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        # The run summary names the run's dashboard page on this server.
+        links = re.findall(r"Dashboard: (\S+)", run.stdout)
+        assert links and links[0].startswith(base_url + "/"), run.stdout[-2000:]
+        skip_first_visit_survey(base_url)
+
+        driver = browser()
+        try:
+            check_dashboard(driver, links[0], shots)
+        except Exception:
+            driver.switch_to.default_content()
+            driver.save_screenshot(str(shots / "dashboard-failure.png"))
+            print("dashboard at failure:", driver.current_url, shots / "dashboard-failure.png")
+            raise
+        finally:
+            driver.quit()
+    finally:
+        stopped = subprocess.run([zenml, "logout", "--local"], cwd=REPO, env=env, capture_output=True, text=True,
+                                 timeout=300)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(base_url, timeout=5)
