@@ -309,8 +309,11 @@ def run_deploy(config: DeployConfig):
     if not deployment.url:
         raise RuntimeError(f"deployment {name!r} has no URL (zenml deployment describe {name})")
 
-    def alive() -> bool:
-        return client.get_deployment(name).status != DeploymentStatus.ERROR
+    def alive() -> bool:  # the deployer's own view: for the local one, whether the server process still runs
+        try:
+            return client.refresh_deployment(name).status not in (DeploymentStatus.ERROR, DeploymentStatus.ABSENT)
+        except Exception:  # a deployer that cannot say: keep waiting until the timeout
+            return True
 
     try:
         wait_until_serving(deployment.url, settings.timeout_s, alive)
