@@ -6,6 +6,7 @@ configuration travels as JSON and the prepared data as a folder.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Annotated, Tuple
@@ -58,6 +59,9 @@ def train_lora(
     except Exception as exc:
         report_training_failure(exc, config)
         raise
+    finally:
+        # The Trainer's own checkpoints (for keep_best) are spent; resumable ones live in the checkpoint store.
+        shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     adapter = LoraAdapter(directory=result.adapter_dir)
     if result.adapter_dir.exists():  # main process only
         adapter.write_facts(config.model.name, result.metrics["trainable_parameters"])
