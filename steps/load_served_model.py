@@ -2,14 +2,10 @@
 
 from pathlib import Path
 
-from zenml.client import Client
 from zenml.logger import get_logger
 
-from llm_lora.config import RunConfig
-from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.serving import ServedModel
-from llm_lora.training import load_adapter
-from steps.hub_token import apply_hub_token
+from steps.model_version import load_model_version
 
 logger = get_logger(__name__)
 
@@ -36,21 +32,9 @@ def load_served_model(
     Returns:
         The loaded version.
     """
-    version_id = int(version) if version.isdigit() else version
-    try:
-        model_version = Client().get_model_version(model_name, version_id)
-    except KeyError:
-        raise ValueError(
-            f"deploy.version: model {model_name!r} has no version {version!r}; "
-            "run the finetune pipeline first (python run.py --config configs/quickstart.yaml)"
-        ) from None
-    config = RunConfig.from_json(model_version.run_metadata["run_config_json"])
-    apply_hub_token(config.model)
-    adapter = model_version.get_artifact("lora_adapter").load()
-    tokenizer = load_tokenizer(config.model)
-    model = load_adapter(load_model(config.model, device=default_device()), adapter.directory)
+    loaded = load_model_version(model_name, version, "deploy.version")
+    model, tokenizer, config, label = loaded.model, loaded.tokenizer, loaded.config, loaded.label
     model.eval()
-    label = f"{model_name} {model_version.name} ({model_version.stage or 'no stage'})"
     logger.info("Serving %s", label)
     return ServedModel(
         model=model,

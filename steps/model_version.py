@@ -1,0 +1,53 @@
+"""A registered model version, loaded for answering: its run config, the base model with its adapter, the tokenizer."""
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from zenml.client import Client
+from zenml.models import ModelVersionResponse
+
+from llm_lora.config import RunConfig
+from llm_lora.model_loading import default_device, load_model, load_tokenizer
+from llm_lora.training import load_adapter
+from steps.hub_token import apply_hub_token
+
+
+@dataclass
+class LoadedVersion:
+    model_name: str
+    version: ModelVersionResponse
+    config: RunConfig
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def label(self) -> str:
+        """e.g. "support-email-extractor 3 (production)"."""
+        return f"{self.model_name} {self.version.name} ({self.version.stage or 'no stage'})"
+
+
+def load_model_version(model_name: str, version: str, option: str) -> LoadedVersion:
+    """Load the base model and the LoRA adapter of a version of a ZenML Model.
+
+    Args:
+        model_name: The ZenML Model the finetune pipeline versions.
+        version: A stage (production, staging), a version number, or a version name.
+        option: The config key that named the version, for the error message (e.g. "deploy.version").
+
+    Raises:
+        ValueError: The model has no such version.
+    """
+    version_id = int(version) if version.isdigit() else version
+    try:
+        model_version = Client().get_model_version(model_name, version_id)
+    except KeyError:
+        raise ValueError(
+            f"{option}: model {model_name!r} has no version {version!r}; "
+            "run the finetune pipeline first (python run.py --config configs/quickstart.yaml)"
+        ) from None
+    config = RunConfig.from_json(model_version.run_metadata["run_config_json"])
+    apply_hub_token(config.model)
+    adapter = model_version.get_artifact("lora_adapter").load()
+    tokenizer = load_tokenizer(config.model)
+    model = load_adapter(load_model(config.model, device=default_device()), adapter.directory)
+    return LoadedVersion(model_name, model_version, config, model, tokenizer)
