@@ -99,6 +99,57 @@ def test_packed_and_padded_batches_give_the_same_loss(tiny_model_dir, tokenizer,
         start += length
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_completion_only_logits_give_the_trainers_loss_and_gradients(tmp_path, tiny_model_dir, tokenizer,
+                                                                     support_rows, packing):
+    """Logits only at trained positions: the same loss and LoRA gradients as the full-vocabulary path."""
+    from transformers import Trainer, TrainingArguments
+
+    from peft import get_peft_model
+
+    from llm_lora.config import LoraSettings, ModelConfig
+    from llm_lora.data_formats import to_example
+    from llm_lora.tokenization import tokenize_examples
+    from llm_lora.training import CompletionLossTrainer, accepts_logits_to_keep, build_collator
+
+    torch.manual_seed(0)
+    base = load_model(ModelConfig(name=str(tiny_model_dir), attn_implementation="sdpa"))
+    model = get_peft_model(base, build_lora_config(LoraSettings(dropout=0.0)))
+    model.config.use_cache = False
+    # Nudge the (zero-initialized) B matrices so that every LoRA parameter gets a gradient.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.02)
+    assert accepts_logits_to_keep(model)
+    examples = [to_example(row) for row in support_rows["train"][:4]]
+    rows = tokenize_examples(examples, tokenizer, "Extract JSON.", 256).rows
+    batch = build_collator(tokenizer, packing=packing)(
+        [{key: row[key] for key in ("input_ids", "attention_mask", "labels")} for row in rows]
+    )
+    labelled = int((batch["labels"] != -100).sum())
+    assert labelled < batch["labels"].numel() / 2  # most positions carry no label: that is what is saved
+    trainer = CompletionLossTrainer(
+        model=model, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True, report_to="none")
+    )
+
+    def loss_and_grads(compute, **kwargs):
+        model.zero_grad()
+        loss = compute(model, dict(batch), **kwargs)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    for num_items in (None, torch.tensor(labelled + 7)):  # per-batch mean, and a count over accumulated batches
+        ours, our_grads = loss_and_grads(trainer.compute_loss, num_items_in_batch=num_items)
+        theirs, their_grads = loss_and_grads(lambda m, b, **k: Trainer.compute_loss(trainer, m, b, **k),
+                                             num_items_in_batch=num_items)
+        assert torch.allclose(ours, theirs, rtol=1e-5), (ours, theirs)
+        assert our_grads.keys() == their_grads.keys() and len(our_grads) > 0
+        for name, grad in our_grads.items():
+            assert grad.abs().sum() > 0, name
+            assert torch.allclose(grad, their_grads[name], rtol=1e-4, atol=1e-7), name
+
+
 def test_early_stopping_keeps_the_best_evaluation(tmp_path, tiny_model_dir, tokenizer, support_rows):
     """Validation answers unlike the training answers: as training fits the JSON, validation loss climbs,
     training stops early and the adapter from the best evaluation is the one kept."""
