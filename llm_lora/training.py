@@ -438,10 +438,22 @@ def train_lora(
     return TrainingResult(adapter_dir=adapter_dir, metrics=metrics, loss_history=history.records)
 
 
-def load_adapter(model: PreTrainedModel, adapter_dir: Path) -> PeftModel:
-    """Put saved LoRA adapters on a loaded base model, for generation."""
+def load_adapter(model: PreTrainedModel, adapter_dir: Path, merge: bool = False) -> PeftModel | PreTrainedModel:
+    """Put saved LoRA adapters on a loaded base model, for generation.
+
+    Args:
+        model: The base model.
+        adapter_dir: A saved adapter.
+        merge: Fold the adapter into the weights when they are float32 (the
+            result equals the adapter's to rounding, and generation skips the
+            extra low-rank products: about a third of a small model's decoding
+            time on a CPU). 16-bit weights keep the adapter separate: rounding
+            the merged weights to 16 bits would change the model.
+    """
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
     peft_model.eval()
+    if merge and all(parameter.dtype == torch.float32 for parameter in peft_model.parameters()):
+        return peft_model.merge_and_unload().eval()
     return peft_model
 
 

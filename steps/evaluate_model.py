@@ -65,7 +65,7 @@ def evaluate_model(
     tokenizer = load_tokenizer(model_config)
     model = load_model(model_config, device=default_device())
     if adapter is not None:
-        model = load_adapter(model, adapter.directory)
+        model = load_adapter(model, adapter.directory, merge=True)
     result = run_evaluation(
         model, tokenizer, rows, config.data.system_prompt, config.evaluation,
         few_shot=examples, plain_template=config.data.plain_template, reformat=reference,

@@ -180,7 +180,7 @@ def promote_model(
         adapter = production.get_artifact("lora_adapter").load()
         base = load_model(config.model, device=default_device())
         result = evaluate_model(
-            load_adapter(base, adapter.directory), load_tokenizer(config.model), rows,
+            load_adapter(base, adapter.directory, merge=True), load_tokenizer(config.model), rows,
             config.data.system_prompt, config.evaluation,
         )
         return result.metrics

@@ -292,3 +292,25 @@ def test_auto_precision_follows_the_cpu(monkeypatch, caplog):
     assert "training.precision: bf16" in caplog.text
     monkeypatch.setattr(training_module, "cpu_has_native_bf16", lambda: True)
     assert training_module.resolve_precision(cpu) == "bf16"
+
+
+def test_merged_float32_adapter_answers_like_the_adapter(trained, tokenizer, support_rows):
+    """Evaluation folds a float32 adapter into the weights: same logits to rounding, same answers;
+    16-bit weights keep the adapter separate."""
+    from llm_lora.generation import generate
+    from llm_lora.prompt_formatting import format_prompt
+
+    config, _, result = trained
+    adapted = load_adapter(load_model(config.model), result.adapter_dir)
+    merged = load_adapter(load_model(config.model), result.adapter_dir, merge=True)
+    assert isinstance(adapted, PeftModel) and not isinstance(merged, PeftModel)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(adapted(ids).logits, merged(ids).logits, atol=1e-4)
+    prompts = [format_prompt(tokenizer, row["prompt"], "Extract JSON.") for row in support_rows["test"][:6]]
+    assert [g.text for g in generate(adapted, tokenizer, prompts, batch_size=6, max_new_tokens=12)] == [
+        g.text for g in generate(merged, tokenizer, prompts, batch_size=6, max_new_tokens=12)
+    ]
+    half = load_adapter(load_model(config.model).to(torch.bfloat16), result.adapter_dir, merge=True)
+    assert isinstance(half, PeftModel)
