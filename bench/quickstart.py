@@ -5,7 +5,7 @@ store (a temporary ZENML_CONFIG_PATH), the way a newcomer's first run goes,
 and writes wall time, peak memory, training throughput and base vs finetuned
 metrics to bench/results/quickstart-cpu.json.
 
-    python bench/quickstart.py            # about 8 minutes on 2 CPU cores
+    python bench/quickstart.py            # about 11 minutes on 2 CPU cores (AVX2, fp32)
 
 The GGUF model conversion is cached outside the store (~/.cache/llm_lora);
 run the quickstart once before benchmarking to leave it out of the figure.
