@@ -25,6 +25,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from quickstart import cpu_model  # bench/ is on the path when this file runs as a script
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -103,20 +105,13 @@ def main() -> None:
         "precision": resolve_precision(training),
         "variants": summary,
         "speedup": round(speedup, 3),
-        "machine": {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "cpu_model": _cpu_model(),
+        "machine": {"cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "cpu_model": cpu_model(),
                     "python": platform.python_version()},
         "versions": {name: version(name) for name in ("torch", "transformers", "peft", "accelerate")},
     }
     out_file = REPO / "bench" / "results" / f"training-throughput-{device}.json"
     out_file.write_text(json.dumps(record, indent=2) + "\n")
     print(f"speedup {speedup:.2f}x, labelled share {record['labelled_share']:.0%} -> {out_file}")
-
-
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

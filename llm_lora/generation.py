@@ -74,14 +74,12 @@ def generate(
     results: list[Generation | None] = [None] * len(encoded)
     prefix_ids: list[int] = []
     prefix_cache, prefix_share = None, 0.0
-    if reuse_prefix and len(encoded) > 1:
-        prefix_ids = encoded[0][: shared_prefix_length(encoded)]
-    if len(prefix_ids) >= MIN_SHARED_PREFIX:
+    shared = encoded[0][: shared_prefix_length(encoded)] if reuse_prefix and len(encoded) > 1 else []
+    if len(shared) >= MIN_SHARED_PREFIX:
         started = time.perf_counter()
-        prefix_cache = _prefix_cache(model, torch.tensor([prefix_ids], device=device))
+        prefix_cache = _prefix_cache(model, torch.tensor([shared], device=device))
         prefix_share = (time.perf_counter() - started) / len(encoded)
-    if prefix_cache is None:
-        prefix_ids = []
+        prefix_ids = shared if prefix_cache is not None else []
     try:
         for start in range(0, len(order), batch_size):
             batch_ids = [encoded[i] for i in order[start : start + batch_size]]
