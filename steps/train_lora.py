@@ -1,10 +1,13 @@
 """Step: train LoRA adapters, launched through Accelerate.
 
-`accelerate launch` starts the step's function in fresh processes (one per
-GPU, one on a CPU), so its parameters must be simple values and Paths: the
-configuration travels as JSON and the prepared data as a folder.
+`accelerate launch` starts the step's function in fresh processes
+(`training.num_processes`: one per GPU, or several on a CPU), so its parameters
+must be simple values and Paths: the configuration travels as JSON and the
+prepared data as a folder. Only the main process saves the adapter and returns
+what becomes the step's artifacts.
 """
 
+import functools
 import os
 import shutil
 import tempfile
@@ -140,7 +143,30 @@ def launch_with_accelerate(training: TrainingConfig) -> BaseStep:
         "num_cpu_threads_per_process": max(1, (os.cpu_count() or 1) // training.num_processes),
     }
     if training.num_processes > 1:
+        # Several processes start through torchrun, which Accelerate calls `multi_gpu` on a CPU too.
+        # Its `cpu` flag picks the single-process launcher (one process, whatever num_processes says)
+        # and is refused together with `multi_gpu`; the CPU is then chosen by each process (below).
         launch["multi_gpu"] = True
-    if training.use_cpu:
+    elif training.use_cpu:
         launch["cpu"] = True
-    return run_with_accelerate(train_lora, **launch)
+    launched = run_with_accelerate(train_lora, **launch)
+    if training.use_cpu and training.num_processes > 1:
+        launched.entrypoint = _with_accelerate_on_cpu(launched.entrypoint)
+    return launched
+
+
+def _with_accelerate_on_cpu(entrypoint):
+    """Run the launcher with ACCELERATE_USE_CPU set, so torchrun's processes inherit it.
+
+    ZenML's launch script builds an Accelerator before the step's code runs; without the
+    variable, on a machine with a GPU, that one opens an NCCL process group which CPU
+    training then cannot use ("No backend type associated with device type cpu", seen on an H100).
+    """
+    from accelerate.utils import patch_environment
+
+    @functools.wraps(entrypoint)
+    def launch_on_cpu(*args, **kwargs):
+        with patch_environment(ACCELERATE_USE_CPU="true"):
+            return entrypoint(*args, **kwargs)
+
+    return launch_on_cpu
