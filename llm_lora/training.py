@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithFlattening,
@@ -308,12 +308,17 @@ def _as_dataset(rows: list[dict]) -> Dataset:
 
 
 def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
-    """Wrap the base model with fresh LoRA adapters (and prepare it for k-bit training)."""
-    if config.training.method.startswith("qlora"):
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.training.gradient_checkpointing
-        )
-    elif config.training.gradient_checkpointing:
+    """Wrap the base model with fresh LoRA adapters; the base weights stay frozen and as loaded.
+
+    PEFT's prepare_model_for_kbit_training is not used for QLoRA: besides freezing,
+    it copies every weight bitsandbytes left in 16 bits (embeddings, lm_head, norms)
+    to float32 (4 GB more for Llama-3.1-8B), which also makes the residual stream
+    float32 between layers, for weights that training never changes. The adapters
+    are float32 either way (PEFT keeps them so under bf16 autocast).
+    """
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    if config.training.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
     try:
         return get_peft_model(model, build_lora_config(config.lora))

@@ -37,10 +37,19 @@ def zenml_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """The real SmolLM2 tokenizer (from the GGUF the quickstart uses), converted once."""
+    """The real SmolLM2 tokenizer (from the GGUF the quickstart uses), converted once.
+
+    LLM_LORA_TEST_TOKENIZER may name a folder where that tokenizer was saved, for
+    machines without the model package (a GPU machine running tests/test_gpu.py).
+    """
     from llm_lora.config import ModelConfig
     from llm_lora.model_loading import load_tokenizer
 
+    saved = os.environ.get("LLM_LORA_TEST_TOKENIZER")
+    if saved:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(saved)
     return load_tokenizer(ModelConfig(name=QUICKSTART_MODEL))
 
 

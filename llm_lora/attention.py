@@ -1,0 +1,53 @@
+"""Variable-length attention for packed rows: PyTorch's own FlashAttention kernel, no extra package.
+
+With packing, a batch is one long sequence of several rows. SDPA attends over
+it with a block-diagonal mask and computes every (query, key) pair of the
+whole sequence, masked or not: 16 packed rows of 300 tokens pay for a
+4,800-token attention. `torch.nn.attention.varlen.varlen_attn` (CUDA) takes
+the rows' boundaries instead and computes each row's causal attention alone.
+
+`model.attn_implementation: varlen` selects it; the packing collator then
+passes the boundaries (`cu_seq_lens_q`, `max_length_q`) through the model's
+forward to this function.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+NAME = "varlen"
+
+
+def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' attention signature: query (1, heads, tokens, dim) -> output (1, tokens, heads, dim)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    if query.shape[0] != 1 or "cu_seq_lens_q" not in kwargs:
+        raise ValueError("model.attn_implementation: varlen needs packed batches (data.packing: true)")
+    if dropout:
+        raise ValueError("model.attn_implementation: varlen has no attention dropout")
+    boundaries, longest = kwargs["cu_seq_lens_q"].to(torch.int32), int(kwargs["max_length_q"])
+    q, k, v = (tensor.transpose(1, 2).squeeze(0) for tensor in (query, key, value))  # (tokens, heads, dim)
+    parameters = inspect.signature(varlen_attn).parameters
+    options = {"scale": scaling}
+    # PyTorch 2.11 spells causality is_causal; later versions, a (left, right) window.
+    options.update({"is_causal": True} if "is_causal" in parameters else {"window_size": (-1, 0)})
+    if k.shape[1] != q.shape[1]:  # grouped-query attention
+        if "enable_gqa" in parameters:
+            options["enable_gqa"] = True
+        else:
+            k, v = (tensor.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for tensor in (k, v))
+    output = varlen_attn(q, k, v, boundaries, boundaries, longest, longest, **options)
+    return output.unsqueeze(0), None
+
+
+def register() -> None:
+    """Make `attn_implementation="varlen"` known to transformers (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+    AttentionInterface.register(NAME, varlen_attention)
+    # The row boundaries replace the mask, as with FlashAttention.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
