@@ -93,6 +93,7 @@ IGNORE_INDEX = -100
 # bf16 LoRA without recomputation: 16 packed rows (~5,300 tokens) ran out of memory on an 80 GB H100
 # (8B shape: 16 GB of weights, ~11 MB of saved activations per token); 8 rows fit.
 BF16_ROWS = 8
+SWEEP_ROWS = [32, 64]  # 8B shape: more rows per step spread each step's fixed cost (launches, dequantization)
 
 
 def sample_rows(count: int, max_length: int, vocab: int, seed: int) -> list[dict]:
@@ -261,56 +262,60 @@ def training_args(run_config, output_dir: str, steps: int, **overrides):
     return args
 
 
-def project_variant(name, model, run_config, rows, steps, warmup, device, peak_flops, record, collator=None, **overrides):
-    """One measurement of the project's set-up (attach_lora + CompletionLossTrainer) on the shared base model."""
+def project_variant(shape, model, run_config, rows, steps, warmup, device, peak_flops, record, label="",
+                    lora=None, **training):
+    """One measurement of the project's set-up (attach_lora + CompletionLossTrainer) on the shared base model.
+
+    `lora` and `training` override the config's sections; the run's name says what was changed.
+    """
+    from llm_lora import attention
     from llm_lora.training import CompletionLossTrainer, attach_lora, build_collator
 
-    reset_base(model)
     if device == "cpu":
-        overrides["use_cpu"] = True
-    settings = run_config.model_copy(update={"training": run_config.training.model_copy(update=overrides)})
-    _begin(device)
-    peft_model = attach_lora(model, settings)
-    with tempfile.TemporaryDirectory() as out:
-        args = training_args(settings, out, steps)
-        collator = collator or build_collator(None, settings.data.packing)
-        if isinstance(rows[0], list):  # groups of rows, one group a step, packed together
-            collator = _flatten_groups(collator)
-        result = measure(CompletionLossTrainer, peft_model, args, rows, collator,
-                         warmup, device, flops_per_token(peft_model, rows), peak_flops)
-    result.update(setup=_describe(settings))
-    peft_model.unload()
-    _report(record, name, result)
-    return result
+        training["use_cpu"] = True
+    settings = run_config.model_copy(update={"training": run_config.training.model_copy(update=training),
+                                             "lora": run_config.lora.model_copy(update=lora or {})})
+    method = {"lora": "bf16 LoRA", "qlora-4bit": "QLoRA"}[settings.training.method]
+    name = (f"{shape} {method}, {label or str(settings.training.batch_size) + ' rows'} per step, "
+            f"{'' if settings.training.gradient_checkpointing else 'no '}checkpointing, dropout {settings.lora.dropout}")
+
+    def run():
+        reset_base(model)
+        _begin(device)
+        peft_model = attach_lora(model, settings)
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                args = training_args(settings, out, steps)
+                collator = build_collator(None, settings.data.packing, boundaries=attention.in_use(model))
+                if isinstance(rows[0], list):  # groups of rows, one group a step, packed together
+                    collator = _flatten_groups(collator)
+                result = measure(CompletionLossTrainer, peft_model, args, rows, collator,
+                                 warmup, device, flops_per_token(peft_model, rows), peak_flops)
+        finally:
+            peft_model.unload()
+        result.update(setup=_describe(settings, model))
+        _report(record, name, result)
+
+    guarded(run, name, record)
 
 
-def varlen_variant(shape, model, run_config, rows, steps, warmup, device, peak_flops, record):
-    """bf16 LoRA with llm_lora.attention's variable-length attention, checked against SDPA on one packed batch first."""
-    from transformers import DataCollatorWithFlattening
-
+def attention_check(model, rows, device, record) -> None:
+    """With varlen attention: the loss of one packed batch, varlen against SDPA's block-diagonal mask."""
     from llm_lora import attention
+    from llm_lora.training import build_collator
 
-    attention.register()
-    collator = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX, return_flash_attn_kwargs=True)
-    batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in collator(rows[:BF16_ROWS]).items()}
+    if not attention.in_use(model):
+        return
+    batch = build_collator(None, True, boundaries=True)(rows[:BF16_ROWS])
+    batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
     losses = {}
-    try:
-        for implementation in ("sdpa", attention.NAME):
-            model.set_attn_implementation(implementation)
-            with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
-                losses[implementation] = float(model(**batch).loss)
-        record["varlen_check"] = {"sdpa_loss": losses["sdpa"], "varlen_loss": losses[attention.NAME]}
-        _write(record)
-        print("varlen check", record["varlen_check"], flush=True)
-        name = f"{shape} bf16 LoRA, varlen attention ({BF16_ROWS} rows per step, no checkpointing)"
-        guarded(project_variant, name, record, name, model, run_config, rows, steps, warmup, device, peak_flops,
-                record, collator=collator, method="lora", gradient_checkpointing=False, batch_size=BF16_ROWS)
-    except Exception as error:  # an experiment: its failure must not stop the measurements after it
-        record["varlen_error"] = f"{type(error).__name__}: {error}"[:2000]
-        _write(record)
-        print("varlen failed:", record["varlen_error"], flush=True)
-    finally:
-        model.set_attn_implementation(run_config.model.attn_implementation)
+    for implementation in ("sdpa", attention.NAME):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+            losses[implementation] = round(float(model(**batch).loss), 5)
+    record["attention_check"] = {"packed_rows": BF16_ROWS, "sdpa_loss": losses["sdpa"], "varlen_loss": losses[attention.NAME]}
+    _write(record)
+    print("attention check", record["attention_check"], flush=True)
 
 
 def anchor_variant(model, rows, steps, warmup, device, peak_flops, record):
@@ -400,11 +405,12 @@ def _stack(rows: list[dict]) -> dict:
     return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
 
 
-def _describe(config) -> str:
+def _describe(config, model=None) -> str:
     lora, training = config.lora, config.training
+    attention = model.config._attn_implementation if model is not None else config.model.attn_implementation
     return (f"{training.method}, r={lora.rank} alpha={lora.alpha} dropout={lora.dropout} targets={lora.target_modules}"
             f"{' DoRA' if lora.use_dora else ''}, {training.batch_size} rows per step, packing={config.data.packing},"
-            f" gradient checkpointing={training.gradient_checkpointing}, attention={config.model.attn_implementation}")
+            f" gradient checkpointing={training.gradient_checkpointing}, attention={attention}")
 
 
 def _begin(device: str) -> None:
@@ -481,6 +487,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=120, help="no new longest-sequence try after this many seconds")
     parser.add_argument("--longest-only", action="store_true",
                         help="only the longest QLoRA sequence on the 8B shape (a fresh process: nothing else on the card)")
+    parser.add_argument("--no-sweep", action="store_true", help="8B shape: skip the dropout and rows-per-step variants")
     parser.add_argument("--tiny", action="store_true", help="2-layer shapes (checks the script, measures nothing)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="results file (default bench/results/gpu-training-<device>.json)")
@@ -488,7 +495,7 @@ def main() -> None:
     started = time.perf_counter()
 
     from llm_lora.config import load_config
-    from llm_lora.model_loading import quantization_config
+    from llm_lora.model_loading import attention_for, quantization_config
 
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     slug = "tiny" if args.tiny else device_name.lower().replace("nvidia ", "").split()[0]
@@ -511,18 +518,27 @@ def main() -> None:
 
     for shape in args.shapes:
         run_config = load_config(REPO / SHAPES[shape]["config"])
-        model = build_model(shape, args.tiny, args.device, run_config.model.attn_implementation)
-        vocab = model.config.vocab_size
         train = run_config.training
-        rows = sample_rows(train.batch_size * (args.steps + args.warmup), run_config.data.max_seq_length, vocab, seed=1)
+        attention = attention_for(run_config.model, train if args.device == "cuda" else None)
+        model = build_model(shape, args.tiny, args.device, attention)
+        vocab = model.config.vocab_size
         steps = args.steps + args.warmup
+        sweep = shape == "llama-3.1-8b" and not args.no_sweep
+        most_rows = max([train.batch_size, BF16_ROWS, *(SWEEP_ROWS if sweep else [])])
+        rows = sample_rows(most_rows * steps, run_config.data.max_seq_length, vocab, seed=1)
+        measured = dict(model=model, run_config=run_config, steps=steps, warmup=args.warmup, device=args.device,
+                        peak_flops=peak_flops, record=record)
         if not args.longest_only:
-            # bf16 LoRA first, while the weights are still 16-bit: no checkpointing (an 80 GB card holds it).
-            name = f"{shape} bf16 LoRA ({BF16_ROWS} rows per step, no checkpointing)"
-            guarded(project_variant, name, record, name, model, run_config, rows, steps, args.warmup, args.device,
-                    peak_flops, record, method="lora", gradient_checkpointing=False, batch_size=BF16_ROWS)
-            if args.device == "cuda" and shape == "llama-3.1-8b":
-                varlen_variant(shape, model, run_config, rows, steps, args.warmup, args.device, peak_flops, record)
+            attention_check(model, rows, args.device, record)
+            # bf16 LoRA first, while the weights are still 16-bit: without checkpointing an 80 GB card
+            # holds BF16_ROWS rows of the 8B shape.
+            project_variant(shape, rows=rows, method="lora", gradient_checkpointing=False, batch_size=BF16_ROWS,
+                            **measured)
+            if sweep:
+                project_variant(shape, rows=rows, method="lora", gradient_checkpointing=False, batch_size=BF16_ROWS,
+                                lora={"dropout": 0.05}, **measured)
+                project_variant(shape, rows=rows, method="lora", gradient_checkpointing=True, batch_size=SWEEP_ROWS[0],
+                                **measured)
         if args.device == "cuda" or args.tiny:
             quantize_in_place(model, quantization_config(train) if args.device == "cuda" else _cpu_nf4(), args.device)
         if shape == "llama-3.1-8b" and not args.longest_only:
@@ -532,13 +548,12 @@ def main() -> None:
             # The project's QLoRA at the anchor's tokens per step: packed rows, 1,024 real tokens.
             groups = _groups_of_tokens(sample_rows(200, run_config.data.max_seq_length, vocab, seed=3),
                                        ANCHOR_LENGTH * ANCHOR_BATCH, steps)
-            name = f"{shape} QLoRA at the anchor's 1,024 tokens per step"
-            guarded(project_variant, name, record, name, model, run_config, groups, steps, args.warmup, args.device,
-                    peak_flops, record, batch_size=1, group_by_length=False)
+            project_variant(shape, rows=groups, label="1,024 tokens (the anchor's)", batch_size=1,
+                            group_by_length=False, **measured)
         if not args.longest_only:
-            name = f"{shape} QLoRA ({SHAPES[shape]['config']})"
-            guarded(project_variant, name, record, name, model, run_config, rows, steps, args.warmup, args.device,
-                    peak_flops, record)
+            project_variant(shape, rows=rows, label=f"{train.batch_size} rows ({SHAPES[shape]['config']})", **measured)
+            for count in SWEEP_ROWS if sweep else []:
+                project_variant(shape, rows=rows, batch_size=count, **measured)
         if shape == "llama-3.1-8b" and args.longest_only:
             longest_sequence(model, run_config, vocab, args.lengths if not args.tiny else [256, 512], args.device,
                              record, started + args.budget_s)

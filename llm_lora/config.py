@@ -41,7 +41,9 @@ class ModelConfig(_Section):
     token_secret: str | None = None
     # Loading dtype of the base weights. bf16 halves memory; fp32 is the safe CPU default.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = "sdpa"
+    # varlen: packed training rows go through PyTorch's variable-length FlashAttention kernel
+    # (CUDA), each row's attention computed alone; elsewhere (CPU, generation) it is sdpa.
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "varlen"] | None = "sdpa"
 
 
 class DataConfig(_Section):
@@ -298,6 +300,8 @@ class RunConfig(_Section):
     def _check_precision_fits_method(self) -> RunConfig:
         if self.training.method.startswith("qlora") and self.training.use_cpu:
             raise ValueError("training.method: QLoRA needs a CUDA GPU; use method: lora with use_cpu: true")
+        if self.model.attn_implementation == "varlen" and not self.data.packing:
+            raise ValueError("model.attn_implementation: varlen works on packed rows; set data.packing: true")
         return self
 
     @field_validator("model")

@@ -240,7 +240,7 @@ def load_model(
         dtype=_DTYPES[config.dtype],
     )
     if config.attn_implementation:
-        kwargs["attn_implementation"] = config.attn_implementation
+        kwargs["attn_implementation"] = attention_for(config, training)
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": torch.cuda.current_device()}
@@ -250,6 +250,18 @@ def load_model(
         model.to(device)
     model.eval()
     return model
+
+
+def attention_for(config: ModelConfig, training: TrainingConfig | None) -> str:
+    """The attention implementation to load with: `varlen` only for training on a CUDA GPU, else sdpa."""
+    if config.attn_implementation != "varlen":
+        return config.attn_implementation
+    from llm_lora import attention
+
+    if training is None or training.use_cpu or not attention.available():
+        return "sdpa"
+    attention.register()
+    return attention.NAME
 
 
 def default_device() -> torch.device:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import (
     DataCollatorForSeq2Seq,
     DataCollatorWithFlattening,
@@ -30,6 +31,7 @@ from transformers import (
     set_seed,
 )
 
+from llm_lora import attention
 from llm_lora.checkpoints import CheckpointStore
 from llm_lora.config import LoraSettings, RunConfig, TrainingConfig
 from llm_lora.evaluation import score_generations
@@ -140,15 +142,18 @@ def early_stopping(training: TrainingConfig) -> list[TrainerCallback]:
     return [EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience)]
 
 
-def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool):
+def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool, boundaries: bool = False):
     """Batch rows padded to the longest, or packed into one padding-free sequence.
 
     Packed rows restart their position ids; transformers turns that into a
     block-diagonal mask (SDPA, eager and flash attention), so no row attends to
-    another and no compute goes to padding.
+    another and no compute goes to padding. With `boundaries`, the batch also
+    carries the rows' cumulative lengths, which varlen attention uses instead of a mask.
     """
     if packing:
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+        return DataCollatorWithFlattening(
+            return_position_ids=True, separator_id=IGNORE_INDEX, return_flash_attn_kwargs=boundaries
+        )
     # Pads labels with -100 by position, so a pad token equal to EOS never hides the trained EOS.
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
 
@@ -216,8 +221,11 @@ class GenerationMetrics(TrainerCallback):
         if metrics is None or model is None:
             return
         was_training, use_cache = model.training, model.config.use_cache
+        packed_attention = attention.in_use(model)
         model.eval()
         model.config.use_cache = True  # generation only; training keeps it off
+        if packed_attention:  # generation has no packed rows
+            model.set_attn_implementation("sdpa")
         try:
             generations = generate(
                 model, self.tokenizer, [row["prompt_text"] for row in self.rows],
@@ -226,6 +234,8 @@ class GenerationMetrics(TrainerCallback):
         finally:
             model.config.use_cache = use_cache
             model.train(was_training)
+            if packed_attention:
+                model.set_attn_implementation(attention.NAME)
         scores = score_generations(self.rows, generations, self.config.evaluation.metrics).metrics
         primary = resolve_metric(self.config.promotion.metric, scores)
         found = {f"eval_{name}": value for name, value in scores.items() if name not in _NOT_SCORES}
@@ -321,7 +331,7 @@ def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
     if config.training.gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
     try:
-        return get_peft_model(model, build_lora_config(config.lora))
+        peft_model = get_peft_model(model, build_lora_config(config.lora))
     except ValueError as exc:
         if "not found in the base model" not in str(exc) and "Target modules" not in str(exc):
             raise
@@ -331,6 +341,14 @@ def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
             f"lora.target_modules: {config.lora.target_modules} not found in {config.model.name};"
             f" its linear layers are {', '.join(linear)} (or use all-linear)"
         ) from None
+    if resolve_precision(config.training) in ("bf16", "fp16"):
+        # Under autocast the adapter's products run in 16 bits anyway; PEFT would first copy
+        # every adapted layer's input to float32 (the adapter's dtype) only for autocast to
+        # copy it back: two passes over each input and a saved copy, per layer.
+        for module in peft_model.modules():
+            if isinstance(module, LoraLayer):
+                module.cast_input_dtype_enabled = False
+    return peft_model
 
 
 def train_lora(
@@ -386,7 +404,7 @@ def train_lora(
         args=build_training_arguments(config.training, trainer_dir),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=build_collator(tokenizer, config.data.packing),
+        data_collator=build_collator(tokenizer, config.data.packing, boundaries=attention.in_use(model)),
         callbacks=[*callbacks, *early_stopping(config.training)],
     )
     started = time.perf_counter()

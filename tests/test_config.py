@@ -223,3 +223,10 @@ def test_baselines_default_to_zero_and_few_shot(monkeypatch, tmp_path):
     config = load_config(_quickstart(tmp_path, lambda c: (c.pop("baselines"), c.pop("cost"))))
     assert config.baselines.few_shot_k == 3 and config.baselines.reference_model is None
     assert config.cost.price_per_million_prompt_tokens is None and config.promotion.must_beat == "base"
+
+
+def test_varlen_attention_needs_packing(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = _quickstart(tmp_path, lambda c: c["model"].update(attn_implementation="varlen"))
+    with pytest.raises(ConfigError, match=r"model\.attn_implementation: varlen works on packed rows"):
+        load_config(path)

@@ -18,14 +18,14 @@ from tests.conftest import write_config
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def gpu_config(root, tiny_model_dir, support_rows, **training):
+def gpu_config(root, tiny_model_dir, support_rows, attention="sdpa", **training):
     data_dir = root / "data"
     data_dir.mkdir(exist_ok=True)
     for split in ("train", "validation", "test"):
         (data_dir / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in support_rows[split][:32]))
     path = write_config(
         root / "run.yaml", tiny_model_dir, data_dir,
-        model={"dtype": "bfloat16"},
+        model={"dtype": "bfloat16", "attn_implementation": attention},
         data={"packing": True},
         training={"use_cpu": False, "precision": "bf16", "max_steps": 10, "batch_size": 8, "learning_rate": 5e-3,
                   "gradient_checkpointing": True, **training},
@@ -34,9 +34,9 @@ def gpu_config(root, tiny_model_dir, support_rows, **training):
     return load_config(path)
 
 
-@pytest.mark.parametrize("method", ["qlora-4bit", "lora"])
-def test_gpu_training_learns_and_saves_an_adapter(method, tmp_path, tiny_model_dir, tokenizer, support_rows):
-    config = gpu_config(tmp_path, tiny_model_dir, support_rows, method=method)
+@pytest.mark.parametrize(("method", "attention"), [("qlora-4bit", "varlen"), ("lora", "varlen"), ("lora", "sdpa")])
+def test_gpu_training_learns_and_saves_an_adapter(method, attention, tmp_path, tiny_model_dir, tokenizer, support_rows):
+    config = gpu_config(tmp_path, tiny_model_dir, support_rows, attention, method=method)
     prepared = prepare_splits(config.data, tokenizer)
     result = train_lora(config, prepared.splits["train"], prepared.splits["validation"], tmp_path / "out", tokenizer)
 

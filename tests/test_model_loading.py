@@ -75,3 +75,19 @@ def test_local_model_loads_in_requested_dtype(tiny_model_dir):
     model = load_model(ModelConfig(name=str(tiny_model_dir), dtype="bfloat16"))
     assert next(model.parameters()).dtype == torch.bfloat16
     assert not model.training
+
+
+def test_varlen_attention_only_for_training_on_a_gpu(tiny_model_dir):
+    import torch
+
+    from llm_lora.config import TrainingConfig
+    from llm_lora.model_loading import attention_for
+
+    config = ModelConfig(name=str(tiny_model_dir), attn_implementation="varlen")
+    assert attention_for(config, None) == "sdpa"  # generation: no packed rows
+    assert attention_for(config, TrainingConfig(use_cpu=True)) == "sdpa"
+    expected = "varlen" if torch.cuda.is_available() else "sdpa"
+    assert attention_for(config, TrainingConfig()) == expected
+    assert attention_for(ModelConfig(name=str(tiny_model_dir), attn_implementation="eager"), TrainingConfig()) == "eager"
+    model = load_model(config, training=TrainingConfig(use_cpu=True))
+    assert model.config._attn_implementation == "sdpa"
