@@ -320,6 +320,15 @@ def attention_check(model, rows, device, record) -> None:
 
 def anchor_variant(model, rows, steps, warmup, device, peak_flops, record):
     """The anchor recipe on the shared (already 4-bit) base model."""
+    attention = model.config._attn_implementation
+    model.set_attn_implementation("sdpa")  # the recipe's padded rows: transformers' default attention
+    try:
+        _anchor(model, rows, steps, warmup, device, peak_flops, record)
+    finally:
+        model.set_attn_implementation(attention)
+
+
+def _anchor(model, rows, steps, warmup, device, peak_flops, record):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainingArguments
 

@@ -43,7 +43,7 @@ def test_gpu_training_learns_and_saves_an_adapter(method, attention, tmp_path, t
     assert result.metrics["device"].startswith("cuda") and result.metrics["precision"] == "bf16"
     losses = [record["loss"] for record in result.loss_history if "loss" in record]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    base = load_model(config.model, training=config.training, device="cuda")
+    base = load_model(config.model, device="cuda")  # as evaluation loads it: bf16, sdpa
     ids = torch.tensor([prepared.splits["test"][0]["input_ids"]], device="cuda")
     with torch.no_grad():
         before = base(ids).logits.float()
