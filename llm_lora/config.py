@@ -137,7 +137,7 @@ class TrainingConfig(_Section):
     # Sort rows of similar length into the same batch: less padding, faster on any device.
     group_by_length: bool = True
     logging_steps: int = Field(default=10, ge=1)
-    num_processes: int = Field(default=1, ge=1)  # Accelerate processes (GPUs); 1 on a CPU
+    num_processes: int = Field(default=1, ge=1)  # Accelerate processes: one per GPU; with use_cpu they share the cores
     use_cpu: bool = False  # train on the CPU even when a GPU is present
     # Validation loss every `eval_steps` optimizer steps (None: once, at the end).
     eval_steps: int | None = Field(default=None, ge=1)

@@ -30,7 +30,7 @@ def check_machine(config: RunConfig, cuda_devices: int | None = None) -> None:
         )
     if training.precision == "fp16" and (devices == 0 or training.use_cpu):
         raise MachineError("training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
-    if training.num_processes > 1 and training.num_processes > devices:
+    if training.num_processes > 1 and not training.use_cpu and training.num_processes > devices:
         raise MachineError(
             f"training.num_processes: {training.num_processes} processes need {training.num_processes} GPUs;"
             f" this machine has {devices}"

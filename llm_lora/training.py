@@ -132,6 +132,8 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
         use_cpu=training.use_cpu,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        # Every adapter weight takes part in every step: no extra graph search per step across processes.
+        ddp_find_unused_parameters=False,
     )
 
 

@@ -242,6 +242,10 @@ def test_machine_check_counts_gpus(monkeypatch):
     check_machine(config, cuda_devices=1)  # the shipped GPU config fits one GPU
     with pytest.raises(MachineError, match="training.method: qlora-4bit needs a CUDA GPU"):
         check_machine(config, cuda_devices=0)
+    quickstart = load_config(REPO / "configs" / "quickstart.yaml")
+    # CPU processes share the cores (tests/test_multiprocess.py trains with two); GPU processes need GPUs.
+    check_machine(quickstart.model_copy(update={"training": quickstart.training.model_copy(update={"num_processes": 2})}),
+                  cuda_devices=0)
 
 
 def _deploy_config(tmp_path, **settings):
