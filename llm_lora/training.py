@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +268,28 @@ class _PublishCheckpoints(TrainerCallback):
         logger.info("Checkpoint at step %d saved to %s", state.global_step, self.store.root)
 
 
+def is_main_process() -> bool:
+    """Whether this is the main Accelerate process (torchrun's rank 0, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def computed_on_main_process(compute):
+    """compute() on the main Accelerate process only; every process receives its (picklable) result.
+
+    For what all processes must agree on and only one may do: making a scratch
+    folder, fetching checkpoints into it. A single process just computes.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return compute()
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    value = [compute() if state.is_main_process else None]
+    broadcast_object_list(value)
+    return value[0]
+
+
 def resume_point(store: CheckpointStore, trainer_dir: Path) -> Path | None:
     """Fetch the newest complete checkpoint (and the best one it refers to) into the Trainer's folder.
 
@@ -367,7 +390,10 @@ def train_lora(
         config: The whole run configuration.
         train_rows: Rows with input_ids, attention_mask and labels (see tokenization).
         validation_rows: Same shape; validation loss is computed at the end.
-        output_dir: The adapter and tokenizer are saved to `output_dir / "adapter"`.
+        output_dir: The adapter and tokenizer are saved to `output_dir / "adapter"` (main process);
+            the Trainer's checkpoints go to `output_dir / "trainer"`. With several processes it must
+            be one folder for all of them, so that every rank's checkpoint state lands in the same
+            checkpoint and keep_best and resuming restore all ranks alike.
         tokenizer: Reuse an already-loaded tokenizer.
         checkpoints: Durable store for resumable checkpoints (with training.checkpoint_steps):
             published every checkpoint_steps, resumed from when it holds one, cleared at the end.
@@ -398,7 +424,10 @@ def train_lora(
     if publishing:
         callbacks.append(_PublishCheckpoints(checkpoints, config.training.checkpoint_steps))
     trainer_dir = output_dir / "trainer"
-    resume_from = resume_point(checkpoints, trainer_dir) if publishing and config.training.resume else None
+    resume_from = None
+    if publishing and config.training.resume:
+        # Fetched once, into the folder all processes share (the step gives them one).
+        resume_from = computed_on_main_process(lambda: resume_point(checkpoints, trainer_dir))
     if resume_from is not None:
         logger.info("Resuming from %s (step %s)", checkpoints.root, resume_from.name.rsplit("-", 1)[1])
     trainer = CompletionLossTrainer(

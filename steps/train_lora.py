@@ -23,6 +23,7 @@ from llm_lora.checkpoints import CheckpointStore, checkpoint_key
 from llm_lora.config import RunConfig, TrainingConfig
 from llm_lora.data_preparation import fingerprint, load_prepared_split
 from llm_lora.errors import explain_training_failure
+from llm_lora.training import computed_on_main_process, is_main_process
 from llm_lora.training import train_lora as run_training
 from materializers.lora_adapter_materializer import LoraAdapterMaterializer
 from steps.hub_token import apply_hub_token
@@ -49,7 +50,8 @@ def train_lora(
     """
     config = RunConfig.from_json(config_json)
     apply_hub_token(config.model)
-    output_dir = Path(tempfile.mkdtemp(prefix="lora-training-"))
+    # One scratch folder for all processes (see train_lora's output_dir).
+    output_dir = Path(computed_on_main_process(lambda: tempfile.mkdtemp(prefix="lora-training-")))
     train_rows = load_prepared_split(Path(prepared_data), "train")
     try:
         result = run_training(
@@ -64,9 +66,10 @@ def train_lora(
         raise
     finally:
         # The Trainer's own checkpoints (for keep_best) are spent; resumable ones live in the checkpoint store.
-        shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+        if is_main_process():
+            shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     adapter = LoraAdapter(directory=result.adapter_dir)
-    if result.adapter_dir.exists():  # main process only
+    if is_main_process():
         adapter.write_facts(config.model.name, result.metrics["trainable_parameters"])
     return adapter, result.metrics, result.loss_history
 

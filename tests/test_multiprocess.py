@@ -53,9 +53,11 @@ if _LOG_DIR and os.environ.get("RANK") is not None:
 
     def _record(event, args):
         try:
-            if (event == "open" and args[2] & _WRITING) or event == "os.mkdir":
-                if isinstance(args[0], (str, bytes, os.PathLike)):
-                    _created.append(os.path.abspath(os.fsdecode(args[0])))
+            if event not in ("open", "os.mkdir") or not isinstance(args[0], (str, bytes, os.PathLike)):
+                return
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if event == "os.mkdir" or args[2] & _WRITING:
+                _created.append(path)
         except Exception:
             pass  # an audit hook that raises would fail the operation it watches
 
@@ -108,8 +110,9 @@ def two_processes(tmp_path_factory, tiny_model_dir, zenml_env):
     config_path = write_config(
         root / "run.yaml", tiny_model_dir, REPO / "data" / "support_emails",
         data={"max_train_rows": 32, "max_validation_rows": 8, "max_test_rows": 8},
+        # Evaluations at steps 2 and 4, each saving a checkpoint, and keep_best loading the best one at the end.
         training={"num_processes": 2, "use_cpu": True, "max_steps": STEPS, "batch_size": BATCH,
-                  "learning_rate": 5e-3, "precision": "fp32", "logging_steps": 1},
+                  "learning_rate": 5e-3, "precision": "fp32", "logging_steps": 1, "eval_steps": 2},
         lora={"rank": 4, "alpha": 8, "dropout": 0.0},
         registry={"model_name": "multiprocess-test"},
     )
@@ -119,7 +122,7 @@ def two_processes(tmp_path_factory, tiny_model_dir, zenml_env):
     (root / "train_only.py").write_text(TRAIN_ONLY)
     env = dict(
         zenml_env,
-        # The step's scratch folders land here, one per process, where the test can list them.
+        # The step's scratch folder lands here, where the test can list it.
         TMPDIR=str(root / "scratch"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(root / "hook"), str(REPO), zenml_env.get("PYTHONPATH")])),
         LLM_LORA_TEST_WRITES_DIR=str(root / "writes"),
@@ -155,7 +158,8 @@ def test_both_processes_train_in_one_group_of_two(two_processes):
     assert metrics["optimizer_steps"] == STEPS
     # Each optimizer step consumed a batch on each process.
     assert metrics["examples_seen"] == STEPS * BATCH * 2
-    assert [record["step"] for record in two_processes["step"]["loss_history"]] == list(range(1, STEPS + 1))
+    training_losses = [record for record in two_processes["step"]["loss_history"] if "loss" in record]
+    assert [record["step"] for record in training_losses] == list(range(1, STEPS + 1))
 
 
 def test_only_rank_zero_writes_the_adapter_and_the_step_outputs(two_processes):
@@ -168,10 +172,10 @@ def test_only_rank_zero_writes_the_adapter_and_the_step_outputs(two_processes):
     # Once each (the weights and tokenizer.json are written by Rust code the hook does not see).
     for name in ("adapter_config.json", "tokenizer_config.json", "training_metrics.json", "adapter_facts.json"):
         assert [path.name for path in written].count(name) == 1, (name, written)
-    # Each process made its own scratch folder; rank 1's is empty.
+    # One scratch folder, made by rank 0 and shared with rank 1.
     scratch = two_processes["scratch"]
-    assert len(scratch) == 2 and written[0].parent.parent in scratch
-    assert [list(folder.iterdir()) for folder in scratch if folder != written[0].parent.parent] == [[]]
+    assert scratch == [written[0].parent.parent]
+    assert [path for path in ranks[1]["created"] if Path(path).name.startswith("lora-training-")] == []
     # The step's return value, which ZenML turns into artifacts, is pickled by rank 0 alone.
     launch_dir = two_processes["launch_dir"]
     assert [Path(path).suffix for path in ranks[0]["created"] if Path(path).parent == launch_dir] == [".out"]
@@ -200,3 +204,14 @@ def test_the_artifact_is_rank_zeros_trained_adapter(two_processes, tiny_model_di
     with torch.no_grad():
         base_logits = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
         assert not torch.allclose(tuned(ids).logits, base_logits)
+
+
+def test_both_ranks_checkpoint_into_the_shared_folder(two_processes):
+    # Each evaluation saves a checkpoint: rank 0 the adapter, every rank its own state (rng_state_<rank>).
+    # Rank 1 writes into the folder rank 0 checkpointed in, so keep_best and resuming find the same
+    # checkpoint on every rank (in a folder of its own, rank 1 would keep its last weights).
+    (scratch,) = two_processes["scratch"]
+    checkpoints = {scratch / "trainer" / f"checkpoint-{step}" for step in (2, 4)}
+    for rank, seen in two_processes["ranks"].items():
+        assert checkpoints <= {Path(path) for path in seen["created"]}, rank
+    assert two_processes["step"]["metrics"]["best_step"] in (2, 4)
