@@ -2,15 +2,15 @@
 
 With packing, a batch is one long sequence of several rows. SDPA attends over
 it with a block-diagonal mask and computes every (query, key) pair of the
-whole sequence, masked or not: 16 packed rows of 300 tokens pay for a
-4,800-token attention. `torch.nn.attention.varlen.varlen_attn` (CUDA) takes
-the rows' boundaries instead and computes each row's causal attention alone.
+whole sequence, masked or not: 16 packed rows of 300 tokens pay for
+4,800 x 4,800 pairs where 16 x 300 x 300 count. `torch.nn.attention.varlen.varlen_attn`
+(CUDA) takes the rows' boundaries instead and computes each row's causal attention alone.
 
 `model.attn_implementation: varlen` selects it for training on a CUDA GPU
 (llm_lora.model_loading.attention_for); the packing collator then passes the
 boundaries (`cu_seq_lens_q`, `max_length_q`) through the model's forward to
 this function. Generation has no packed rows and uses sdpa. Measured on an
-H100 (bench/results/gpu-training-h100.json): bf16 LoRA on the Llama-3.1-8B
+H100 (bench/results/gpu-training-h100-before.json): bf16 LoRA on the Llama-3.1-8B
 shape, 8 packed rows a step, 3,919 tokens/s with SDPA, 5,781 with varlen.
 """
 

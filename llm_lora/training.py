@@ -348,8 +348,8 @@ def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
     PEFT's prepare_model_for_kbit_training is not used for QLoRA: besides freezing,
     it copies every weight bitsandbytes left in 16 bits (embeddings, lm_head, norms)
     to float32 (4 GB more for Llama-3.1-8B), which also makes the residual stream
-    float32 between layers, for weights that training never changes. The adapters
-    are float32 either way (PEFT keeps them so under bf16 autocast).
+    float32 between layers, for weights that training never changes. PEFT creates
+    the adapters themselves in float32 either way.
     """
     for parameter in model.parameters():
         parameter.requires_grad_(False)
@@ -368,8 +368,8 @@ def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
         ) from None
     if resolve_precision(config.training) in ("bf16", "fp16"):
         # Under autocast the adapter's products run in 16 bits anyway; PEFT would first copy
-        # every adapted layer's input to float32 (the adapter's dtype) only for autocast to
-        # copy it back: two passes over each input and a saved copy, per layer.
+        # every adapted layer's input to float32 (the adapter's dtype), only for autocast to
+        # copy it back to 16 bits: two passes over each input, per adapted layer and step.
         for module in peft_model.modules():
             if isinstance(module, LoraLayer):
                 module.cast_input_dtype_enabled = False
