@@ -32,6 +32,12 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     if dropout:
         raise ValueError("model.attn_implementation: varlen has no attention dropout")
     boundaries, longest = kwargs["cu_seq_lens_q"].to(torch.int32), int(kwargs["max_length_q"])
+    window = kwargs.get("sliding_window")
+    if window is not None and longest > window:  # a row within the window attends the same either way
+        raise ValueError(f"model.attn_implementation: varlen has no sliding window; rows of {longest} tokens"
+                         f" exceed this model's {window}: use sdpa or a smaller data.max_seq_length")
+    if kwargs.get("softcap") is not None:
+        raise ValueError("model.attn_implementation: varlen has no logit soft-capping, which this model uses; use eager")
     q, k, v = (tensor.transpose(1, 2).squeeze(0) for tensor in (query, key, value))  # (tokens, heads, dim)
     parameters = inspect.signature(varlen_attn).parameters
     options = {"scale": scaling}

@@ -91,3 +91,19 @@ def test_varlen_attention_only_for_training_on_a_gpu(tiny_model_dir):
     assert attention_for(ModelConfig(name=str(tiny_model_dir), attn_implementation="eager"), TrainingConfig()) == "eager"
     model = load_model(config, training=TrainingConfig(use_cpu=True))
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"sliding_window": 4}, "varlen has no sliding window; rows of 5 tokens exceed this model's 4"),
+    ({"softcap": 50.0}, "varlen has no logit soft-capping"),
+    ({}, "varlen needs packed batches"),
+])
+def test_varlen_attention_refuses_what_it_cannot_compute(extra, message):
+    import torch
+
+    from llm_lora.attention import varlen_attention
+
+    query = key = value = torch.zeros(1, 2, 7, 8)
+    packed = {"cu_seq_lens_q": torch.tensor([0, 2, 7]), "max_length_q": 5} if extra else {}
+    with pytest.raises(ValueError, match=message):
+        varlen_attention(None, query, key, value, None, **packed, **extra)
