@@ -482,7 +482,8 @@ def train_lora(
         if publishing:
             checkpoints.clear()  # finished: the adapter is saved, nothing is left to resume
     trainer.accelerator.wait_for_everyone()
-    logger.info("Trained %d steps in %.0f s, %.0f tokens/s", steps, seconds, metrics["train_tokens_per_s"])
+    if trainer.accelerator.is_main_process:  # once, not once per process
+        logger.info("Trained %d steps in %.0f s, %.0f tokens/s", steps, seconds, metrics["train_tokens_per_s"])
     if generation_metrics is not None:
         # The final evaluation above repeated the best one; the history keeps the interval ones.
         scored = {record["step"]: record for record in generation_metrics.records[:-1]}
