@@ -59,17 +59,30 @@ def browser():
     return driver
 
 
+def click_when_free(wait, locator) -> None:
+    """Click what `locator` finds once nothing covers it (a side sheet still sliding in covers its own tabs)."""
+    from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
+    from selenium.webdriver.support import expected_conditions as ec
+
+    def clicked(driver) -> bool:
+        try:
+            ec.element_to_be_clickable(locator)(driver).click()
+        except (ElementClickInterceptedException, StaleElementReferenceException, AttributeError):
+            return False  # covered, re-rendered or not clickable yet: try again
+        return True
+
+    wait.until(clicked)
+
+
 def open_visualization(driver, artifact_node_id: str, wait):
     """Open an artifact's side sheet from the run graph, show its Visualization tab, enter the HTML frame."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
-    node = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, f".react-flow__node[data-id='{artifact_node_id}']")))
-    node.find_element(By.TAG_NAME, "button").click()
-    tab = wait.until(ec.element_to_be_clickable((By.XPATH, "//button[@role='tab'][normalize-space()='Visualization']")))
-    tab.click()
+    click_when_free(wait, (By.CSS_SELECTOR, f".react-flow__node[data-id='{artifact_node_id}'] button"))
+    click_when_free(wait, (By.XPATH, "//button[@role='tab'][normalize-space()='Visualization']"))
     # HTML visualizations wait behind a "Load Preview" confirmation, as they do for a user.
-    wait.until(ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Load Preview']"))).click()
+    click_when_free(wait, (By.XPATH, "//button[normalize-space()='Load Preview']"))
     frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Secure HTML Content']")))
     driver.switch_to.frame(frame)
 
