@@ -50,6 +50,8 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from llm_lora.tokenization import IGNORE_INDEX  # noqa: E402
+
 # Architecture numbers from each model's published config.json.
 SHAPES = {
     "llama-3.1-8b": {
@@ -89,7 +91,6 @@ ANCHOR_LENGTH = 512
 ANCHOR_BATCH = 2
 COMPLETION_SHARE = 0.3  # loss on the last 30% of each row
 LONG_LABELLED = 4096  # a long row's loss is on its last 4,096 tokens (a long document, then the answer)
-IGNORE_INDEX = -100
 # bf16 LoRA without recomputation: 16 packed rows (~5,300 tokens) ran out of memory on an 80 GB H100
 # (8B shape: 16 GB of weights, ~11 MB of saved activations per token); 8 rows fit.
 BF16_ROWS = 8
@@ -145,9 +146,7 @@ def quantize_in_place(model, bnb_config, device: str) -> None:
             setattr(module, child_name, quantized.to(device))  # .to() quantizes
             del child
     model.is_loaded_in_4bit = True
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    _free_memory()
 
 
 def reset_base(model) -> None:
@@ -383,7 +382,7 @@ def longest_sequence(model, run_config, vocab, lengths, device, record, deadline
         except torch.OutOfMemoryError:
             entry = {"length": length, "trained": False, "error": "out of memory"}
         peft_model.unload()
-        gc.collect()
+        _free_memory()
         found.append(entry)
         record["longest_sequence_qlora"] = {"labelled_tokens": LONG_LABELLED, "tries": found,
                                             "setup": _describe(run_config)}
@@ -422,10 +421,16 @@ def _describe(config, model=None) -> str:
             f" gradient checkpointing={training.gradient_checkpointing}, attention={attention}")
 
 
-def _begin(device: str) -> None:
+def _free_memory() -> None:
+    """Drop what Python and the CUDA caching allocator still hold from the previous measurement."""
     gc.collect()
-    if device == "cuda":
+    if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _begin(device: str) -> None:
+    _free_memory()
+    if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
 
@@ -444,9 +449,7 @@ def guarded(function, name: str, record: dict, *args, **kwargs):
         record["runs"].append({"name": name, "error": f"{type(error).__name__}: {error}"[:500]})
         _write(record)
         print(name, "FAILED:", record["runs"][-1]["error"], flush=True)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _free_memory()
         return None
 
 
@@ -567,9 +570,7 @@ def main() -> None:
             longest_sequence(model, run_config, vocab, args.lengths if not args.tiny else [256, 512], args.device,
                              record, started + args.budget_s)
         del model
-        gc.collect()
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        _free_memory()
 
     print(f"\n{'run':<75} {'tokens/s':>9} {'per step':>9} {'pad':>6} {'peak GiB':>9} {'MFU':>6}")
     for run in record["runs"]:
