@@ -25,7 +25,8 @@ measured on the same card in the same run; recomputation is not counted as
 useful work). Writes bench/results/gpu-training-<device>.json after every
 measurement, so a run cut short keeps what it measured.
 
-    python bench/gpu_training.py                      # about 3 minutes on one H100 (8B alone with its sweep: 103 s)
+    python bench/gpu_training.py                      # about 3 minutes on one H100 (before the bf16 checkpointing sweep)
+    python bench/gpu_training.py --shapes llama-3.1-8b --bf16-only   # bf16 LoRA: rows per step x checkpointed layers
     python bench/gpu_training.py --shapes llama-3.1-8b --longest-only   # the longest QLoRA sequence
     python bench/gpu_training.py --shapes phi-2 --steps 4
     python bench/gpu_training.py --tiny --device cpu  # the same code on 2-layer shapes, to check it runs
@@ -95,6 +96,10 @@ LONG_LABELLED = 4096  # a long row's loss is on its last 4,096 tokens (a long do
 # (8B shape: 16 GB of weights, ~11 MB of saved activations per token); 8 rows fit.
 BF16_ROWS = 8
 SWEEP_ROWS = [32, 64]  # 8B shape: more rows per step spread each step's fixed cost (launches, dequantization)
+# 8B shape, bf16 LoRA: (rows per step, checkpoint every n-th layer; 0: none). Full recomputation costs
+# about a third of a LoRA step (forward twice, backward once); checkpointing fewer layers keeps more
+# activations (~8 MB per token per uncheckpointed 8B layer stack) to recompute less.
+BF16_SWEEP = [(12, 0), (16, 4), (24, 4), (32, 2), (32, 1)]
 
 
 def sample_rows(count: int, max_length: int, vocab: int, seed: int) -> list[dict]:
@@ -276,7 +281,7 @@ def project_variant(shape, model, run_config, rows, steps, warmup, device, peak_
                                              "lora": run_config.lora.model_copy(update=lora or {})})
     method = {"lora": "bf16 LoRA", "qlora-4bit": "QLoRA"}[settings.training.method]
     name = (f"{shape} {method}, {label or str(settings.training.batch_size) + ' rows'} per step, "
-            f"{'' if settings.training.gradient_checkpointing else 'no '}checkpointing, dropout {settings.lora.dropout}")
+            f"{_checkpointing(settings.training)}, dropout {settings.lora.dropout}")
 
     def run():
         reset_base(model)
@@ -418,7 +423,14 @@ def _describe(config, model=None) -> str:
     attention = model.config._attn_implementation if model is not None else config.model.attn_implementation
     return (f"{training.method}, r={lora.rank} alpha={lora.alpha} dropout={lora.dropout} targets={lora.target_modules}"
             f"{' DoRA' if lora.use_dora else ''}, {training.batch_size} rows per step, packing={config.data.packing},"
-            f" gradient checkpointing={training.gradient_checkpointing}, attention={attention}")
+            f" {_checkpointing(training)}, attention={attention}")
+
+
+def _checkpointing(training) -> str:
+    if not training.gradient_checkpointing:
+        return "no checkpointing"
+    every = training.gradient_checkpointing_every_n_layers
+    return "checkpointing" if every == 1 else f"checkpointing every {every} layers"
 
 
 def _free_memory() -> None:
@@ -493,13 +505,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per measurement")
-    parser.add_argument("--warmup", type=int, default=2, help="optimizer steps before timing starts")
+    parser.add_argument("--warmup", type=int, default=3, help="optimizer steps before timing starts")
     parser.add_argument("--lengths", type=int, nargs="*", default=[65536, 131072],
                         help="single-row lengths tried for the longest QLoRA sequence (8B shape)")
     parser.add_argument("--budget-s", type=float, default=120, help="no new longest-sequence try after this many seconds")
     parser.add_argument("--longest-only", action="store_true",
                         help="only the longest QLoRA sequence on the 8B shape (a fresh process: nothing else on the card)")
-    parser.add_argument("--no-sweep", action="store_true", help="8B shape: skip the dropout and rows-per-step variants")
+    parser.add_argument("--no-sweep", action="store_true",
+                        help="8B shape: skip the rows-per-step and checkpointing variants")
+    parser.add_argument("--bf16-only", action="store_true",
+                        help="only bf16 LoRA: the attention check, the config's LoRA at 8 rows, and (8B) its sweep")
     parser.add_argument("--tiny", action="store_true", help="2-layer shapes (checks the script, measures nothing)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="results file (default bench/results/gpu-training-<device>.json)")
@@ -536,7 +551,8 @@ def main() -> None:
         vocab = model.config.vocab_size
         steps = args.steps + args.warmup
         sweep = shape == "llama-3.1-8b" and not args.no_sweep
-        most_rows = max([train.batch_size, BF16_ROWS, *(SWEEP_ROWS if sweep else [])])
+        most_rows = max([train.batch_size, BF16_ROWS, *(SWEEP_ROWS if sweep else []),
+                         *(rows for rows, _ in BF16_SWEEP if sweep)])
         rows = sample_rows(most_rows * steps, run_config.data.max_seq_length, vocab, seed=1)
         measured = dict(model=model, run_config=run_config, steps=steps, warmup=args.warmup, device=args.device,
                         peak_flops=peak_flops, record=record)
@@ -546,11 +562,13 @@ def main() -> None:
             # holds BF16_ROWS rows of the 8B shape.
             project_variant(shape, rows=rows, method="lora", gradient_checkpointing=False, batch_size=BF16_ROWS,
                             **measured)
-            if sweep:
-                project_variant(shape, rows=rows, method="lora", gradient_checkpointing=False, batch_size=BF16_ROWS,
-                                lora={"dropout": 0.05}, **measured)
-                project_variant(shape, rows=rows, method="lora", gradient_checkpointing=True, batch_size=SWEEP_ROWS[0],
-                                **measured)
+            for count, every in BF16_SWEEP if sweep else []:
+                project_variant(shape, rows=rows, method="lora", batch_size=count, gradient_checkpointing=every > 0,
+                                gradient_checkpointing_every_n_layers=max(every, 1), **measured)
+        if args.bf16_only:
+            del model
+            _free_memory()
+            continue
         if args.device == "cuda" or args.tiny:
             quantize_in_place(model, quantization_config(train) if args.device == "cuda" else _cpu_nf4(), args.device)
         if shape == "llama-3.1-8b" and not args.longest_only:
@@ -572,12 +590,12 @@ def main() -> None:
         del model
         _free_memory()
 
-    print(f"\n{'run':<75} {'tokens/s':>9} {'per step':>9} {'pad':>6} {'peak GiB':>9} {'MFU':>6}")
+    print(f"\n{'run':<88} {'tokens/s':>9} {'per step':>9} {'pad':>6} {'peak GiB':>9} {'MFU':>6}")
     for run in record["runs"]:
         if "error" in run:
-            print(f"{run['name']:<75} {run['error'][:60]}")
+            print(f"{run['name']:<88} {run['error'][:60]}")
             continue
-        print(f"{run['name']:<75} {run['real_tokens_per_s']:>9} {run['real_tokens_per_step']:>9} "
+        print(f"{run['name']:<88} {run['real_tokens_per_s']:>9} {run['real_tokens_per_step']:>9} "
               f"{run['padding_share']:>6.1%} {run.get('peak_allocated_gib', float('nan')):>9} "
               f"{run.get('model_flops_utilization', float('nan')):>6.1%}")
     for entry in record.get("longest_sequence_qlora", {}).get("tries", []):

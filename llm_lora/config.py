@@ -134,6 +134,9 @@ class TrainingConfig(_Section):
     # AMX), fp16 on older GPUs, else fp32. bf16 on a CPU without it is emulated, ~10x slower.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
+    # With checkpointing, recompute only every n-th decoder layer; the others keep their activations.
+    # 1: all layers (least memory). Higher: less recompute, more memory (a GPU with room to spare).
+    gradient_checkpointing_every_n_layers: int = Field(default=1, ge=1)
     # Sort rows of similar length into the same batch: less padding, faster on any device.
     group_by_length: bool = True
     logging_steps: int = Field(default=10, ge=1)
@@ -163,6 +166,8 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _evaluation_settings_fit(self) -> TrainingConfig:
+        if self.gradient_checkpointing_every_n_layers > 1 and not self.gradient_checkpointing:
+            raise ValueError("training.gradient_checkpointing_every_n_layers: needs training.gradient_checkpointing: true")
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("training.early_stopping_patience: needs training.eval_steps")
         if self.eval_generation_rows and not self.eval_steps:

@@ -84,6 +84,9 @@ def explain_training_failure(error: BaseException, config: RunConfig) -> str:
         hints = [f"lower training.batch_size ({training.batch_size}) and raise gradient_accumulation_steps"]
         if not training.gradient_checkpointing:
             hints.append("set training.gradient_checkpointing: true")
+        elif training.gradient_checkpointing_every_n_layers > 1:
+            hints.append(f"lower training.gradient_checkpointing_every_n_layers"
+                         f" ({training.gradient_checkpointing_every_n_layers}) to 1")
         if training.method == "lora":
             hints.append("use training.method: qlora-4bit")
         hints.append(f"lower data.max_seq_length ({config.data.max_seq_length})")

@@ -114,6 +114,10 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         activation_checkpointing=training.gradient_checkpointing,
+        activation_checkpointing_kwargs=(
+            {"every_n_layers": training.gradient_checkpointing_every_n_layers}
+            if training.gradient_checkpointing else None
+        ),
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         logging_steps=training.logging_steps,
         eval_strategy="steps" if evaluate_every else "no",

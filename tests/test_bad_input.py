@@ -224,6 +224,11 @@ def test_out_of_memory_names_the_settings_to_change(monkeypatch):
     assert message.startswith("out of memory while training: lower training.batch_size (4)")
     assert "training.gradient_checkpointing: true" in message and "qlora-4bit" in message
     assert "data.max_seq_length" in message and "\n" not in message
+    partial = config.model_copy(update={"training": config.training.model_copy(
+        update={"gradient_checkpointing": True, "gradient_checkpointing_every_n_layers": 4})})
+    message = explain_training_failure(torch.OutOfMemoryError("CUDA out of memory."), partial)
+    assert "lower training.gradient_checkpointing_every_n_layers (4) to 1" in message
+    assert "set training.gradient_checkpointing: true" not in message
 
 
 def test_qlora_without_bitsandbytes_is_named(monkeypatch):

@@ -314,3 +314,50 @@ def test_merged_float32_adapter_answers_like_the_adapter(trained, tokenizer, sup
     ]
     half = load_adapter(load_model(config.model).to(torch.bfloat16), result.adapter_dir, merge=True)
     assert isinstance(half, PeftModel)
+
+
+@pytest.mark.parametrize("every_n_layers, recomputed", [(1, [True, True]), (2, [True, False])])
+def test_partial_gradient_checkpointing_recomputes_only_every_nth_layer(tmp_path, tiny_model_dir, tokenizer,
+                                                                         support_rows, every_n_layers, recomputed):
+    """training.gradient_checkpointing_every_n_layers: the checkpointed layers run their forward twice in a
+    step (once more in the backward pass), the others once, and training still reaches every adapter."""
+    from llm_lora.config import RunConfig
+    from llm_lora.data_formats import to_example
+    from llm_lora.tokenization import tokenize_examples
+    from llm_lora.training import CompletionLossTrainer, _as_dataset, attach_lora, build_collator, build_training_arguments
+
+    config = RunConfig.model_validate({
+        "model": {"name": str(tiny_model_dir)},
+        "data": {"train_file": "unused.jsonl"},
+        "lora": {"rank": 4, "dropout": 0.0},
+        "training": {"max_steps": 1, "batch_size": 4, "precision": "fp32", "use_cpu": True, "warmup_ratio": 0.0,
+                     "gradient_checkpointing": True, "gradient_checkpointing_every_n_layers": every_n_layers},
+    })
+    model = attach_lora(load_model(config.model), config)
+    model.config.use_cache = False
+    layers = model.get_base_model().model.layers
+    calls = [0] * len(layers)
+    # The layer's own hooks stay outside the checkpoint, and a recompute stops as soon as it has what the
+    # backward pass needs (before the MLP's forward hook would run): count calls into its MLP.
+    for index, layer in enumerate(layers):
+        layer.mlp.register_forward_pre_hook(lambda *_, index=index: calls.__setitem__(index, calls[index] + 1))
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    rows = tokenize_examples([to_example(row) for row in support_rows["train"][:4]], tokenizer, "Extract JSON.", 256).rows
+    trainer = CompletionLossTrainer(
+        model=model, args=build_training_arguments(config.training, tmp_path / "trainer"),
+        train_dataset=_as_dataset(rows), data_collator=build_collator(tokenizer, packing=False),
+    )
+    trainer.train()
+    assert [layer.gradient_checkpointing for layer in layers] == recomputed
+    assert calls == [2 if checkpointed else 1 for checkpointed in recomputed]
+    changed = {name for name, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[name])}
+    assert changed == {name for name in before if "lora_B" in name}  # one step from B = 0: only B moves
+
+
+def test_partial_gradient_checkpointing_needs_checkpointing(tmp_path):
+    from pydantic import ValidationError
+
+    from llm_lora.config import TrainingConfig
+
+    with pytest.raises(ValidationError, match="training.gradient_checkpointing_every_n_layers: needs"):
+        TrainingConfig(gradient_checkpointing_every_n_layers=2)
