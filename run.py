@@ -10,8 +10,10 @@ Examples:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import traceback
@@ -436,7 +438,9 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
         quiet_console_tracebacks()
     else:
         os.environ["LLM_LORA_DEBUG"] = "1"
-    error_file = Path(tempfile.mkdtemp(prefix="llm-lora-")) / "training_error.txt"
+    error_folder = tempfile.mkdtemp(prefix="llm-lora-")
+    atexit.register(shutil.rmtree, error_folder, True)
+    error_file = Path(error_folder) / "training_error.txt"
     os.environ["LLM_LORA_ERROR_FILE"] = str(error_file)  # read by the Accelerate-launched training
     try:
         if isinstance(config, RunConfig) and runs_on_this_machine():

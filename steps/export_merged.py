@@ -1,6 +1,5 @@
 """Step: save base + adapter as one merged model (optional, `export.merge`)."""
 
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ from llm_lora.config import RunConfig
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.export import compare_merged_with_adapter, merge_adapter
 from steps.hub_token import apply_hub_token
+from steps.scratch import scratch_folder
 
 logger = get_logger(__name__)
 
@@ -33,7 +33,7 @@ def export_merged(
     config = RunConfig.from_json(config_json)
     apply_hub_token(config.model)
     target = merge_adapter(
-        config.model, adapter.directory, Path(tempfile.mkdtemp(prefix="merged-model-")), config.export.dtype
+        config.model, adapter.directory, scratch_folder("merged-model-"), config.export.dtype
     )
     metadata = {"dtype": config.export.dtype}
     if config.export.verify_rows:

@@ -1,6 +1,5 @@
 """Step: read, validate, format and tokenize the splits."""
 
-import tempfile
 from pathlib import Path
 from typing import Annotated, Tuple
 
@@ -10,6 +9,7 @@ from llm_lora.config import RunConfig
 from llm_lora.data_preparation import prepare_splits, save_prepared
 from llm_lora.model_loading import load_tokenizer
 from steps.hub_token import apply_hub_token
+from steps.scratch import scratch_folder
 
 
 @step
@@ -31,7 +31,7 @@ def prepare_data(
     config = RunConfig.from_json(config_json)
     token_source = apply_hub_token(config.model)
     prepared = prepare_splits(config.data, load_tokenizer(config.model))
-    directory = save_prepared(prepared, Path(tempfile.mkdtemp(prefix="prepared-data-")))
+    directory = save_prepared(prepared, scratch_folder("prepared-data-"))
     log_metadata(
         metadata={
             **{f"{name}_rows": prepared.summary[name]["rows"] for name in ("train", "validation", "test")},

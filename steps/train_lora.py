@@ -9,8 +9,6 @@ what becomes the step's artifacts.
 
 import functools
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Tuple
 
@@ -27,6 +25,7 @@ from llm_lora.training import computed_on_main_process, is_main_process
 from llm_lora.training import train_lora as run_training
 from materializers.lora_adapter_materializer import LoraAdapterMaterializer
 from steps.hub_token import apply_hub_token
+from steps.scratch import scratch_folder
 
 
 @step(output_materializers={"lora_adapter": LoraAdapterMaterializer})
@@ -50,8 +49,10 @@ def train_lora(
     """
     config = RunConfig.from_json(config_json)
     apply_hub_token(config.model)
-    # One scratch folder for all processes (see train_lora's output_dir).
-    output_dir = Path(computed_on_main_process(lambda: tempfile.mkdtemp(prefix="lora-training-")))
+    # One scratch folder for all processes (see train_lora's output_dir): made by the launching step
+    # process (launch_with_accelerate), or here when the function runs without a launcher.
+    output_dir = Path(os.environ.get(SCRATCH_ENV) or computed_on_main_process(
+        lambda: str(scratch_folder("lora-training-"))))
     train_rows = load_prepared_split(Path(prepared_data), "train")
     try:
         result = run_training(
@@ -64,10 +65,6 @@ def train_lora(
     except Exception as exc:
         report_training_failure(exc, config)
         raise
-    finally:
-        # The Trainer's own checkpoints (for keep_best) are spent; resumable ones live in the checkpoint store.
-        if is_main_process():
-            shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     adapter = LoraAdapter(directory=result.adapter_dir)
     if is_main_process():
         adapter.write_facts(config.model.name, result.metrics["trainable_parameters"])
@@ -75,6 +72,7 @@ def train_lora(
 
 
 ERROR_FILE_ENV = "LLM_LORA_ERROR_FILE"
+SCRATCH_ENV = "LLM_LORA_TRAINING_DIR"
 
 
 def report_training_failure(error: Exception, config: RunConfig) -> None:
@@ -153,23 +151,29 @@ def launch_with_accelerate(training: TrainingConfig) -> BaseStep:
     elif training.use_cpu:
         launch["cpu"] = True
     launched = run_with_accelerate(train_lora, **launch)
-    if training.use_cpu and training.num_processes > 1:
-        launched.entrypoint = _with_accelerate_on_cpu(launched.entrypoint)
+    on_cpu = training.use_cpu and training.num_processes > 1
+    launched.entrypoint = _with_launch_environment(launched.entrypoint, cpu=on_cpu)
     return launched
 
 
-def _with_accelerate_on_cpu(entrypoint):
-    """Run the launcher with ACCELERATE_USE_CPU set, so torchrun's processes inherit it.
+def _with_launch_environment(entrypoint, cpu: bool):
+    """Run the launcher in the step's process with what every launched process inherits.
 
-    ZenML's launch script builds an Accelerator before the step's code runs; without the
-    variable, on a machine with a GPU, that one opens an NCCL process group which CPU
-    training then cannot use ("No backend type associated with device type cpu", seen on an H100).
+    - LLM_LORA_TRAINING_DIR: one scratch folder for all processes, made here, in the step's
+      own process, so that it is removed once ZenML has stored the step's outputs.
+    - ACCELERATE_USE_CPU (`cpu`): ZenML's launch script builds an Accelerator before the step's
+      code runs; without the variable, on a machine with a GPU, that one opens an NCCL process
+      group which CPU training then cannot use ("No backend type associated with device type cpu",
+      seen on an H100).
     """
     from accelerate.utils import patch_environment
 
     @functools.wraps(entrypoint)
-    def launch_on_cpu(*args, **kwargs):
-        with patch_environment(ACCELERATE_USE_CPU="true"):
+    def launch(*args, **kwargs):
+        variables = {SCRATCH_ENV: str(scratch_folder("lora-training-"))}
+        if cpu:
+            variables["ACCELERATE_USE_CPU"] = "true"
+        with patch_environment(**variables):
             return entrypoint(*args, **kwargs)
 
-    return launch_on_cpu
+    return launch

@@ -13,6 +13,7 @@ more processes than GPUs even with use_cpu, and its evaluation steps would
 take minutes on the CPU without touching the multi-process code.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ BATCH = 4
 
 # Loaded by every Python process of the run; records only in processes torchrun started (RANK set).
 WRITES_HOOK = '''
-import atexit, importlib.machinery, importlib.util, json, os, sys
+import atexit, hashlib, importlib.machinery, importlib.util, json, os, sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Keep a sitecustomize that this one shadows (some Python installations ship one).
@@ -73,6 +74,14 @@ if _LOG_DIR and os.environ.get("RANK") is not None:
             "distributed_type": str(seen.get("distributed_type")),
             "accelerate_use_cpu": os.environ.get("ACCELERATE_USE_CPU"),
             "created": list(_created),
+            # The saved weights, hashed while they exist (the step's scratch folder goes once ZenML has
+            # stored the outputs); safetensors writes them from Rust, which the hook does not see.
+            "weights_sha256": {
+                os.path.dirname(path): hashlib.sha256(open(weights, "rb").read()).hexdigest()
+                for path in _created if os.path.basename(path) == "adapter_config.json"
+                for weights in [os.path.join(os.path.dirname(path), "adapter_model.safetensors")]
+                if os.path.exists(weights)
+            },
         }
         with open(os.path.join(_LOG_DIR, "rank" + os.environ["RANK"] + ".json"), "w") as handle:
             json.dump(report, handle)
@@ -122,7 +131,7 @@ def two_processes(tmp_path_factory, tiny_model_dir, zenml_env):
     (root / "train_only.py").write_text(TRAIN_ONLY)
     env = dict(
         zenml_env,
-        # The step's scratch folder lands here, where the test can list it.
+        # The steps' scratch folders land here, where the test can list them.
         TMPDIR=str(root / "scratch"),
         PYTHONPATH=os.pathsep.join(filter(None, [str(root / "hook"), str(REPO), zenml_env.get("PYTHONPATH")])),
         LLM_LORA_TEST_WRITES_DIR=str(root / "writes"),
@@ -139,7 +148,7 @@ def two_processes(tmp_path_factory, tiny_model_dir, zenml_env):
         "config": load_config(config_path),
         "step": json.loads(result.stdout.strip().splitlines()[-1]),
         "ranks": ranks,
-        "scratch": sorted((root / "scratch").glob("lora-training-*")),
+        "left_in_scratch": sorted(path.name for path in (root / "scratch").iterdir()),
         "launch_dir": root / "cwd",
     }
 
@@ -172,9 +181,9 @@ def test_only_rank_zero_writes_the_adapter_and_the_step_outputs(two_processes):
     # Once each (the weights and tokenizer.json are written by Rust code the hook does not see).
     for name in ("adapter_config.json", "tokenizer_config.json", "training_metrics.json", "adapter_facts.json"):
         assert [path.name for path in written].count(name) == 1, (name, written)
-    # One scratch folder, made by rank 0 and shared with rank 1.
-    scratch = two_processes["scratch"]
-    assert scratch == [written[0].parent.parent]
+    # One scratch folder, made before the launch and shared by both ranks.
+    scratch = written[0].parent.parent
+    assert scratch.name.startswith("lora-training-") and scratch.parent.name == "scratch"
     assert [path for path in ranks[1]["created"] if Path(path).name.startswith("lora-training-")] == []
     # The step's return value, which ZenML turns into artifacts, is pickled by rank 0 alone.
     launch_dir = two_processes["launch_dir"]
@@ -185,8 +194,9 @@ def test_only_rank_zero_writes_the_adapter_and_the_step_outputs(two_processes):
 def test_the_artifact_is_rank_zeros_trained_adapter(two_processes, tiny_model_dir):
     step = two_processes["step"]
     artifact = Path(step["adapter_uri"])
-    saved = next(folder for folder in two_processes["scratch"] if (folder / "adapter").exists()) / "adapter"
-    assert (artifact / "adapter_model.safetensors").read_bytes() == (saved / "adapter_model.safetensors").read_bytes()
+    (saved,) = [folder for folder in two_processes["ranks"][0]["weights_sha256"] if Path(folder).name == "adapter"]
+    stored = hashlib.sha256((artifact / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert stored == two_processes["ranks"][0]["weights_sha256"][saved]
     assert json.loads((artifact / "training_metrics.json").read_text())["num_processes"] == 2
     assert step["adapter_metadata"]["trainable_parameters"] == step["metrics"]["trainable_parameters"]
 
@@ -210,8 +220,16 @@ def test_both_ranks_checkpoint_into_the_shared_folder(two_processes):
     # Each evaluation saves a checkpoint: rank 0 the adapter, every rank its own state (rng_state_<rank>).
     # Rank 1 writes into the folder rank 0 checkpointed in, so keep_best and resuming find the same
     # checkpoint on every rank (in a folder of its own, rank 1 would keep its last weights).
-    (scratch,) = two_processes["scratch"]
-    checkpoints = {scratch / "trainer" / f"checkpoint-{step}" for step in (2, 4)}
+    (adapter,) = {Path(path).parent for path in two_processes["ranks"][0]["created"]
+                  if Path(path).parent.name == "adapter"}
+    checkpoints = {adapter.parent / "trainer" / f"checkpoint-{step}" for step in (2, 4)}
     for rank, seen in two_processes["ranks"].items():
         assert checkpoints <= {Path(path) for path in seen["created"]}, rank
     assert two_processes["step"]["metrics"]["best_step"] in (2, 4)
+
+
+def test_no_scratch_folder_outlives_the_run(two_processes):
+    # prepare_data's rows and train_lora's adapter and checkpoints went to the temp directory;
+    # ZenML copied what it keeps into the artifact store, and the folders went with the steps.
+    # (torchrun leaves a torchelastic_* log folder of its own there, which is not the project's to remove.)
+    assert [name for name in two_processes["left_in_scratch"] if not name.startswith("torchelastic_")] == []
