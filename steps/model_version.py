@@ -49,5 +49,7 @@ def load_model_version(model_name: str, version: str, option: str) -> LoadedVers
     apply_hub_token(config.model)
     adapter = model_version.get_artifact("lora_adapter").load()
     tokenizer = load_tokenizer(config.model)
-    model = load_adapter(load_model(config.model, device=default_device()), adapter.directory)
+    # Merged as in evaluate_finetuned (float32 weights only): the same answers the evaluation scored, and
+    # generation without the adapter's extra low-rank products.
+    model = load_adapter(load_model(config.model, device=default_device()), adapter.directory, merge=True)
     return LoadedVersion(model_name, model_version, config, model, tokenizer)
