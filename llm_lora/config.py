@@ -8,15 +8,21 @@ one-line message that names the file and the key's path.
 from __future__ import annotations
 
 import json
+import string
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message is one line."""
+
+
+def _version_text(value):
+    """A model version as YAML gives it: `version: 3` arrives as an int, and means version "3"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class _Section(BaseModel):
@@ -103,6 +109,15 @@ class DataConfig(_Section):
             raise ValueError(f"data.columns: unknown canonical field {sorted(unknown)[0]!r}")
         if "{prompt}" not in self.plain_template:
             raise ValueError("data.plain_template: must contain {prompt}")
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(self.plain_template) if name is not None}
+        except ValueError as error:
+            raise ValueError(f"data.plain_template: {error} (write a literal brace as {{{{ or }}}})") from None
+        if fields - {"system", "prompt"}:
+            raise ValueError(
+                f"data.plain_template: unknown field {{{sorted(fields - {'system', 'prompt'})[0]}}}; it may use"
+                " {system} and {prompt} (write a literal brace as {{ or }})"
+            )
         return self
 
 
@@ -180,6 +195,18 @@ class TrainingConfig(_Section):
                 f" ({self.eval_steps}) when keep_best is on"
             )
         return self
+
+
+# The scores each metric module reports, all higher-is-better: what promotion.metric may name.
+# (json_fields also reports field_accuracy/<field> for each field of the expected objects.)
+SCORES_BY_METRIC = {
+    "json_fields": ("mean_field_accuracy", "exact_match", "valid_json_rate"),
+    "exact_match": ("exact_match",),
+    "rouge": ("rouge1", "rouge2", "rougeL"),
+    "classification_accuracy": ("classification_accuracy", "classification_macro_f1"),
+}
+# promotion.metric: auto takes the first of these that the evaluation computed.
+AUTO_PROMOTION_METRICS = ("mean_field_accuracy", "classification_accuracy", "exact_match")
 
 
 class EvaluationConfig(_Section):
@@ -307,7 +334,29 @@ class RunConfig(_Section):
             raise ValueError("training.method: QLoRA needs a CUDA GPU; use method: lora with use_cpu: true")
         if self.model.attn_implementation == "varlen" and not self.data.packing:
             raise ValueError("model.attn_implementation: varlen works on packed rows; set data.packing: true")
+        self._check_promotion_metric()
         return self
+
+    def _check_promotion_metric(self) -> None:
+        """promotion.metric must be a score the evaluation computes: a typo would only surface after training."""
+        metric, chosen = self.promotion.metric, self.evaluation.metrics
+        # auto computes json_fields for JSON answers, else exact_match and rouge.
+        modules = ["json_fields", "exact_match", "rouge"] if chosen == "auto" else chosen
+        scores = [score for module in modules for score in SCORES_BY_METRIC[module]]
+        listed = f"evaluation.metrics: {chosen if chosen == 'auto' else ', '.join(chosen)}"
+        if metric == "auto":
+            if not set(AUTO_PROMOTION_METRICS) & set(scores):
+                raise ValueError(
+                    f"promotion.metric: auto needs one of {', '.join(AUTO_PROMOTION_METRICS)}, which {listed} does"
+                    f" not compute; name one of {', '.join(dict.fromkeys(scores))}"
+                )
+            return
+        if metric in scores or (metric.startswith("field_accuracy/") and "json_fields" in modules):
+            return
+        known = list(dict.fromkeys(scores)) + (["field_accuracy/<field>"] if "json_fields" in modules else [])
+        raise ValueError(
+            f"promotion.metric: {metric!r} is not a score that {listed} computes; use auto or one of {', '.join(known)}"
+        )
 
     @field_validator("model")
     @classmethod
@@ -365,7 +414,8 @@ class InferenceSettings(_Section):
     """Batch inference with a registered model version."""
 
     model_name: str  # the ZenML Model that the finetune pipeline versions
-    version: str = "production"  # a stage (production, staging), a version number, or a version name
+    # A stage (production, staging), a version number (3, written bare or quoted), or a version name.
+    version: Annotated[str, BeforeValidator(_version_text)] = "production"
     input_file: Path  # JSONL/JSON/CSV/Parquet rows: prompt, instruction(+input), or messages ending with a user turn
     output_file: Path  # predictions as JSONL, one line per input row
     batch_size: int = Field(default=16, ge=1)
@@ -391,7 +441,8 @@ class DeploySettings(_Section):
     """The production model behind HTTP: a ZenML pipeline deployment on the stack's deployer."""
 
     model_name: str  # the ZenML Model that the finetune pipeline versions
-    version: str = "production"  # a stage (production, staging), a version number, or a version name
+    # A stage (production, staging), a version number (3, written bare or quoted), or a version name.
+    version: Annotated[str, BeforeValidator(_version_text)] = "production"
     deployment_name: str | None = None  # None: the model name; `zenml deployment delete <name>` stops it
     # Port of the local deployer (None: the first free one from 8000). Other deployers choose their own.
     port: int | None = Field(default=None, ge=1, le=65535)

@@ -152,10 +152,7 @@ def to_example(row: dict, data_format: str = "auto", columns: dict[str, str] | N
     if not isinstance(row, dict):
         raise RowError(f"expected an object, got {type(row).__name__}")
     if columns:
-        missing = [column for column in columns.values() if column not in row]
-        if missing:
-            raise RowError(f"missing column {missing[0]!r} (mapped in data.columns)")
-        row = {**row, **{canonical: row[column] for canonical, column in columns.items()}}
+        row = _with_canonical_names(row, columns)
     kind = detect_format(row) if data_format == "auto" else data_format
     if kind == "prompt_completion":
         prompt, completion = _text(row, "prompt"), _text(row, "completion")
@@ -174,6 +171,17 @@ def to_example(row: dict, data_format: str = "auto", columns: dict[str, str] | N
     raise RowError(f"unknown format {kind!r} (expected one of {', '.join(FORMATS)})")
 
 
+ANSWER_FIELDS = ("completion", "output")
+
+
+def _with_canonical_names(row: dict, columns: dict[str, str], optional: tuple[str, ...] = ()) -> dict:
+    """The row with each `data.columns` column copied under its canonical name."""
+    missing = [column for canonical, column in columns.items() if column not in row and canonical not in optional]
+    if missing:
+        raise RowError(f"missing column {missing[0]!r} (mapped in data.columns)")
+    return {**row, **{canonical: row[column] for canonical, column in columns.items() if column in row}}
+
+
 def to_inference_input(
     row: dict, data_format: str = "auto", columns: dict[str, str] | None = None
 ) -> tuple[str | None, tuple[tuple[str, str], ...]]:
@@ -190,6 +198,8 @@ def to_inference_input(
     """
     if not isinstance(row, dict):
         raise RowError(f"expected an object, got {type(row).__name__}")
+    if columns:  # the training run's column names; the answer's column is what inference produces
+        row = _with_canonical_names(row, columns, optional=ANSWER_FIELDS)
     if "messages" in row or data_format == "messages":
         messages = row.get("messages")
         if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
@@ -197,10 +207,10 @@ def to_inference_input(
             if messages[-1].get("role") == "assistant":
                 raise RowError("messages end with an assistant turn; inference needs the conversation up to a user turn")
             messages = [*messages, {"role": "assistant", "content": "-"}]
-        example = to_example({**row, "messages": messages}, "messages", columns)
+        example = to_example({**row, "messages": messages}, "messages")
         return example.system, example.context
     answer = {"completion": "-"} if data_format in ("auto", "prompt_completion") else {"output": "-"}
     if data_format == "auto" and "instruction" in row:
         answer = {"output": "-"}
-    example = to_example({**row, **answer}, data_format, columns)
+    example = to_example({**row, **answer}, data_format)
     return example.system, example.context

@@ -135,6 +135,27 @@ def check_rows(data: DataConfig) -> None:
         raise DataError(f"{source}: no usable training rows")
 
 
+def _no_rows_left(split: str, data: DataConfig, raw: dict, made: list[str], source: str, dropped: list[dict]) -> str:
+    """One line: which split came out empty, from which file, and why its rows went."""
+    read = [where for _, where in raw[split].rows] + [where for where, _ in raw[split].bad] if split in raw else []
+    if read and ":" in read[0]:
+        origin = read[0].rsplit(":", 1)[0]  # "file:line" of its first row
+    elif getattr(data, f"{split}_file", None):
+        origin = f"data.{split}_file: {getattr(data, f'{split}_file')}"
+    else:
+        origin = f"{source} ({split} rows carved from train)" if split in made else source
+    reasons: dict[str, int] = {}
+    for entry in dropped:
+        reason = entry["reason"]
+        kind = ("over max_seq_length" if "max_seq_length" in reason
+                else reason if reason in ("exact duplicate", "input also in train (leakage)") else "bad row")
+        reasons[kind] = reasons.get(kind, 0) + 1
+    why = ", ".join(f"{count} {kind}" for kind, count in sorted(reasons.items(), key=lambda item: -item[1]))
+    return (f"{origin}: no {split} rows left"
+            + (f" of {len(read)} read" if read else "")
+            + (f": {why}" if why else " (no rows in it)"))
+
+
 def prepare_splits(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     """Read the configured source and turn it into tokenized splits.
 
@@ -204,7 +225,7 @@ def prepare_splits(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prep
         )
         dropped += [{"split": split, "source": src, "reason": reason} for src, reason in tokenized.dropped]
         if not tokenized.rows:
-            raise DataError(f"{source}: no {split} rows left (see max_seq_length and the dropped rows)")
+            raise DataError(_no_rows_left(split, data, raw, made, source, [d for d in dropped if d["split"] == split]))
         splits[split] = tokenized.rows
         summary[split] = {
             **counts[split],

@@ -145,6 +145,17 @@ def test_inference_config_validates_and_resolves_paths(monkeypatch):
     assert config.inference.version == "production"
 
 
+def test_a_bare_version_number_names_that_version(tmp_path, monkeypatch):
+    """`version: 3` in YAML is an int; it means version "3", as the config's comment says, for both schemas."""
+    monkeypatch.chdir(REPO)
+    inference = yaml.safe_load((REPO / "configs" / "inference.yaml").read_text())
+    inference["inference"]["version"] = 3
+    assert load_config(_write(tmp_path, yaml.safe_dump(inference))).inference.version == "3"
+    deploy = yaml.safe_load((REPO / "configs" / "deploy.yaml").read_text())
+    deploy["deploy"]["version"] = 12
+    assert load_config(_write(tmp_path, yaml.safe_dump(deploy))).deploy.version == "12"
+
+
 def test_inference_config_unknown_key(tmp_path):
     path = _write(tmp_path, "inference:\n  model_name: m\n  input: x.jsonl\n  output_file: o.jsonl\n")
     with pytest.raises(ConfigError, match=r"inference\.input_file: required key is missing"):

@@ -79,3 +79,20 @@ def test_explicit_format_overrides_detection():
     with pytest.raises(RowError, match="missing field 'messages'"):
         to_example({"prompt": "x", "completion": "y"}, data_format="messages")
     assert detect_format({"instruction": "a", "output": "b", "prompt": "c", "completion": "d"}) == "instruction"
+
+
+def test_inference_rows_use_the_training_column_names_without_the_answer_column():
+    """Unanswered rows in the training run's own column names (data.columns) are accepted for inference."""
+    from llm_lora.data_formats import to_inference_input
+
+    columns = {"prompt": "question", "completion": "answer"}
+    assert to_inference_input({"question": "Q?"}, "auto", columns) == (None, (("user", "Q?"),))
+    # A row that still carries its answer is answered afresh, from the same prompt.
+    assert to_inference_input({"question": "Q?", "answer": "A."}, "auto", columns) == (None, (("user", "Q?"),))
+    with pytest.raises(RowError, match="missing column 'question'"):
+        to_inference_input({"prompt": "Q?"}, "auto", columns)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert to_inference_input({"conv": conversation}, "auto", {"messages": "conv"}) == ("Be brief.", (("user", "Hi"),))
+    instruction = {"task": "Sum", "numbers": "1 2"}
+    assert to_inference_input(instruction, "instruction", {"instruction": "task", "input": "numbers", "output": "sum"}) == (
+        None, (("user", "Sum\n\n1 2"),))

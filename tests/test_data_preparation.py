@@ -161,6 +161,16 @@ def test_empty_and_missing_files(tmp_path, tokenizer):
         prepare_splits(data(path=tmp_path / "x.txt"), tokenizer)
 
 
+def test_an_emptied_split_names_its_own_file_and_why(tmp_path, tokenizer):
+    train = write_jsonl(tmp_path / "train.jsonl", rows(12))
+    leaked = write_jsonl(tmp_path / "validation.jsonl", rows(3))  # the same inputs as train's first three
+    with pytest.raises(DataError, match=rf"^{leaked}: no validation rows left of 3 read: 3 input also in train \(leakage\)$"):
+        prepare_splits(data(train_file=train, validation_file=leaked), tokenizer)
+    empty = write_jsonl(tmp_path / "test.jsonl", [])
+    with pytest.raises(DataError, match=rf"^data.test_file: {empty}: no test rows left \(no rows in it\)$"):
+        prepare_splits(data(train_file=train, test_file=empty), tokenizer)
+
+
 def test_estimate_counts_steps_and_uses_a_given_throughput(tmp_path, tokenizer):
     prepared = prepare_splits(data(path=write_jsonl(tmp_path / "all.jsonl", rows(100))), tokenizer)
     config = RunConfig.model_validate(
