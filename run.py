@@ -401,7 +401,8 @@ def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False,
 @click.command(epilog=__doc__.split("Examples:")[1].replace("\n    ", "\n\n    "))
 @click.option("--config", "config_path", required=True, type=click.Path(path_type=Path), help="YAML run config.")
 @click.option("--no-cache", is_flag=True, help="Re-run every step even when its inputs are unchanged.")
-@click.option("--dry-run", is_flag=True, help="Validate the config and the model/data paths, load nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate the config, the model/data paths and any --stack/--schedule; load nothing.")
 @click.option("--force-promote", is_flag=True, help="Put the new version into production whatever its scores.")
 @click.option("--schedule", "cron", metavar="CRON",
               help="Run on a schedule instead of now, e.g. '0 3 * * 1' (Mondays 03:00); needs a stack whose "
@@ -425,15 +426,16 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
             check_rows(config.data)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
-    if dry_run:
-        click.echo(f"{config_path}: valid (dry run: config and data rows checked, no model loaded)")
-        return
     if stack_name:
         use_stack(stack_name)
     if cron:
         if not isinstance(config, RunConfig):
             raise click.ClickException("--schedule: schedules are for the finetune pipeline")
         check_schedule(cron)
+    if dry_run:
+        checked = "config, " + "".join(f"{name}, " for name, given in (("stack", stack_name), ("schedule", cron)) if given)
+        click.echo(f"{config_path}: valid (dry run: {checked}data rows checked, no model loaded)")
+        return
     if not debug:
         quiet_console_tracebacks()
     else:

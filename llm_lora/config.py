@@ -131,6 +131,13 @@ class LoraSettings(_Section):
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
     use_dora: bool = False
 
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, value):
+        if not value:
+            raise ValueError("lora.target_modules: an empty list adapts nothing; name layers or use all-linear")
+        return value
+
 
 class TrainingConfig(_Section):
     """Optimizer, schedule and precision."""
@@ -138,7 +145,7 @@ class TrainingConfig(_Section):
     method: Literal["lora", "qlora-4bit", "qlora-8bit"] = "lora"
     learning_rate: float = Field(default=2e-4, gt=0)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: int = Field(default=-1, ge=-1)  # > 0 overrides epochs; -1: train for `epochs`
     batch_size: int = Field(default=8, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     warmup_ratio: float = Field(default=0.05, ge=0.0, le=1.0)
@@ -181,6 +188,8 @@ class TrainingConfig(_Section):
 
     @model_validator(mode="after")
     def _evaluation_settings_fit(self) -> TrainingConfig:
+        if self.max_steps == 0:
+            raise ValueError("training.max_steps: 0 trains nothing; -1 trains for training.epochs")
         if self.gradient_checkpointing_every_n_layers > 1 and not self.gradient_checkpointing:
             raise ValueError("training.gradient_checkpointing_every_n_layers: needs training.gradient_checkpointing: true")
         if self.early_stopping_patience and not self.eval_steps:
@@ -459,8 +468,52 @@ class DeployConfig(_Section):
     deploy: DeploySettings
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (a second one would replace the first)", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _error_location(error: dict) -> str:
     return ".".join(str(part) for part in error["loc"])
+
+
+def _union_error(errors: list[dict]) -> tuple[str, str, int] | None:
+    """A field that takes one of several shapes (`all-linear` or a list of names) failed every one of them.
+
+    pydantic reports one error per shape, each under its type tag (`lora.target_modules.list[str].0`);
+    the user wrote one value: name the field once, list what it takes, and show what was given.
+    Returns (the field's path, the message, how many errors are about other fields), or None.
+    """
+    loc = errors[0]["loc"]
+    tag = next((i for i, part in enumerate(loc) if isinstance(part, str) and "[" in part), None)
+    if tag is None:
+        return None
+    field = loc[:tag]
+    shapes = list(dict.fromkeys(e["loc"][tag] for e in errors if e["loc"][:tag] == field and len(e["loc"]) > tag))
+    given = next(e["input"] for e in errors if e["loc"][:tag] == field and len(e["loc"]) == tag + 1)
+    others = sum(1 for e in errors if e["loc"][:tag] != field)
+    expected = " or ".join(_shape_in_words(shape) for shape in shapes)
+    return ".".join(str(part) for part in field), f"expected {expected}, got {given!r}", others
+
+
+def _shape_in_words(tag: str) -> str:
+    """pydantic's type tag in words: literal['a','b'] -> 'a' or 'b'; list[str] -> a list of strings."""
+    if tag.startswith("literal[") and tag.endswith("]"):
+        return ", ".join(f"'{choice.strip(chr(39))}'" for choice in tag[len("literal["):-1].split(","))
+    if tag.startswith("list[") and tag.endswith("]"):
+        inner = tag[len("list["):-1]
+        return "a list of " + ({"str": "strings", "int": "integers"}.get(inner) or _shape_in_words(inner))
+    return tag
 
 
 def _find(value: Path, config_path: Path) -> Path | None:
@@ -492,7 +545,7 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -502,13 +555,22 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         raise ConfigError(f"{path}: not UTF-8 text") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, ...), got {type(raw).__name__}")
-    schema = InferenceConfig if "inference" in raw else DeployConfig if "deploy" in raw else RunConfig
+    # A file with a run's sections is a run config: a stray `inference:`/`deploy:` there is an unknown key.
+    if {"model", "data"} & set(raw):
+        schema = RunConfig
+    else:
+        schema = InferenceConfig if "inference" in raw else DeployConfig if "deploy" in raw else RunConfig
     try:
         config = schema.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = _error_location(first)
         message = first["msg"]
+        union = _union_error(exc.errors())
+        if union is not None:
+            where, message, others = union
+            more = f" (and {others} more problem{'s' if others > 1 else ''})" if others else ""
+            raise ConfigError(f"{path}: {where}: {message}{more}") from None
         if first["type"] == "extra_forbidden":
             message = "unknown key"
         elif first["type"] == "missing":
@@ -545,5 +607,7 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         found = _find(value, path)
         if found is None and check_files:
             raise ConfigError(f"{path}: data.{key}: not found: {value}")
+        if found is not None and found.is_dir() and key != "path":
+            raise ConfigError(f"{path}: data.{key}: is a folder ({value}); name a file, or use data.path for a folder")
         resolved[key] = (found or value).resolve()
     return config.model_copy(update={"data": data.model_copy(update=resolved)})

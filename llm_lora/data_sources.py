@@ -9,16 +9,19 @@ JSON, CSV and Parquet files go through the `datasets` library like hub datasets.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 # File stems that name a split inside a data folder.
 SPLIT_STEMS = {
     "train": ("train", "training"),
-    "validation": ("validation", "valid", "val", "dev", "eval"),
-    "test": ("test", "testing"),
+    "validation": ("validation", "valid", "validate", "val", "dev", "eval"),
+    "test": ("test", "tests", "testing"),
 }
 
 
@@ -88,6 +91,8 @@ def read_file(path: Path) -> RawRows:
     Raises:
         DataError: Missing file or unsupported type.
     """
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file (data.path reads a folder of split files)")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.suffix not in SUFFIXES:
@@ -123,6 +128,12 @@ def split_files_in_folder(folder: Path) -> dict[str, Path]:
                 f"(found {', '.join(p.name for p in files)})"
             )
         found["train"] = files[0]
+    ignored = [p.name for p in files if p not in found.values()]
+    if ignored:  # said aloud: a file meant as a split but named otherwise would vanish without a word
+        logger.warning(
+            "%s: not read: %s (only files named train/validation/test are splits; missing splits are carved"
+            " from train)", folder, ", ".join(ignored),
+        )
     return found
 
 

@@ -142,6 +142,8 @@ CASES = [
      lambda cfg, data: (data.joinpath("rows.txt").write_text("x"),
                         _edit(cfg, lambda c: c.update(data={"path": str(data / "rows.txt")}))),
      "rows.txt"),
+    ("train-file-is-a-folder", lambda cfg, data: _edit(cfg, _set("data", train_file=str(data))),
+     "data.train_file: is a folder ("),
     ("conflicting-sources", lambda cfg, data: _edit(cfg, _set("data", path=str(data))), "data"),
     ("column-mapping-to-missing-column",
      lambda cfg, data: _edit(cfg, _set("data", columns={"prompt": "email", "completion": "label"})),

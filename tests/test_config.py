@@ -156,6 +156,24 @@ def test_a_bare_version_number_names_that_version(tmp_path, monkeypatch):
     assert load_config(_write(tmp_path, yaml.safe_dump(deploy))).deploy.version == "12"
 
 
+def test_a_key_given_twice_is_refused(tmp_path, monkeypatch):
+    """YAML keeps the last of two equal keys without a word: a second `training:` block would undo the first."""
+    monkeypatch.chdir(REPO)
+    text = (REPO / "configs" / "quickstart.yaml").read_text() + "\ntraining:\n  batch_size: 8\n"
+    with pytest.raises(ConfigError, match=r"run\.yaml: line \d+ duplicate key 'training'"):
+        load_config(_write(tmp_path, text))
+    nested = "model:\n  name: x\n  name: y\ndata:\n  train_file: data/support_emails/train.jsonl\n"
+    with pytest.raises(ConfigError, match=r"run\.yaml: line 3 duplicate key 'name'"):
+        load_config(_write(tmp_path, nested))
+
+
+def test_a_run_config_with_a_stray_deploy_section_names_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    text = (REPO / "configs" / "quickstart.yaml").read_text() + "\ndeploy:\n  model_name: m\n"
+    with pytest.raises(ConfigError, match=r"run\.yaml: deploy: unknown key$"):
+        load_config(_write(tmp_path, text))
+
+
 def test_inference_config_unknown_key(tmp_path):
     path = _write(tmp_path, "inference:\n  model_name: m\n  input: x.jsonl\n  output_file: o.jsonl\n")
     with pytest.raises(ConfigError, match=r"inference\.input_file: required key is missing"):
@@ -219,6 +237,16 @@ def test_remote_section_becomes_zenml_settings(monkeypatch):
         ("baselines", {"reference_model": {"nmae": "org/big"}}, r"baselines\.reference_model\.name: required key"),
         ("cost", {"price_per_million_prompt_tokens": -1}, r"cost\.price_per_million_prompt_tokens: Input should be"),
         ("promotion", {"must_beat": "production"}, r"promotion\.must_beat: Input should be 'base' or 'best_baseline'"),
+        ("lora", {"target_modules": []}, r"lora\.target_modules: an empty list adapts nothing"),
+        ("training", {"max_steps": 0}, r"training\.max_steps: 0 trains nothing; -1 trains for training\.epochs"),
+        ("training", {"max_steps": -5}, r"training\.max_steps: Input should be greater than or equal to -1"),
+        # Fields of two shapes: named once, with both shapes and the value given.
+        ("lora", {"target_modules": "q_proj"},
+         r"lora\.target_modules: expected 'all-linear' or a list of strings, got 'q_proj'$"),
+        ("lora", {"target_modules": [1, "v_proj"]},
+         r"lora\.target_modules: expected 'all-linear' or a list of strings, got \[1, 'v_proj'\]$"),
+        ("evaluation", {"metrics": ["bleu"]}, r"evaluation\.metrics: expected 'auto' or a list of 'json_fields', "
+                                              r"'exact_match', 'rouge', 'classification_accuracy', got \['bleu'\]$"),
     ],
 )
 def test_baseline_and_cost_settings_named(tmp_path, monkeypatch, section, values, message):

@@ -57,6 +57,20 @@ def test_folder_of_json_csv_and_parquet(tmp_path, tokenizer):
     assert prepared.splits["validation"][0]["source"].endswith("dev.csv:line 2")
 
 
+def test_folder_split_names_and_files_left_unread(tmp_path, tokenizer, caplog):
+    folder = tmp_path / "named"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows(12))
+    write_jsonl(folder / "validate.jsonl", rows(3, 100))
+    write_jsonl(folder / "tests.jsonl", rows(4, 200))
+    write_jsonl(folder / "new_emails.jsonl", rows(5, 300))  # unlabelled rows for inference, say
+    with caplog.at_level("WARNING"):
+        prepared = prepare_splits(data(path=folder), tokenizer)
+    assert {k: len(v) for k, v in prepared.splits.items()} == {"train": 12, "validation": 3, "test": 4}
+    assert prepared.summary["splits_made"] == []
+    assert f"{folder}: not read: new_emails.jsonl" in caplog.text
+
+
 def test_instruction_and_messages_files(tmp_path, tokenizer):
     instruction = [{"instruction": "Classify.", "input": f"text {i}", "output": "ok"} for i in range(10)]
     prepared = prepare_splits(data(path=write_jsonl(tmp_path / "i.jsonl", instruction)), tokenizer)

@@ -56,6 +56,21 @@ def test_unknown_stack_is_named(config, env):
     assert result.stderr.strip().splitlines()[-1] == "Error: --stack: no ZenML stack 'nope' (zenml stack list)"
 
 
+def test_dry_run_checks_the_stack_and_the_schedule_too(config, env):
+    """A dry run answers for everything the real command would refuse before running: a stack that does
+    not exist, a cron that is not one, an orchestrator that cannot schedule."""
+    for args, expected in (
+        (["--stack", "nope"], "Error: --stack: no ZenML stack 'nope'"),
+        (["--schedule", "every monday"], "Error: --schedule: 'every monday' is not a cron expression"),
+        (["--schedule", "0 3 * * 1"], "Error: --schedule: stack 'default' runs on orchestrator 'default'"),
+    ):
+        result = _run(["run.py", "--config", str(config), "--dry-run", *args], env)
+        assert result.returncode == 1, result.stdout
+        assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-500:]
+    result = _run(["run.py", "--config", str(config), "--dry-run", "--stack", "default"], env)
+    assert result.returncode == 0 and "valid (dry run: config, stack, data rows checked" in result.stdout
+
+
 def test_schedule_reaches_a_scheduling_orchestrator(config, env, tmp_path):
     record = tmp_path / "submitted.jsonl"
     for command in (
