@@ -424,6 +424,10 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
     try:
         if isinstance(config, RunConfig):
             check_rows(config.data)
+        if isinstance(config, InferenceConfig):
+            from llm_lora.inference import read_input_file
+
+            read_input_file(config.inference.input_file)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
     if stack_name:

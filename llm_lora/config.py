@@ -589,6 +589,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         log = config.deploy.request_log
         if log is not None and not log.is_absolute():
             log = (Path.cwd() / log).resolve()
+        if log is not None and log.is_dir():
+            raise ConfigError(f"{path}: deploy.request_log: is a folder ({config.deploy.request_log}); name a file")
         return config.model_copy(update={"deploy": config.deploy.model_copy(update={"request_log": log})})
     if isinstance(config, InferenceConfig):
         settings = config.inference
@@ -596,6 +598,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         if found is None and check_files:
             raise ConfigError(f"{path}: inference.input_file: not found: {settings.input_file}")
         output = settings.output_file if settings.output_file.is_absolute() else Path.cwd() / settings.output_file
+        if output.is_dir():
+            raise ConfigError(f"{path}: inference.output_file: is a folder ({settings.output_file}); name a file")
         update = {"input_file": (found or settings.input_file).resolve(), "output_file": output.resolve()}
         return config.model_copy(update={"inference": settings.model_copy(update=update)})
     data = config.data

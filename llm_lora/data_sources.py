@@ -47,6 +47,7 @@ def read_jsonl(path: Path) -> RawRows:
     result = RawRows()
     try:
         data = path.read_bytes()
+        data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors and exports write
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     for number, raw in enumerate(data.split(b"\n"), start=1):

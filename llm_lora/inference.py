@@ -9,7 +9,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_lora.config import RunConfig
 from llm_lora.data_formats import RowError, to_inference_input
-from llm_lora.data_sources import DataError, read_file
+from llm_lora.data_sources import DataError, RawRows, read_file
 from llm_lora.generation import generate
 from llm_lora.metrics import parse_json_object
 from llm_lora.prompt_formatting import format_prompt
@@ -21,10 +21,7 @@ def read_inference_rows(path: Path, config: RunConfig) -> list[tuple[str, str | 
     Raises:
         DataError: An unreadable file or row, named by file and line.
     """
-    raw = read_file(path)
-    if raw.bad:
-        source, reason = raw.bad[0]
-        raise DataError(f"{source}: {reason}")
+    raw = read_input_file(path)
     rows = []
     for row, source in raw.rows:
         try:
@@ -32,9 +29,22 @@ def read_inference_rows(path: Path, config: RunConfig) -> list[tuple[str, str | 
         except RowError as exc:
             raise DataError(f"{source}: {exc}") from None
         rows.append((source, system, context))
-    if not rows:
-        raise DataError(f"{path}: no rows")
     return rows
+
+
+def read_input_file(path: Path) -> RawRows:
+    """The rows of an inference input file, before any model or training config is at hand.
+
+    Raises:
+        DataError: An unreadable line (file and line named), or no rows at all.
+    """
+    raw = read_file(path)
+    if raw.bad:
+        source, reason = raw.bad[0]
+        raise DataError(f"{source}: {reason}")
+    if not raw.rows:
+        raise DataError(f"{path}: no rows")
+    return raw
 
 
 def predict(

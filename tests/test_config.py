@@ -102,6 +102,31 @@ def test_every_shipped_config_passes_dry_run(config_path):
     assert "valid (dry run" in result.stdout
 
 
+def test_inference_dry_run_reads_the_input_rows(tmp_path):
+    rows = tmp_path / "in.jsonl"
+    rows.write_text('{"prompt": "Kettle broke."}\n{"prompt": \n')
+    text = f"inference:\n  model_name: m\n  input_file: {rows}\n  output_file: {tmp_path / 'out.jsonl'}\n"
+    path = _write(tmp_path, text)
+    result = subprocess.run([sys.executable, "run.py", "--config", str(path), "--dry-run"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"Error: {rows}:2: malformed JSON")
+    rows.write_text("")
+    result = subprocess.run([sys.executable, "run.py", "--config", str(path), "--dry-run"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == f"Error: {rows}: no rows"
+
+
+def test_an_output_path_that_is_a_folder_is_refused(tmp_path):
+    rows = tmp_path / "in.jsonl"
+    rows.write_text('{"prompt": "Kettle broke."}\n')
+    path = _write(tmp_path, f"inference:\n  model_name: m\n  input_file: {rows}\n  output_file: {tmp_path}\n")
+    with pytest.raises(ConfigError, match=r"inference\.output_file: is a folder"):
+        load_config(path)
+    path = _write(tmp_path, f"deploy:\n  model_name: m\n  request_log: {tmp_path}\n")
+    with pytest.raises(ConfigError, match=r"deploy\.request_log: is a folder"):
+        load_config(path)
+
+
 def test_bad_config_is_one_line_error_and_nonzero_exit(tmp_path):
     path = _write(tmp_path, "model:\n  name: org/model\n  colour: blue\n")
     result = subprocess.run(

@@ -165,6 +165,13 @@ def test_on_bad_rows_error_stops_at_the_first_bad_line(planted, tokenizer):
         prepare_splits(config, tokenizer)
 
 
+def test_a_byte_order_mark_is_not_a_bad_row(tmp_path, tokenizer):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\n" for row in rows(20)).encode())
+    prepared = prepare_splits(data(path=path), tokenizer)
+    assert sum(len(split) for split in prepared.splits.values()) == 20 and prepared.summary["dropped"] == []
+
+
 def test_empty_and_missing_files(tmp_path, tokenizer):
     with pytest.raises(DataError, match="no usable training rows"):
         prepare_splits(data(path=write_jsonl(tmp_path / "empty.jsonl", [])), tokenizer)
