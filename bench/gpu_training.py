@@ -27,6 +27,7 @@ measurement, so a run cut short keeps what it measured.
 
     python bench/gpu_training.py                      # about 3 minutes on one H100 (before the bf16 checkpointing sweep)
     python bench/gpu_training.py --shapes llama-3.1-8b --bf16-only   # bf16 LoRA: rows per step x checkpointed layers
+    python bench/gpu_training.py --shapes llama-3.1-8b --bf16-only --liger   # and again with Liger's kernels
     python bench/gpu_training.py --shapes llama-3.1-8b --longest-only   # the longest QLoRA sequence
     python bench/gpu_training.py --shapes phi-2 --steps 4
     python bench/gpu_training.py --tiny --device cpu  # the same code on 2-layer shapes, to check it runs
@@ -513,6 +514,9 @@ def main() -> None:
                         help="only the longest QLoRA sequence on the 8B shape (a fresh process: nothing else on the card)")
     parser.add_argument("--no-sweep", action="store_true",
                         help="8B shape: skip the rows-per-step and checkpointing variants")
+    parser.add_argument("--liger", action="store_true",
+                        help="then again with Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (pip install "
+                             "liger-kernel; CUDA): bf16 LoRA with --bf16-only, else the config as shipped")
     parser.add_argument("--bf16-only", action="store_true",
                         help="only bf16 LoRA: the attention check, the config's LoRA at 8 rows, and (8B) its sweep")
     parser.add_argument("--tiny", action="store_true", help="2-layer shapes (checks the script, measures nothing)")
@@ -566,6 +570,13 @@ def main() -> None:
                 project_variant(shape, rows=rows, method="lora", batch_size=count, gradient_checkpointing=every > 0,
                                 gradient_checkpointing_every_n_layers=max(every, 1), **measured)
         if args.bf16_only:
+            if args.liger and guarded(with_liger_kernels, f"{shape}: Liger kernels", record, model):
+                project_variant(shape, rows=rows, method="lora", gradient_checkpointing=False, batch_size=BF16_ROWS,
+                                label=f"{BF16_ROWS} rows + Liger", **measured)
+                for count, every in BF16_SWEEP if sweep else []:
+                    project_variant(shape, rows=rows, method="lora", batch_size=count, label=f"{count} rows + Liger",
+                                    gradient_checkpointing=every > 0, gradient_checkpointing_every_n_layers=max(every, 1),
+                                    **measured)
             del model
             _free_memory()
             continue
@@ -584,6 +595,8 @@ def main() -> None:
             project_variant(shape, rows=rows, label=f"{train.batch_size} rows ({SHAPES[shape]['config']})", **measured)
             for count in SWEEP_ROWS if sweep else []:
                 project_variant(shape, rows=rows, batch_size=count, **measured)
+        if args.liger and not args.longest_only and guarded(with_liger_kernels, f"{shape}: Liger kernels", record, model):
+            project_variant(shape, rows=rows, label=f"{train.batch_size} rows + Liger", **measured)
         if shape == "llama-3.1-8b" and args.longest_only:
             longest_sequence(model, run_config, vocab, args.lengths if not args.tiny else [256, 512], args.device,
                              record, started + args.budget_s)
@@ -601,6 +614,22 @@ def main() -> None:
     for entry in record.get("longest_sequence_qlora", {}).get("tries", []):
         print("longest sequence:", entry)
     print(f"-> {RESULTS} ({time.perf_counter() - started:.0f} s)")
+
+
+def with_liger_kernels(model) -> bool:
+    """Swap the model's RMSNorm, rotary embedding and SwiGLU for Liger's fused Triton kernels, in place.
+
+    The vocabulary projection and loss stay the project's (logits only where a token is trained), so
+    Liger's fused linear cross-entropy is left off. Every later measurement on this model uses the
+    kernels: run this last. Returns whether the model's architecture has Liger kernels.
+    """
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False, cross_entropy=False)
+    # Liger binds its RMSNorm forward to each norm module it patched, with its own attributes.
+    if not hasattr(getattr(model.model, "norm", None), "casting_mode"):
+        raise RuntimeError(f"no Liger kernels for model type {model.config.model_type!r}")
+    return True
 
 
 def _groups_of_tokens(rows: list[dict], tokens: int, count: int) -> list[list[dict]]:
