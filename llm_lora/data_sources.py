@@ -79,6 +79,13 @@ def _read_with_datasets(path: Path) -> RawRows:
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types; the user needs the file and the reason
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if builder == "json":  # datasets does not say where; Python's parser does
+            try:
+                json.loads(path.read_text(encoding="utf-8-sig"))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{error.lineno}: malformed JSON ({error.msg}, column {error.colno})") from None
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}: not UTF-8 (byte {error.start + 1} of the file)") from None
         raise DataError(f"{path}: cannot read as {builder.upper()}: {reason}") from None
     # CSV header is line 1, so row i sits on line i + 2; other formats count rows from 1.
     offset = 2 if builder == "csv" else 1

@@ -165,6 +165,13 @@ def test_on_bad_rows_error_stops_at_the_first_bad_line(planted, tokenizer):
         prepare_splits(config, tokenizer)
 
 
+def test_a_malformed_json_file_names_its_line(tmp_path, tokenizer):
+    path = tmp_path / "rows.json"
+    path.write_text('[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": "c" "completion": "d"}\n]\n')
+    with pytest.raises(DataError, match=rf"^{path}:3: malformed JSON \(Expecting ',' delimiter, column 18\)$"):
+        prepare_splits(data(path=path), tokenizer)
+
+
 def test_a_byte_order_mark_is_not_a_bad_row(tmp_path, tokenizer):
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\n" for row in rows(20)).encode())
