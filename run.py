@@ -437,8 +437,12 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
             raise click.ClickException("--schedule: schedules are for the finetune pipeline")
         check_schedule(cron)
     if dry_run:
-        checked = "config, " + "".join(f"{name}, " for name, given in (("stack", stack_name), ("schedule", cron)) if given)
-        click.echo(f"{config_path}: valid (dry run: {checked}data rows checked, no model loaded)")
+        checked = ["config", *(name for name, given in (("stack", stack_name), ("schedule", cron)) if given)]
+        hub = isinstance(config, RunConfig) and config.data.hub_id
+        if not hub:
+            checked.append("data rows")
+        note = "; hub dataset rows are read by the pipeline" if hub else ""
+        click.echo(f"{config_path}: valid (dry run: {', '.join(checked)} checked{note}, no model loaded)")
         return
     if not debug:
         quiet_console_tracebacks()

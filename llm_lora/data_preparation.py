@@ -130,9 +130,13 @@ def check_rows(data: DataConfig) -> None:
     if data.hub_id:
         return
     raw, source = read_source(data)
-    examples = {split: _convert(rows, data, split, []) for split, rows in raw.items()}
+    dropped: list[dict] = []
+    examples = {split: _convert(rows, data, split, dropped) for split, rows in raw.items()}
     if not examples.get("train"):
         raise DataError(f"{source}: no usable training rows")
+    for split in ("validation", "test"):
+        if split in examples and not examples[split]:
+            raise DataError(_no_rows_left(split, data, raw, [], source, [d for d in dropped if d["split"] == split]))
 
 
 def _no_rows_left(split: str, data: DataConfig, raw: dict, made: list[str], source: str, dropped: list[dict]) -> str:

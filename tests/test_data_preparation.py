@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from llm_lora.config import DataConfig, RunConfig
-from llm_lora.data_preparation import prepare_splits
+from llm_lora.data_preparation import check_rows, prepare_splits
 from llm_lora.data_sources import DataError
 from llm_lora.preflight import estimate_run, problems, render_html, render_text
 
@@ -197,6 +197,8 @@ def test_an_emptied_split_names_its_own_file_and_why(tmp_path, tokenizer):
     empty = write_jsonl(tmp_path / "test.jsonl", [])
     with pytest.raises(DataError, match=rf"^data.test_file: {empty}: no test rows left \(no rows in it\)$"):
         prepare_splits(data(train_file=train, test_file=empty), tokenizer)
+    with pytest.raises(DataError, match=rf"^data.test_file: {empty}: no test rows left \(no rows in it\)$"):
+        check_rows(data(train_file=train, test_file=empty))  # before a pipeline starts, no tokenizer
 
 
 def test_estimate_counts_steps_and_uses_a_given_throughput(tmp_path, tokenizer):
