@@ -418,7 +418,9 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
             summary = describe_deploy(config)
         else:
             summary = describe_inference(config) if isinstance(config, InferenceConfig) else describe(config)
-    except (ConfigError, ModelSourceError, DataError) as exc:
+    except ModelSourceError as exc:  # a key of this file, named like the config's own errors
+        raise click.ClickException(f"{config_path}: {exc}") from None
+    except (ConfigError, DataError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(summary)
     try:

@@ -108,10 +108,10 @@ CASES = [
      "promotion.must_beat: Input should be 'base' or 'best_baseline'"),
     ("reference-model-path-missing",
      lambda cfg, data: _edit(cfg, _set("baselines", reference_model={"name": "./models/bigger"})),
-     "baselines.reference_model.name: path not found: ./models/bigger"),
+     "run.yaml: baselines.reference_model.name: path not found: ./models/bigger"),
     # Model ids and paths
     ("model-path-missing", lambda cfg, data: _edit(cfg, _set("model", name="./models/nothing-here")),
-     "model.name: path not found: ./models/nothing-here"),
+     "run.yaml: model.name: path not found: ./models/nothing-here"),
     ("model-dir-without-config", lambda cfg, data: _edit(cfg, _set("model", name=str(data))), "has no config.json"),
     ("model-file-not-gguf", lambda cfg, data: _edit(cfg, _set("model", name=str(data / "train.jsonl"))),
      "is a file but not a .gguf model"),
