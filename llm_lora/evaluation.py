@@ -62,7 +62,10 @@ def score_generations(
                 raise ValueError("evaluation.metrics: json_fields needs every expected answer to be a JSON object")
             metrics.update(compute_extraction_metrics(predictions, references))
         elif name == "exact_match" and structured:
-            continue  # json_fields already reports exact match of the parsed objects
+            # On JSON answers, exact match compares the parsed objects, as the per-example records do
+            # (json_fields, when listed, reports the same number).
+            if "json_fields" not in metric_names:
+                metrics["exact_match"] = compute_extraction_metrics(predictions, references)["exact_match"]
         else:
             extra = {"strip": True} if name == "exact_match" else {}
             module = load_metric(name).compute(predictions=predictions, references=references, **extra)

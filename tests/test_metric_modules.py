@@ -81,6 +81,17 @@ def test_configured_classification_metric_is_reported_under_its_name():
     assert result.metrics["classification_out_of_set_rate"] == 0.0
 
 
+def test_exact_match_alone_on_json_answers_is_computed():
+    """json_fields reports exact match of the parsed objects; without it, exact_match computes its own."""
+    rows = [{"prompt": "p", "completion": '{"a": 1}'}, {"prompt": "q", "completion": '{"a": 2}'}]
+    alone = score_generations(rows, _generations(['{"a":1}', '{"a": 3}']), ["exact_match"])
+    assert alone.metrics["exact_match"] == 0.5 and "mean_field_accuracy" not in alone.metrics
+    # The same objects, written differently, match: as in the per-example records.
+    assert [example["exact_match"] for example in alone.examples] == [True, False]
+    both = score_generations(rows, _generations(['{"a": 1}', '{"a": 3}']), ["json_fields", "exact_match"])
+    assert both.metrics["exact_match"] == 0.5 and both.metrics["mean_field_accuracy"] == 0.5
+
+
 def test_json_fields_on_free_text_references_is_refused():
     rows = [{"prompt": "p", "completion": "not json"}]
     with pytest.raises(ValueError, match="evaluation.metrics: json_fields"):
