@@ -500,7 +500,8 @@ def _union_error(errors: list[dict]) -> tuple[str, str, int] | None:
         return None
     field = loc[:tag]
     shapes = list(dict.fromkeys(e["loc"][tag] for e in errors if e["loc"][:tag] == field and len(e["loc"]) > tag))
-    given = next(e["input"] for e in errors if e["loc"][:tag] == field and len(e["loc"]) == tag + 1)
+    given = next((e["input"] for e in errors if e["loc"][:tag] == field and len(e["loc"]) == tag + 1),
+                 errors[0]["input"])
     others = sum(1 for e in errors if e["loc"][:tag] != field)
     expected = " or ".join(_shape_in_words(shape) for shape in shapes)
     return ".".join(str(part) for part in field), f"expected {expected}, got {given!r}", others
