@@ -11,8 +11,11 @@ FIELD_PREFIX = "correct_"
 def example_score(record: dict) -> float:
     """One number per answer, between 0 and 1.
 
-    JSON answers score the share of fields right (0 for an answer that is not
-    valid JSON); other answers score 1 for an exact match, else 0.
+    JSON answers score the share of the row's fields right (0 for an answer that
+    is not valid JSON); labels scored by classification_accuracy score 1 when the
+    normalized label matches; other answers score 1 for an exact match, else 0. A
+    field the row does not have (None, or NaN after a trip through a DataFrame)
+    does not count.
 
     Args:
         record: A per-example record from evaluation (see EvaluationResult.examples).
@@ -20,11 +23,13 @@ def example_score(record: dict) -> float:
     Returns:
         The answer's score.
     """
-    fields = [key for key in record if key.startswith(FIELD_PREFIX)]
+    fields = [key for key in record if key.startswith(FIELD_PREFIX) and not _is_missing(record[key])]
     if fields:
         if not record.get("valid_json", True):
             return 0.0
         return sum(bool(record[key]) for key in fields) / len(fields)
+    if not _is_missing(record.get("label_match")):
+        return 1.0 if record["label_match"] else 0.0
     return 1.0 if record.get("exact_match") else 0.0
 
 
@@ -74,16 +79,15 @@ def compare_examples(base_records: list[dict], finetuned_records: list[dict]) ->
                 field = key[len(FIELD_PREFIX):]
                 base_value = base.get(key)
                 row[f"base_{field}"] = None if _is_missing(base_value) else bool(base_value)
-                row[f"finetuned_{field}"] = bool(tuned[key])
+                row[f"finetuned_{field}"] = None if _is_missing(tuned[key]) else bool(tuned[key])
         rows.append(row)
     return rows
 
 
 def field_names(rows: list[dict]) -> list[str]:
     """The answer fields the comparison has per-field correctness for, in answer order."""
-    if not rows:
-        return []
-    return [key[len("finetuned_"):] for key in rows[0] if key.startswith("finetuned_") and key not in (
+    keys = dict.fromkeys(key for row in rows for key in row)  # every row's fields: rows may differ
+    return [key[len("finetuned_"):] for key in keys if key.startswith("finetuned_") and key not in (
         "finetuned_output", "finetuned_score", "finetuned_latency_s")]
 
 
@@ -106,8 +110,11 @@ def comparison_summary(rows: list[dict]) -> dict:
         "mean_finetuned_score": round(sum(row["finetuned_score"] for row in rows) / count, 4) if count else 0.0,
     }
     for field in field_names(rows):
-        summary[f"fixed/{field}"] = sum(not row[f"base_{field}"] and row[f"finetuned_{field}"] for row in rows)
-        summary[f"broken/{field}"] = sum(bool(row[f"base_{field}"]) and not row[f"finetuned_{field}"] for row in rows)
+        # Only rows that have the field on both sides: a missing one is neither fixed nor broken.
+        summary[f"fixed/{field}"] = sum(row.get(f"base_{field}") is False and row.get(f"finetuned_{field}") is True
+                                        for row in rows)
+        summary[f"broken/{field}"] = sum(row.get(f"base_{field}") is True and row.get(f"finetuned_{field}") is False
+                                         for row in rows)
     return summary
 
 
@@ -140,7 +147,7 @@ def render_comparison_html(rows: list[dict]) -> str:
     )
     body = []
     for row in ordered:
-        marks = "".join(_mark(row[f"base_{field}"]) + _mark(row[f"finetuned_{field}"]) for field in fields)
+        marks = "".join(_mark(row.get(f"base_{field}")) + _mark(row.get(f"finetuned_{field}")) for field in fields)
         body.append(
             f"<tr class='{row['change']}'><td>{row['index']}</td><td>{row['change']}</td>"
             f"<td>{row['base_score']:.2f} &rarr; {row['finetuned_score']:.2f}</td>"

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llm_lora.config import EvaluationConfig, RunConfig
 from llm_lora.data_preparation import fingerprint
 from llm_lora.generation import Generation, generate
-from llm_lora.metrics import compute_extraction_metrics, load_metric, parse_json_object, score_example
+from llm_lora.metrics import compute_extraction_metrics, load_metric, parse_json_object, same_label, score_example
 from llm_lora.prompt_formatting import PLAIN_TEMPLATE, Turns, format_prompt, with_examples
 
 
@@ -89,6 +89,8 @@ def score_generations(
             record.update({f"correct_{field}": ok for field, ok in score["fields"].items()})
         else:
             record["exact_match"] = generation.text.strip() == row["completion"].strip()
+            if "classification_accuracy" in metric_names:  # the row's share of the aggregate, as it counts
+                record["label_match"] = same_label(generation.text, row["completion"])
         record["latency_s"] = round(generation.latency_s, 4)
         examples.append(record)
     return EvaluationResult(metrics=metrics, examples=examples)

@@ -36,16 +36,22 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     return evaluate.load(str(path), keep_in_memory=True)
 
 
-def _json_fields_rules():
-    """The json_fields module file itself, imported directly: one copy of the scoring rules."""
-    script = METRICS_DIR / "json_fields" / "json_fields.py"
-    spec = importlib.util.spec_from_file_location("llm_lora_json_fields_rules", script)
+def _module_rules(name: str):
+    """A metric module's file itself, imported directly: one copy of its scoring rules."""
+    script = METRICS_DIR / name / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"llm_lora_{name}_rules", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_RULES = _json_fields_rules()
+_RULES = _module_rules("json_fields")
+_LABEL_RULES = _module_rules("classification_accuracy")
+
+
+def same_label(prediction: str, reference: str) -> bool:
+    """Whether an answer names the expected label, by classification_accuracy's own normalization."""
+    return _LABEL_RULES.normalize(prediction) == _LABEL_RULES.normalize(reference)
 
 
 def parse_json_object(text: str) -> dict | None:

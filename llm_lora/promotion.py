@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+
+
+_ROUNDING = 1e-9
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,11 @@ def decide_promotion(
             f", production {production:.4f}" if production is not None else ""
         )
         return PromotionDecision(True, "production", reason, **numbers)
-    if gain_base < min_gain_over_base:
+    if not math.isfinite(candidate) or not math.isfinite(base):
+        reason = f"{metric} is not a number (candidate {candidate}, {against}): nothing to compare, nothing promoted"
+        return PromotionDecision(False, None, reason, **numbers)
+    # Scores are shares of rows: a gain equal to the margin but for float rounding (0.30 - 0.25) meets it.
+    if gain_base < min_gain_over_base - _ROUNDING:
         reason = (
             f"{metric} {candidate:.4f} is {gain_base:+.4f} over {against}; "
             f"the gate needs at least {min_gain_over_base:+.4f}"
@@ -91,7 +99,7 @@ def decide_promotion(
         )
         return PromotionDecision(True, "production", reason, **numbers)
     gain_production = candidate - production
-    if gain_production <= min_gain_over_production:
+    if not math.isfinite(production) or gain_production <= min_gain_over_production + _ROUNDING:
         reason = (
             f"{metric} {candidate:.4f} is {gain_production:+.4f} against production ({production:.4f}); "
             f"the gate needs more than {min_gain_over_production:+.4f}"

@@ -65,3 +65,31 @@ def test_evaluations_of_different_rows_are_refused():
     shifted = [dict(record, prompt="other") for record in base]
     with pytest.raises(ValueError, match="row 0 differs"):
         compare_examples(base, shifted)
+
+
+def test_fields_a_row_does_not_have_count_neither_way_even_after_a_dataframe():
+    """Rows with different keys: the steps pass records through pandas, where a missing field becomes NaN."""
+    import pandas as pd
+
+    rows = [{"prompt": "a", "completion": json.dumps({"a": "x"})},
+            {"prompt": "b", "completion": json.dumps({"a": "x", "b": "y", "c": "z"})}]
+    generations = lambda texts: [Generation(text=t, latency_s=0.1, new_tokens=3, prompt_tokens=9) for t in texts]
+    base = score_generations(rows, generations(["{}", "{}"])).examples
+    tuned = score_generations(rows, generations([json.dumps({"a": "x"}), json.dumps({"a": "x"})])).examples
+    through_pandas = [pd.DataFrame(records).to_dict("records") for records in (base, tuned)]
+    for base_records, tuned_records in ((base, tuned), through_pandas):
+        assert [example_score(record) for record in tuned_records] == [1.0, pytest.approx(1 / 3)]
+        summary = comparison_summary(compare_examples(base_records, tuned_records))
+        assert summary["mean_finetuned_score"] == pytest.approx((1 + 1 / 3) / 2, abs=1e-4)
+        assert (summary["fixed/a"], summary["fixed/b"], summary["fixed/c"]) == (2, 0, 0)
+
+
+def test_classification_rows_score_as_the_aggregate_counts_them():
+    rows = [{"prompt": f"p{i}", "completion": label} for i, label in enumerate(["spam", "ham", "spam", "ham"])]
+    answers = ["Spam", '"ham"', "ham", "ham"]
+    result = score_generations(
+        rows, [Generation(text=t, latency_s=0.1, new_tokens=2, prompt_tokens=9) for t in answers],
+        ["classification_accuracy"])
+    scores = [example_score(record) for record in result.examples]
+    assert scores == [1.0, 1.0, 0.0, 1.0]
+    assert sum(scores) / len(scores) == result.metrics["classification_accuracy"] == 0.75

@@ -77,3 +77,23 @@ def test_gate_against_the_best_baseline_names_it():
     held = decide_promotion(candidate=0.44, base=0.41, production=None, baseline="base model, 2-shot", **GATE)
     assert not held.promote and "+0.0300 over the best baseline (base model, 2-shot: 0.4100)" in held.reason
     assert "baseline" not in decide_promotion(candidate=0.9, base=0.1, production=None, **GATE).as_metadata()
+
+
+def test_a_gain_equal_to_the_margin_meets_it_despite_float_rounding():
+    """0.30 - 0.25 is 0.04999999999999999 in floats: still the required +0.05 ("at least")."""
+    assert 0.30 - 0.25 < 0.05
+    assert decide_promotion(candidate=0.30, base=0.25, production=None, **GATE).promote
+    # Against production the rule is "more than": a gain equal to the margin is a tie, also when rounded.
+    strict = dict(GATE, min_gain_over_production=0.05)
+    decision = decide_promotion(candidate=0.35, base=0.10, production=0.30, **strict)
+    assert not decision.promote and decision.stage == "staging"
+
+
+def test_a_score_that_is_not_a_number_promotes_nothing():
+    nan = float("nan")
+    decision = decide_promotion(candidate=nan, base=0.5, production=None, **GATE)
+    assert not decision.promote and decision.stage is None and "not a number" in decision.reason
+    assert not decide_promotion(candidate=0.6, base=nan, production=None, **GATE).promote
+    # A production version scored NaN is not replaced on that number: the candidate is staged.
+    decision = decide_promotion(candidate=0.6, base=0.4, production=nan, **GATE)
+    assert not decision.promote and decision.stage == "staging"
