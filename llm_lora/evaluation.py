@@ -12,7 +12,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llm_lora.config import EvaluationConfig, RunConfig
 from llm_lora.data_preparation import fingerprint
 from llm_lora.generation import Generation, generate
-from llm_lora.metrics import compute_extraction_metrics, load_metric, parse_json_object, same_label, score_example
+from llm_lora.metrics import (
+    compute_extraction_metrics, load_metric, parse_json_object, reference_fields, same_label, score_example,
+)
 from llm_lora.prompt_formatting import PLAIN_TEMPLATE, Turns, format_prompt, with_examples
 
 
@@ -80,11 +82,14 @@ def score_generations(
         mean_new_tokens=sum(g.new_tokens for g in generations) / count,
         mean_prompt_tokens=sum(g.prompt_tokens for g in generations) / count,
     )
+    # Every row is scored on the fields of all references, as json_fields scores them: the rows'
+    # scores then average to mean_field_accuracy (a field a row lacks is right if the answer lacks it too).
+    fields = reference_fields(references) if structured else None
     examples = []
     for row, generation in zip(rows, generations):
         record = {"prompt": row["prompt"], "expected": row["completion"], "output": generation.text}
         if structured:
-            score = score_example(generation.text, row["completion"])
+            score = score_example(generation.text, row["completion"], fields)
             record.update(valid_json=score["valid_json"], exact_match=score["exact_match"])
             record.update({f"correct_{field}": ok for field, ok in score["fields"].items()})
         else:

@@ -70,6 +70,11 @@ def parse_json_object(text: str) -> dict | None:
     return _RULES.parse_json_object(text)
 
 
+def reference_fields(references: list[str]) -> list[str]:
+    """The fields json_fields scores on these expected answers: every key of any of them, first seen first."""
+    return _RULES.reference_fields(_RULES.parse_references(references))
+
+
 def score_example(prediction: str, reference: str, fields: list[str] | None = None) -> dict:
     """Score one answer, for per-example reports.
 

@@ -82,6 +82,11 @@ def test_fields_a_row_does_not_have_count_neither_way_even_after_a_dataframe():
         summary = comparison_summary(compare_examples(base_records, tuned_records))
         assert summary["mean_finetuned_score"] == pytest.approx((1 + 1 / 3) / 2, abs=1e-4)
         assert (summary["fixed/a"], summary["fixed/b"], summary["fixed/c"]) == (2, 0, 0)
+    # Records scored on each row's own fields (stored by earlier versions) hold NaN in a DataFrame's gaps.
+    assert example_score({"valid_json": True, "correct_a": False, "correct_b": float("nan")}) == 0.0
+    gap = compare_examples([{"prompt": "p", "expected": "e", "output": "{}", "correct_b": float("nan")}],
+                           [{"prompt": "p", "expected": "e", "output": "{}", "correct_b": float("nan")}])
+    assert comparison_summary(gap)["fixed/b"] == 0 and gap[0]["finetuned_b"] is None
 
 
 def test_classification_rows_score_as_the_aggregate_counts_them():
@@ -93,3 +98,14 @@ def test_classification_rows_score_as_the_aggregate_counts_them():
     scores = [example_score(record) for record in result.examples]
     assert scores == [1.0, 1.0, 0.0, 1.0]
     assert sum(scores) / len(scores) == result.metrics["classification_accuracy"] == 0.75
+
+
+def test_row_scores_average_to_the_aggregate_when_rows_have_different_fields():
+    """Every row is scored on all references' fields, as json_fields scores them (a field the row lacks is
+    right when the answer lacks it too): the rows' scores average to mean_field_accuracy."""
+    rows = [{"prompt": "a", "completion": json.dumps({"a": "x"})}, {"prompt": "b", "completion": json.dumps({"b": "y"})}]
+    result = score_generations(rows, [Generation(text=t, latency_s=0.1, new_tokens=3, prompt_tokens=9)
+                                      for t in ("{}", json.dumps({"a": "x"}))])
+    scores = [example_score(record) for record in result.examples]
+    assert scores == [0.5, 0.0]
+    assert sum(scores) / 2 == pytest.approx(result.metrics["mean_field_accuracy"]) == 0.25
