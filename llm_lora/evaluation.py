@@ -184,6 +184,7 @@ def evaluation_fingerprint(config: RunConfig, rows: list[dict]) -> str:
     settings = json.dumps(
         [
             config.model.name,
+            config.model.revision,
             config.model.dtype,
             config.data.system_prompt,
             config.data.plain_template,

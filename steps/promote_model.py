@@ -177,11 +177,19 @@ def promote_model(
     rows = load_prepared_split(prepared_data, "test")
 
     def reevaluate(production) -> dict:
+        # Production as it serves: its own base model, system prompt and template (recorded with it),
+        # on this run's test rows and generation settings.
+        stored = production.run_metadata.get("run_config_json")
+        own = RunConfig.from_json(stored) if isinstance(stored, str) else config
+        apply_hub_token(own.model)
         adapter = production.get_artifact("lora_adapter").load()
-        base = load_model(config.model, device=default_device())
+        base = load_model(own.model, device=default_device())
         result = evaluate_model(
-            load_adapter(base, adapter.directory, merge=True), load_tokenizer(config.model), rows,
-            config.data.system_prompt, config.evaluation,
+            load_adapter(base, adapter.directory, merge=True), load_tokenizer(own.model), rows,
+            own.data.system_prompt, config.evaluation, plain_template=own.data.plain_template,
+            # The rows' prompt_text is this run's formatting: another base model or prompt formats anew.
+            reformat=(own.model, own.data.system_prompt, own.data.plain_template)
+            != (config.model, config.data.system_prompt, config.data.plain_template),
         )
         return result.metrics
 
