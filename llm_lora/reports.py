@@ -94,6 +94,10 @@ def metric_rows(base: dict, finetuned: dict) -> list[tuple[str, float, float]]:
     return [(name, float(base.get(name, float("nan"))), float(finetuned[name])) for name in ordered]
 
 
+# Metrics where a fall is the improvement (answers outside the label set, seconds per answer).
+LOWER_IS_BETTER = ("mean_latency_s", "classification_out_of_set_rate")
+
+
 def render_run_report(
     base: dict,
     finetuned: dict,
@@ -116,7 +120,7 @@ def render_run_report(
     """
     rows = []
     for name, before, after in metric_rows(base, finetuned):
-        lower_is_better = name == "mean_latency_s"
+        lower_is_better = name in LOWER_IS_BETTER
         delta = after - before
         better = delta < 0 if lower_is_better else delta > 0
         css = "" if abs(delta) < 1e-12 else ("better" if better else "worse")

@@ -55,3 +55,10 @@ def test_report_carries_the_worth_it_verdict():
     page = render_run_report(BASE, TUNED, DECISION, TRAINING, HISTORY, "x", worth_it=worth_it)
     assert "<b>Worth it? worth it</b>" in page and "base model, 2-shot" in page
     assert "id='worth-it'" not in render_run_report(BASE, TUNED, DECISION, TRAINING, HISTORY, "x")
+
+
+def test_more_answers_outside_the_label_set_is_marked_worse():
+    base = {"classification_accuracy": 0.5, "classification_out_of_set_rate": 0.1}
+    tuned = {"classification_accuracy": 0.6, "classification_out_of_set_rate": 0.4}
+    table = render_run_report(base, tuned, DECISION, TRAINING, HISTORY, "labels version 1").split("id=\"metrics\"")[1]
+    assert "<td>classification_out_of_set_rate</td><td>0.100</td><td>0.400</td><td class='worse'>+0.300</td>" in table
