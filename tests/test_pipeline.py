@@ -186,3 +186,45 @@ def test_missing_version_is_a_one_line_error(zenml_env, tmp_path):
     result = _run(["run.py", "--config", str(config)], zenml_env)
     assert result.returncode != 0
     assert "inference.version: model 'no-such-model' has no version 'production'" in result.stderr.splitlines()[-1]
+
+
+READ_PROMOTIONS = """
+import json
+from zenml.client import Client
+records = []
+for version in Client().list_model_versions(model_name_or_id="pipeline-test", size=100):
+    meta = version.run_metadata
+    if "promotion" in meta and "run_config_json" in meta:
+        data = json.loads(meta["run_config_json"])["data"]
+        records.append({"number": version.number, "prompt": data["system_prompt"], "test_rows": data["max_test_rows"],
+                        "promotion": meta["promotion"]})
+print(json.dumps(records, default=str))
+"""
+
+
+def test_production_is_re_evaluated_with_its_own_prompt(first_run, config_path, zenml_env, tmp_path):
+    """A run with another system prompt scores production the way production serves: with the prompt it was
+    trained with. On the same 10 test rows, production's score is then the one the run with the original
+    prompt measured (test_changed_test_rows_re_evaluate_production), not a score under the new prompt."""
+    assert first_run.returncode == 0
+    config = yaml.safe_load(config_path.read_text())
+    config["data"]["max_test_rows"] = 10
+    original = config["data"]["system_prompt"]
+    config["data"]["system_prompt"] = "Reply with the order's fields as a JSON object."
+    changed = tmp_path / "prompt.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = _run(["run.py", "--config", str(changed)], zenml_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "re-evaluated on this run's test rows" in result.stdout
+
+    script = tmp_path / "promotions.py"
+    script.write_text(READ_PROMOTIONS)
+    read = _run([str(script)], zenml_env)
+    assert read.returncode == 0, read.stderr[-3000:]
+    records = json.loads(read.stdout.strip().splitlines()[-1])
+    with_original = [r for r in records if r["prompt"] == original and r["test_rows"] == 10]
+    (with_new,) = [r for r in records if r["prompt"] != original]
+    assert with_original, records
+    earlier = with_original[-1]["promotion"]
+    assert with_new["promotion"]["production_source"] == earlier["production_source"]  # the same version
+    assert with_new["promotion"]["production"] == earlier["production"]
