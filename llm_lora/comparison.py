@@ -11,7 +11,7 @@ FIELD_PREFIX = "correct_"
 def example_score(record: dict) -> float:
     """One number per answer, between 0 and 1.
 
-    JSON answers score the share of the row's fields right (0 for an answer that
+    JSON answers score the share of their scored fields right (0 for an answer that
     is not valid JSON); labels scored by classification_accuracy score 1 when the
     normalized label matches; other answers score 1 for an exact match, else 0. A
     field the row does not have (None, or NaN after a trip through a DataFrame)
