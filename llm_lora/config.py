@@ -214,6 +214,9 @@ SCORES_BY_METRIC = {
     "rouge": ("rouge1", "rouge2", "rougeL"),
     "classification_accuracy": ("classification_accuracy", "classification_macro_f1"),
 }
+# evaluation.metrics: auto computes these for JSON answers, and these for any other answers.
+AUTO_METRICS_JSON = ("json_fields",)
+AUTO_METRICS_TEXT = ("exact_match", "rouge")
 # promotion.metric: auto takes the first of these that the evaluation computed.
 AUTO_PROMOTION_METRICS = ("mean_field_accuracy", "classification_accuracy", "exact_match")
 
@@ -349,8 +352,7 @@ class RunConfig(_Section):
     def _check_promotion_metric(self) -> None:
         """promotion.metric must be a score the evaluation computes: a typo would only surface after training."""
         metric, chosen = self.promotion.metric, self.evaluation.metrics
-        # auto computes json_fields for JSON answers, else exact_match and rouge.
-        modules = ["json_fields", "exact_match", "rouge"] if chosen == "auto" else chosen
+        modules = [*AUTO_METRICS_JSON, *AUTO_METRICS_TEXT] if chosen == "auto" else chosen
         scores = [score for module in modules for score in SCORES_BY_METRIC[module]]
         listed = f"evaluation.metrics: {chosen if chosen == 'auto' else ', '.join(chosen)}"
         if metric == "auto":

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_lora.config import EvaluationConfig, RunConfig
+from llm_lora.config import AUTO_METRICS_JSON, AUTO_METRICS_TEXT, EvaluationConfig, RunConfig
 from llm_lora.data_preparation import fingerprint
 from llm_lora.generation import Generation, generate
 from llm_lora.metrics import (
@@ -56,7 +56,7 @@ def score_generations(
     references = [row["completion"] for row in rows]
     structured = references_are_json(references)
     if metric_names == "auto":
-        metric_names = ["json_fields"] if structured else ["exact_match", "rouge"]
+        metric_names = list(AUTO_METRICS_JSON if structured else AUTO_METRICS_TEXT)
     metrics: dict[str, float] = {}
     for name in metric_names:
         if name == "json_fields":

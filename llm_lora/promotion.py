@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from llm_lora.config import AUTO_PROMOTION_METRICS
+
 
 _ROUNDING = 1e-9
 
@@ -120,7 +122,7 @@ def resolve_metric(metric: str, metrics: dict) -> str:
     """
     if metric != "auto":
         return metric
-    for name in ("mean_field_accuracy", "classification_accuracy", "exact_match"):
+    for name in AUTO_PROMOTION_METRICS:
         if name in metrics:
             return name
     raise ValueError(f"promotion.metric: auto found no known metric among {sorted(metrics)}; name one")

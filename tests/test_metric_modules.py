@@ -96,3 +96,16 @@ def test_json_fields_on_free_text_references_is_refused():
     rows = [{"prompt": "p", "completion": "not json"}]
     with pytest.raises(ValueError, match="evaluation.metrics: json_fields"):
         score_generations(rows, _generations(["{}"]), ["json_fields"])
+
+
+def test_the_config_knows_the_scores_each_metric_module_reports():
+    """promotion.metric is checked against config.SCORES_BY_METRIC before training: it must match what scoring
+    reports, or a valid metric would be refused (or a missing one let through)."""
+    from llm_lora.config import SCORES_BY_METRIC
+
+    json_rows = [{"prompt": "p", "completion": '{"a": 1}'}]
+    text_rows = [{"prompt": "p", "completion": "spam"}]
+    for module, scores in SCORES_BY_METRIC.items():
+        rows = json_rows if module == "json_fields" else text_rows
+        reported = score_generations(rows, _generations(['{"a": 1}' if module == "json_fields" else "spam"]), [module])
+        assert set(scores) <= set(reported.metrics), (module, sorted(reported.metrics))
