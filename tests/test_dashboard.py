@@ -23,6 +23,7 @@ from tests.conftest import free_loopback_port
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FRAME = "iframe[title='Secure HTML Content']"  # the dashboard's frame for an HTML visualization
 
 
 def small_quickstart(path: Path) -> Path:
@@ -79,20 +80,38 @@ def open_visualization(driver, artifact_node_id: str, wait):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
+    from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
+
     click_when_free(wait, (By.CSS_SELECTOR, f".react-flow__node[data-id='{artifact_node_id}'] button"))
     click_when_free(wait, (By.XPATH, "//button[@role='tab'][normalize-space()='Visualization']"))
-    # HTML visualizations wait behind a "Load Preview" confirmation, as they do for a user.
-    click_when_free(wait, (By.XPATH, "//button[normalize-space()='Load Preview']"))
-    frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe[title='Secure HTML Content']")))
-    driver.switch_to.frame(frame)
+
+    # HTML visualizations wait behind a "Load Preview" confirmation, as they do for a user. The dashboard
+    # remembers a confirmation by visualization index while the page lives, so a later artifact may show its
+    # preview straight away: click the button when it is there, go on when the frame is.
+    def frame_shown(driver):
+        frames = driver.find_elements(By.CSS_SELECTOR, FRAME)
+        if frames:
+            return frames[0]
+        try:
+            ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Load Preview']"))(driver).click()
+        except (ElementClickInterceptedException, StaleElementReferenceException, AttributeError):
+            pass
+        return False
+
+    driver.switch_to.frame(wait.until(frame_shown))
 
 
 def close_sheet(driver):
+    """Close the artifact's side sheet and wait until its frame is gone, so the next sheet shows its own."""
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     driver.switch_to.default_content()
-    driver.find_element("tag name", "body").send_keys(Keys.ESCAPE)
-    time.sleep(1)
+    deadline = time.monotonic() + 60
+    while driver.find_elements(By.CSS_SELECTOR, FRAME):
+        assert time.monotonic() < deadline, "the artifact side sheet did not close on Escape"
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        time.sleep(1)
 
 
 def check_dashboard(driver, run_url: str, shots: Path) -> None:
@@ -139,14 +158,17 @@ def check_dashboard(driver, run_url: str, shots: Path) -> None:
 
     # The other reports render too: preflight, per-example comparison, worth it.
     open_visualization(driver, "preflight_report/outputs/step_output/preflight_report", wait)
-    assert "train" in wait.until(ec.presence_of_element_located((By.TAG_NAME, "body"))).text
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h2"), "Preflight report"))
+    assert "train" in driver.find_element(By.TAG_NAME, "body").text
     close_sheet(driver)
     open_visualization(driver, "compare_models/outputs/step_output/model_comparison", wait)
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h2"), "Base vs finetuned"))
     assert wait.until(ec.presence_of_element_located((By.TAG_NAME, "table"))).is_displayed()
     close_sheet(driver)
     open_visualization(driver, "worth_it_report/outputs/step_output/worth_it_report", wait)
-    verdict = wait.until(ec.presence_of_element_located((By.TAG_NAME, "body"))).text
-    assert "zero-shot" in verdict.lower() or "few-shot" in verdict.lower() or "shot" in verdict, verdict[:500]
+    wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h2"), "Was finetuning worth it?"))
+    verdict = driver.find_element(By.TAG_NAME, "body").text
+    assert "zero-shot" in verdict and "2-shot" in verdict, verdict[:500]
     driver.switch_to.default_content()
     driver.save_screenshot(str(shots / "dashboard-worth-it.png"))
 
