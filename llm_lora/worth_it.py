@@ -115,9 +115,15 @@ def payback_requests(
         price_per_million_prompt_tokens: Serving price of a million prompt tokens.
 
     Returns:
-        The number of requests (rounded up), or None when nothing is saved per
-        request (no, or negative, savings, or a price of zero): it never pays back.
+        The number of requests (rounded up); 0 when training cost nothing and no
+        request costs more. None when the finetuned prompt is longer, or when
+        training cost something and nothing is saved per request (no savings, or a
+        price of zero): it never pays back.
     """
+    if prompt_tokens_saved < 0:
+        return None
+    if training_cost <= 0:
+        return 0
     saving = prompt_tokens_saved * price_per_million_prompt_tokens
     if saving <= 0:
         return None

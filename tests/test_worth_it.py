@@ -83,6 +83,8 @@ def test_no_or_negative_savings_never_pay_back():
     assert payback_requests(1.0, -120, 2.0) is None  # the finetuned prompt is longer
     assert payback_requests(1.0, 500, 0.0) is None  # free tokens save nothing
     assert payback_requests(0.0, 500, 2.0) == 0  # free training pays back at once
+    assert payback_requests(0.0, 500, 0.0) == 0  # free training and free tokens: nothing to pay back
+    assert payback_requests(0.0, -120, 2.0) is None  # free training, but every request costs more
 
 
 def test_training_cost_is_runtime_times_processes_times_price():
