@@ -28,6 +28,16 @@ config = load_config(sys.argv[1])
 tokenizer = load_tokenizer(config.model)
 prepared = prepare_splits(config.data, tokenizer)
 store = CheckpointStore(sys.argv[2])
+if len(sys.argv) > 5:  # the run to be killed: hold still once this step is published, so the kill never misses
+    import time
+    hold_at, publish = int(sys.argv[5]), store.publish
+
+    def publish_then_hold(*args, **kwargs):
+        publish(*args, **kwargs)
+        while store.latest() >= hold_at:
+            time.sleep(1)
+
+    store.publish = publish_then_hold
 result = train_lora(config, prepared.splits["train"], prepared.splits["validation"], Path(sys.argv[3]), tokenizer,
                     checkpoints=store)
 Path(sys.argv[4]).write_text(json.dumps({"metrics": result.metrics, "history": result.loss_history}))
@@ -81,9 +91,20 @@ def _config(tmp_path, tiny_model_dir, support_rows):
     )
 
 
-def _train(script, config, store, out, result, env):
-    return subprocess.Popen([sys.executable, str(script), str(config), str(store), str(out), str(result)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _train(script, config, store, out, result, env, hold_at=None):
+    """Start a training process; its stderr goes to <result>.err (a pipe nobody reads could fill and stall it)."""
+    hold = [] if hold_at is None else [str(hold_at)]
+    with open(_stderr_file(result), "w") as stderr:
+        return subprocess.Popen([sys.executable, str(script), str(config), str(store), str(out), str(result), *hold],
+                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def _stderr_file(result: Path) -> Path:
+    return result.with_suffix(".err")
+
+
+def _stderr_tail(result: Path) -> str:
+    return _stderr_file(result).read_text()[-3000:]
 
 
 def test_killed_training_resumes_from_the_last_checkpoint(tmp_path, tiny_model_dir, support_rows):
@@ -93,23 +114,23 @@ def test_killed_training_resumes_from_the_last_checkpoint(tmp_path, tiny_model_d
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
     whole = _train(script, config, tmp_path / "store-whole", tmp_path / "out-whole", tmp_path / "whole.json", env)
-    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-3000:]
+    assert whole.wait(timeout=600) == 0, _stderr_tail(tmp_path / "whole.json")
     uninterrupted = json.loads((tmp_path / "whole.json").read_text())
     assert not (tmp_path / "store-whole").exists()  # a finished run leaves nothing to resume
 
     store = CheckpointStore(str(tmp_path / "store"))
-    victim = _train(script, config, store.root, tmp_path / "out-1", tmp_path / "first.json", env)
+    victim = _train(script, config, store.root, tmp_path / "out-1", tmp_path / "first.json", env, hold_at=12)
     deadline = time.time() + 600
     while (store.latest() or 0) < 12 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+        time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=60)
-    assert victim.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    assert victim.returncode == -signal.SIGKILL, _stderr_tail(tmp_path / "first.json")  # not ended on its own
     last_complete = store.latest()
-    assert 12 <= last_complete < 36 and not (tmp_path / "first.json").exists()
+    assert last_complete == 12 and not (tmp_path / "first.json").exists()
 
     again = _train(script, config, store.root, tmp_path / "out-2", tmp_path / "resumed.json", env)
-    assert again.wait(timeout=600) == 0, again.stderr.read()[-3000:]
+    assert again.wait(timeout=600) == 0, _stderr_tail(tmp_path / "resumed.json")
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     # Resumed from the newest complete checkpoint: at most one interval of work lost.
     assert resumed["metrics"]["resumed_from_step"] == last_complete

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_lora.config import ModelConfig
-from tests.conftest import write_config
+from tests.conftest import free_loopback_port, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_TOKEN = "hf_envTOKENvalue0123456789abcdefXYZ"
@@ -100,7 +100,7 @@ def test_local_dashboard_listens_on_loopback_only(tmp_path):
 
     env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp_path / "config"), ZENML_ANALYTICS_OPT_IN="false")
     zenml = str(Path(sys.executable).parent / "zenml")
-    port = "8247"  # not the default, so a user's own local server is left alone
+    port = str(free_loopback_port())  # not the default, so a user's own local server is left alone
     started = subprocess.run([zenml, "login", "--local", "--port", port], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=300)
     try:
