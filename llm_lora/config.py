@@ -525,12 +525,31 @@ def _find(value: Path, config_path: Path) -> Path | None:
     return next((candidate for candidate in candidates if candidate.exists()), None)
 
 
+def _local_model_name(name: str, config_path: Path) -> str:
+    """A relative model path that is not found from the current directory, but is from the config's folder.
+
+    Rewritten relative to the current directory ("./..."), or absolute when it lies outside
+    it; anything else (hub ids, package: files, paths found as given) is returned unchanged.
+    """
+    if name.startswith(("package:", "/", "~")) or (Path.cwd() / name).exists():
+        return name
+    beside = config_path.parent / name
+    if not beside.exists():
+        return name
+    beside = beside.resolve()
+    try:
+        return f"./{beside.relative_to(Path.cwd().resolve())}"
+    except ValueError:
+        return str(beside)
+
+
 def load_config(path: str | Path, check_files: bool = True) -> RunConfig | InferenceConfig | DeployConfig:
     """Read and validate a run configuration.
 
-    Relative data paths are resolved against the current directory first and
-    the config file's directory second, so a config runs from the repo root and
-    from its own folder alike.
+    Relative data paths, and local model paths in model.name and
+    baselines.reference_model.name, are resolved against the current directory
+    first and the config file's directory second, so a config runs from the repo
+    root and from its own folder alike.
 
     Args:
         path: The YAML file.
@@ -605,6 +624,13 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             raise ConfigError(f"{path}: inference.output_file: is a folder ({settings.output_file}); name a file")
         update = {"input_file": (found or settings.input_file).resolve(), "output_file": output.resolve()}
         return config.model_copy(update={"inference": settings.model_copy(update=update)})
+    model = config.model.model_copy(update={"name": _local_model_name(config.model.name, path)})
+    baselines = config.baselines
+    if baselines.reference_model is not None:
+        reference = baselines.reference_model
+        reference = reference.model_copy(update={"name": _local_model_name(reference.name, path)})
+        baselines = baselines.model_copy(update={"reference_model": reference})
+    config = config.model_copy(update={"model": model, "baselines": baselines})
     data = config.data
     resolved = {}
     for key in ("train_file", "validation_file", "test_file", "path"):

@@ -294,3 +294,32 @@ def test_varlen_attention_needs_packing(tmp_path, monkeypatch):
     path = _quickstart(tmp_path, lambda c: c["model"].update(attn_implementation="varlen"))
     with pytest.raises(ConfigError, match=r"model\.attn_implementation: varlen works on packed rows"):
         load_config(path)
+
+
+def test_local_model_paths_are_found_beside_the_config_too(tmp_path, monkeypatch):
+    """model.name and the reference model's name resolve like data paths: current directory, then the config's folder."""
+    (tmp_path / "models" / "bigger").mkdir(parents=True)
+    (tmp_path / "models" / "small.gguf").write_bytes(b"GGUF")
+    (tmp_path / "configs").mkdir()
+    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    config["model"]["name"] = "../models/small.gguf"
+    config["baselines"]["reference_model"] = {"name": "../models/bigger"}
+    path = tmp_path / "configs" / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    monkeypatch.chdir(tmp_path)  # found beside the config, under the current directory: relative to it
+    loaded = load_config(path, check_files=False)
+    assert loaded.model.name == "./models/small.gguf"
+    assert loaded.baselines.reference_model.name == "./models/bigger"
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")  # found beside the config, outside the current directory: absolute
+    loaded = load_config(path, check_files=False)
+    assert loaded.model.name == str(tmp_path.resolve() / "models" / "small.gguf")
+    assert loaded.baselines.reference_model.name == str(tmp_path.resolve() / "models" / "bigger")
+    monkeypatch.chdir(tmp_path / "configs")  # found from the current directory: as written
+    assert load_config(path, check_files=False).model.name == "../models/small.gguf"
+    # A hub id and a package file are never paths to look up.
+    for name in ("HuggingFaceTB/SmolLM2-135M-Instruct", config["model"]["name"].replace("../models", "package:x")):
+        config["model"]["name"] = name
+        path.write_text(yaml.safe_dump(config))
+        assert load_config(path, check_files=False).model.name == name
