@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import string
+import types
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -25,9 +26,35 @@ def _version_text(value):
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+def _leaf_types(annotation) -> set:
+    """The plain types an annotation admits (through Optional, unions and Annotated)."""
+    if get_origin(annotation) is Annotated:
+        return _leaf_types(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return set().union(*(_leaf_types(arg) for arg in get_args(annotation)))
+    return {annotation}
+
+
 class _Section(BaseModel):
     # Unknown keys are typos more often than not: reject them instead of ignoring.
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data):
+        """YAML reads yes/no/on/off/true/false as booleans, which pydantic would take as 1 and 0.
+
+        A boolean given for a number key is handed on as its YAML text, so it fails that key's
+        number check and the error names the key.
+        """
+        if not isinstance(data, dict):
+            return data
+        numeric = {
+            name for name, field in cls.model_fields.items()
+            if _leaf_types(field.annotation) & {int, float} and bool not in _leaf_types(field.annotation)
+        }
+        return {key: str(value).lower() if key in numeric and isinstance(value, bool) else value
+                for key, value in data.items()}
 
 
 class ModelConfig(_Section):
@@ -595,6 +622,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             raise ConfigError(f"{path}: {where}: {message}{more}") from None
         if first["type"] == "extra_forbidden":
             message = "unknown key"
+        elif first["type"] in ("int_parsing", "float_parsing") and first.get("input") in ("true", "false"):
+            message = f"expected a number, got {first['input']} (YAML reads yes/no/on/off/true/false as a boolean)"
         elif first["type"] == "missing":
             message = "required key is missing"
         elif first["type"] == "value_error":

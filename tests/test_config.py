@@ -323,3 +323,26 @@ def test_local_model_paths_are_found_beside_the_config_too(tmp_path, monkeypatch
         config["model"]["name"] = name
         path.write_text(yaml.safe_dump(config))
         assert load_config(path, check_files=False).model.name == name
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("training", "batch_size", "yes"), ("training", "learning_rate", "on"), ("baselines", "few_shot_k", "no"),
+    ("data", "max_train_rows", "true"),
+])
+def test_a_yaml_boolean_for_a_number_is_refused(tmp_path, monkeypatch, section, key, value):
+    """`batch_size: yes` is the boolean true in YAML, which would otherwise be taken as 1."""
+    monkeypatch.chdir(REPO)
+    text = (REPO / "configs" / "quickstart.yaml").read_text()
+    config = yaml.safe_load(text)
+    assert key in config[section]
+    path = _quickstart(tmp_path, lambda c: None)
+    lines = path.read_text().splitlines()
+    at = lines.index(f"{section}:")
+    row = next(i for i in range(at + 1, len(lines)) if lines[i].strip().startswith(f"{key}:"))
+    lines[row] = f"  {key}: {value}"
+    path.write_text("\n".join(lines) + "\n")
+    expected = "true" if value in ("yes", "on", "true") else "false"
+    with pytest.raises(ConfigError, match=rf"run\.yaml: {section}\.{key}: expected a number, got {expected} \(YAML reads"):
+        load_config(path)
+    # Booleans stay booleans where a key is one.
+    assert load_config(_quickstart(tmp_path, lambda c: c["training"].update(gradient_checkpointing=True))).training.gradient_checkpointing
