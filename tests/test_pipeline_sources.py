@@ -171,6 +171,32 @@ print(str(first.status), "lora_adapter" in first.steps.get("train_lora").outputs
 """
 
 
+# On PYTHONPATH for the run to be killed: once a checkpoint at or past LLM_LORA_TEST_HOLD_AT is published,
+# the publishing process holds still, so the kill lands mid-training however busy the machine is.
+HOLD_HOOK = """
+import importlib.machinery, importlib.util, os, sys, time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Keep a sitecustomize that this one shadows (some Python installations ship one).
+_other = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _HERE])
+if _other is not None:
+    _other.loader.exec_module(importlib.util.module_from_spec(_other))
+
+if os.environ.get("LLM_LORA_TEST_HOLD_AT"):
+    from llm_lora.checkpoints import CheckpointStore
+
+    _publish, _hold_at = CheckpointStore.publish, int(os.environ["LLM_LORA_TEST_HOLD_AT"])
+
+    def _publish_then_hold(self, *args, **kwargs):
+        _publish(self, *args, **kwargs)
+        while (self.latest() or 0) >= _hold_at:
+            time.sleep(1)
+
+    CheckpointStore.publish = _publish_then_hold
+"""
+
+
 def test_killed_pipeline_resumes_training_from_its_last_checkpoint(tmp_path, tiny_model_dir, support_rows, zenml_env):
     """SIGKILL to the whole run (a lost machine); the same command again continues training, not restarts it."""
     import glob
@@ -189,7 +215,11 @@ def test_killed_pipeline_resumes_training_from_its_last_checkpoint(tmp_path, tin
     home = Path(zenml_env["ZENML_CONFIG_PATH"]).parent
     pattern = str(home / "**" / "llm_lora_checkpoints" / "resume-test" / "*" / "checkpoint-*" / "COMPLETE")
     command = [sys.executable, "run.py", "--config", str(config)]
-    first = subprocess.Popen(command, cwd=REPO, env=zenml_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(HOLD_HOOK)
+    held = dict(zenml_env, LLM_LORA_TEST_HOLD_AT="10", PYTHONPATH=os.pathsep.join(
+        filter(None, [str(tmp_path / "hook"), str(REPO), zenml_env.get("PYTHONPATH")])))
+    first = subprocess.Popen(command, cwd=REPO, env=held, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.time() + 600
     while not any(int(Path(p).parent.name.split("-")[1]) >= 10 for p in glob.glob(pattern, recursive=True)):
@@ -198,7 +228,7 @@ def test_killed_pipeline_resumes_training_from_its_last_checkpoint(tmp_path, tin
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
     complete = sorted(int(Path(p).parent.name.split("-")[1]) for p in glob.glob(pattern, recursive=True))
-    assert complete and complete[-1] < 60
+    assert complete and complete[-1] == 10
 
     second = subprocess.run(command, cwd=REPO, env=zenml_env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
