@@ -5,24 +5,31 @@ from __future__ import annotations
 import html
 import math
 
+from llm_lora.config import SCORES_BY_METRIC
+
 FIELD_PREFIX = "correct_"
+ROUGE_SCORES = SCORES_BY_METRIC["rouge"]  # scored per row too (evaluation's records carry them)
 
 
-def example_score(record: dict) -> float:
+def example_score(record: dict, metric: str | None = None) -> float:
     """One number per answer, between 0 and 1.
 
-    JSON answers score the share of their scored fields right (0 for an answer that
-    is not valid JSON); labels scored by classification_accuracy score 1 when the
-    normalized label matches; other answers score 1 for an exact match, else 0. A
-    field the row does not have (None, or NaN after a trip through a DataFrame)
-    does not count.
+    With `metric` a ROUGE score (rouge1, rouge2, rougeL) the record carries, the
+    answer scores that F-measure. Otherwise JSON answers score the share of their
+    scored fields right (0 for an answer that is not valid JSON); labels scored by
+    classification_accuracy score 1 when the normalized label matches; other
+    answers score 1 for an exact match, else 0. A field the row does not have
+    (None, or NaN after a trip through a DataFrame) does not count.
 
     Args:
         record: A per-example record from evaluation (see EvaluationResult.examples).
+        metric: The promotion metric, when the caller compares on it.
 
     Returns:
         The answer's score.
     """
+    if metric in ROUGE_SCORES and not _is_missing(record.get(metric)):
+        return float(record[metric])
     fields = [key for key in record if key.startswith(FIELD_PREFIX) and not _is_missing(record[key])]
     if fields:
         if not record.get("valid_json", True):
@@ -33,16 +40,28 @@ def example_score(record: dict) -> float:
     return 1.0 if record.get("exact_match") else 0.0
 
 
+def score_meaning(record: dict, metric: str | None = None) -> str:
+    """What example_score measures on records like this one, in words."""
+    if metric in ROUGE_SCORES and not _is_missing(record.get(metric)):
+        return f"per-example score: {metric} F-measure"
+    if any(key.startswith(FIELD_PREFIX) for key in record):
+        return "per-example score: share of fields right (0 for an answer that is not valid JSON)"
+    if not _is_missing(record.get("label_match")):
+        return "per-example score: 1 when the normalized label matches, else 0"
+    return "per-example score: 1 for an exact match, else 0"
+
+
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def compare_examples(base_records: list[dict], finetuned_records: list[dict]) -> list[dict]:
+def compare_examples(base_records: list[dict], finetuned_records: list[dict], metric: str | None = None) -> list[dict]:
     """Pair the base and finetuned records of the same test rows.
 
     Args:
         base_records: Per-example records of the base model's evaluation.
         finetuned_records: The finetuned model's records, same rows in the same order.
+        metric: The promotion metric; a ROUGE score is compared per row (see example_score).
 
     Returns:
         One dict per row: input, expected, both outputs, both scores, per-field
@@ -60,7 +79,7 @@ def compare_examples(base_records: list[dict], finetuned_records: list[dict]) ->
     for index, (base, tuned) in enumerate(zip(base_records, finetuned_records, strict=True)):
         if base["prompt"] != tuned["prompt"] or base["expected"] != tuned["expected"]:
             raise ValueError(f"cannot compare evaluations of different rows: row {index} differs")
-        base_score, tuned_score = example_score(base), example_score(tuned)
+        base_score, tuned_score = example_score(base, metric), example_score(tuned, metric)
         change = "better" if tuned_score > base_score else "worse" if tuned_score < base_score else "same"
         row = {
             "index": index,

@@ -13,7 +13,8 @@ from llm_lora.config import AUTO_METRICS_JSON, AUTO_METRICS_TEXT, EvaluationConf
 from llm_lora.data_preparation import fingerprint
 from llm_lora.generation import Generation, generate
 from llm_lora.metrics import (
-    compute_extraction_metrics, load_metric, parse_json_object, reference_fields, same_label, score_example,
+    compute_extraction_metrics, load_metric, parse_json_object, reference_fields, rouge_example, same_label,
+    score_example,
 )
 from llm_lora.prompt_formatting import PLAIN_TEMPLATE, Turns, format_prompt, with_examples
 
@@ -96,6 +97,8 @@ def score_generations(
             record["exact_match"] = generation.text.strip() == row["completion"].strip()
             if "classification_accuracy" in metric_names:  # the row's share of the aggregate, as it counts
                 record["label_match"] = same_label(generation.text, row["completion"])
+            if "rouge" in metric_names:  # rouge1, rouge2, rougeL of this row; their means are the metrics
+                record.update(rouge_example(generation.text, row["completion"]))
         record["latency_s"] = round(generation.latency_s, 4)
         examples.append(record)
     return EvaluationResult(metrics=metrics, examples=examples)

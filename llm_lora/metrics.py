@@ -47,6 +47,12 @@ def _module_rules(name: str):
 
 _RULES = _module_rules("json_fields")
 _LABEL_RULES = _module_rules("classification_accuracy")
+_ROUGE_RULES = _module_rules("rouge")
+
+
+def rouge_example(prediction: str, reference: str) -> dict[str, float]:
+    """One answer's ROUGE F-measures, as the rouge module scores each row before averaging."""
+    return _ROUGE_RULES.score_pair(prediction, reference)
 
 
 def same_label(prediction: str, reference: str) -> bool:

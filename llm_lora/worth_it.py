@@ -22,13 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llm_lora.comparison import example_score
+from llm_lora.comparison import example_score, score_meaning
 
 # Below this many test rows the verdict is inconclusive whatever the interval says: a
 # bootstrap only sees the variation the sample happens to contain.
 MIN_ROWS = 10
 
-SCORE_MEANING = "per-example score: share of fields right for JSON answers, exact match otherwise"
 _NOT_QUALITY = {
     "num_examples", "mean_latency_s", "mean_new_tokens", "mean_prompt_tokens", "evaluation_fingerprint",
     "valid_json_rate", "classification_out_of_set_rate",
@@ -162,8 +161,10 @@ def summarize_model(evaluated: Evaluated, primary: str) -> dict:
     }
 
 
-def paired_scores(candidate: list[dict], baseline: list[dict]) -> tuple[list[float], list[float]]:
-    """Per-example scores of two evaluations of the same rows.
+def paired_scores(
+    candidate: list[dict], baseline: list[dict], metric: str | None = None
+) -> tuple[list[float], list[float]]:
+    """Per-example scores of two evaluations of the same rows (on `metric` where it has per-row scores).
 
     Raises:
         ValueError: The evaluations are not of the same rows in the same order.
@@ -173,7 +174,7 @@ def paired_scores(candidate: list[dict], baseline: list[dict]) -> tuple[list[flo
     for index, (a, b) in enumerate(zip(candidate, baseline)):
         if a["prompt"] != b["prompt"] or a["expected"] != b["expected"]:
             raise ValueError(f"evaluations of different rows: row {index} differs")
-    return [example_score(r) for r in candidate], [example_score(r) for r in baseline]
+    return [example_score(r, metric) for r in candidate], [example_score(r, metric) for r in baseline]
 
 
 def judge(
@@ -280,7 +281,7 @@ def assess(
     # Highest score wins; on a tie the cheaper prompt, since that is what one would deploy.
     best_index = max(range(len(baselines)), key=lambda i: (models[i]["primary_metric"], -models[i]["prompt_tokens"]))
     best, best_row, tuned_row = baselines[best_index], models[best_index], models[-1]
-    candidate_scores, baseline_scores = paired_scores(finetuned.records, best.records)
+    candidate_scores, baseline_scores = paired_scores(finetuned.records, best.records, metric)
     gain = paired_bootstrap(candidate_scores, baseline_scores, bootstrap_samples, confidence, bootstrap_seed)
     tokens_saved = best_row["prompt_tokens"] - tuned_row["prompt_tokens"]
     cost = training_cost(training_metrics, price_per_gpu_hour)
@@ -303,7 +304,7 @@ def assess(
         "best_baseline": best.name,
         "best_baseline_label": best.label,
         "test_rows": len(candidate_scores),
-        "score": SCORE_MEANING,
+        "score": score_meaning(finetuned.records[0], metric) if finetuned.records else None,
         "gain": gain.mean,
         "gain_low": gain.low,
         "gain_high": gain.high,

@@ -69,7 +69,8 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         label="finetuned",
         adapter=adapter,
     )
-    compare_models(base_predictions=base_predictions, finetuned_predictions=finetuned_predictions)
+    compare_models(base_predictions=base_predictions, finetuned_predictions=finetuned_predictions,
+                   metric=config.promotion.metric)
     worth_it, _ = worth_it_report(
         config_json=config_json,
         base_metrics=base_metrics,

@@ -11,7 +11,7 @@ from llm_lora.comparison import compare_examples, comparison_summary, render_com
 
 @step
 def compare_models(
-    base_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame
+    base_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame, metric: str = "auto"
 ) -> Tuple[
     Annotated[HTMLString, ArtifactConfig(name="model_comparison")],
     Annotated[dict, ArtifactConfig(name="comparison_summary")],
@@ -22,13 +22,14 @@ def compare_models(
     Args:
         base_predictions: evaluate_base's per-example records.
         finetuned_predictions: evaluate_finetuned's records, same rows.
+        metric: promotion.metric; a ROUGE score compares rows on their ROUGE, else on the usual score.
 
     Returns:
         An HTML page (regressions first), the better/worse/same counts, and one
         row per test example: input, expected, both outputs, per-field
         correctness of each, both latencies.
     """
-    rows = compare_examples(base_predictions.to_dict("records"), finetuned_predictions.to_dict("records"))
+    rows = compare_examples(base_predictions.to_dict("records"), finetuned_predictions.to_dict("records"), metric)
     summary = comparison_summary(rows)
     log_metadata(metadata={"comparison": summary}, infer_model=True)
     return HTMLString(render_comparison_html(rows)), summary, pd.DataFrame(rows)

@@ -109,3 +109,14 @@ def test_row_scores_average_to_the_aggregate_when_rows_have_different_fields():
     scores = [example_score(record) for record in result.examples]
     assert scores == [0.5, 0.0]
     assert sum(scores) / 2 == pytest.approx(result.metrics["mean_field_accuracy"]) == 0.25
+
+
+def test_rows_are_compared_on_a_rouge_metric_when_it_is_the_promotion_metric():
+    base = [{"prompt": "p", "expected": "ship a new kettle", "output": "sorry", "exact_match": False,
+             "rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}]
+    tuned = [{"prompt": "p", "expected": "ship a new kettle", "output": "ship a kettle", "exact_match": False,
+              "rouge1": 0.857, "rouge2": 0.4, "rougeL": 0.857}]
+    assert compare_examples(base, tuned)[0]["change"] == "same"  # exact match: both wrong
+    row = compare_examples(base, tuned, "rougeL")[0]
+    assert row["change"] == "better" and row["finetuned_score"] == 0.857
+    assert example_score(tuned[0], "mean_field_accuracy") == 0.0  # other metrics keep the usual score

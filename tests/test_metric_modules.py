@@ -109,3 +109,17 @@ def test_the_config_knows_the_scores_each_metric_module_reports():
         rows = json_rows if module == "json_fields" else text_rows
         reported = score_generations(rows, _generations(['{"a": 1}' if module == "json_fields" else "spam"]), [module])
         assert set(scores) <= set(reported.metrics), (module, sorted(reported.metrics))
+
+
+def test_free_text_records_carry_each_rows_rouge_and_they_average_to_the_metric():
+    rows = [{"prompt": f"p{i}", "completion": completion}
+            for i, completion in enumerate(["ship a new kettle today", "refund the order", "late parcel"])]
+    answers = ["ship a new kettle", "refund it", "the parcel is late"]
+    result = score_generations(rows, _generations(answers))
+    for name in ("rouge1", "rouge2", "rougeL"):
+        per_row = [example[name] for example in result.examples]
+        assert all(0 <= score < 1 for score in per_row) and len(set(per_row)) > 1, per_row
+        assert sum(per_row) / len(per_row) == pytest.approx(result.metrics[name])
+    assert result.examples[0]["rouge1"] == pytest.approx(2 * 4 / (4 + 5))  # 4 shared words of 4 and 5
+    # Without the rouge module, the records do not carry it.
+    assert "rougeL" not in score_generations(rows, _generations(answers), ["exact_match"]).examples[0]

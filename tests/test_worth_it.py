@@ -219,3 +219,23 @@ def test_page_and_printout_show_every_model_and_the_verdict():
     assert verdict.startswith("verdict:  worth it: beats the best baseline (base model, 2-shot) by +0.167")
     assert savings.startswith("savings:  vs base model, 2-shot: 250 prompt tokens and 0.200 s per request;")
     assert "training 360 s, cost 0.1; payback after 800 requests" in savings
+
+
+def test_a_rouge_promotion_metric_is_compared_row_by_row_on_rouge():
+    """Free-text answers rarely match exactly: with promotion.metric rougeL the verdict weighs each row's ROUGE-L."""
+    rows = [{"prompt": f"ticket {i}", "completion": f"apologise and ship a replacement kettle to customer {i}"}
+            for i in range(20)]
+
+    def evaluated(name, label, answers):
+        result = score_generations(rows, [Generation(a, 0.5, 12, 80) for a in answers])
+        return Evaluated(name, label, result.metrics, result.examples)
+
+    base = evaluated("base", "base model, zero-shot", ["we are sorry"] * 20)
+    tuned = evaluated("finetuned", "finetuned", [f"apologise and ship a kettle to customer {i}" for i in range(20)])
+    assert base.metrics["exact_match"] == tuned.metrics["exact_match"] == 0.0
+    report = assess("rougeL", [base], tuned, TRAINING)
+    assert report["verdict"] == "worth it", report["reason"]
+    assert report["gain"] == pytest.approx(tuned.metrics["rougeL"] - base.metrics["rougeL"])
+    assert report["score"] == "per-example score: rougeL F-measure"
+    # On exact match the same answers are the same quality: cost decides.
+    assert assess("exact_match", [base], tuned, TRAINING)["gain"] == 0.0

@@ -29,6 +29,13 @@ Examples:
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
+def score_pair(prediction, reference, use_stemmer=False):
+    """One answer's ROUGE-1/2/L F-measures against its reference (the per-row scores `_compute` averages)."""
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+    scores = scorer.score(reference or "", prediction or "")
+    return {name: float(scores[name].fmeasure) for name in ROUGE_TYPES}
+
+
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Rouge(evaluate.Metric):
     """Mean ROUGE-1/2/L F-measure."""
@@ -51,10 +58,9 @@ class Rouge(evaluate.Metric):
             raise ValueError("rouge needs at least one prediction/reference pair; got none.")
         if len(predictions) != len(references):
             raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references.")
-        scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
         totals = dict.fromkeys(ROUGE_TYPES, 0.0)
         for prediction, reference in zip(predictions, references, strict=True):
-            scores = scorer.score(reference or "", prediction or "")
+            scores = score_pair(prediction, reference, use_stemmer)
             for name in ROUGE_TYPES:
-                totals[name] += scores[name].fmeasure
+                totals[name] += scores[name]
         return {name: float(total / len(predictions)) for name, total in totals.items()}
