@@ -99,6 +99,12 @@ print(run.steps["preflight_report"].outputs["preflight_report"][0].load())
 """
 
 
+READ_VERDICT = """
+from zenml.client import Client
+print(Client().get_pipeline("finetune").last_run.steps["worth_it_report"].outputs["worth_it"][0].load()["score"])
+"""
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, support_rows, zenml_env):
     data = _source(kind, tmp_path, support_rows)
@@ -109,6 +115,8 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
         registry={"model_name": f"sources-{kind}"},
         # One run also exports the merged model and checks it against the adapter.
         **({"export": {"merge": True, "dtype": "float32", "verify_rows": 4}} if kind == KINDS[0] else {}),
+        # Free-text answers promote on ROUGE-L, which the comparison and the verdict then weigh per row.
+        **({"promotion": {"metric": "rougeL"}} if kind == "parquet-plain-text-answers" else {}),
     )
     # write_config's default data files are replaced by this source's keys.
     loaded = yaml.safe_load(config.read_text())
@@ -121,8 +129,14 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "Preflight:" in result.stderr + result.stdout
-    metric = "exact_match" if kind == "parquet-plain-text-answers" else "mean_field_accuracy"
+    metric = "rougeL" if kind == "parquet-plain-text-answers" else "mean_field_accuracy"
     assert f"why:      {metric}" in result.stdout
+    if kind == "parquet-plain-text-answers":
+        script = tmp_path / "read_verdict.py"
+        script.write_text(READ_VERDICT)
+        read = subprocess.run([sys.executable, str(script)], cwd=REPO, env=zenml_env, capture_output=True, text=True)
+        assert read.returncode == 0, read.stderr[-2000:]
+        assert read.stdout.split("\n")[-2] == "per-example score: rougeL F-measure", read.stdout[-500:]
     if kind == KINDS[0]:
         # The preflight report is stored as an HTML page that the dashboard renders.
         script = tmp_path / "read_report.py"
