@@ -147,11 +147,12 @@ def _mark(value) -> str:
     return "<td class='ok'>&#10003;</td>" if value else "<td class='bad'>&#10007;</td>"
 
 
-def render_comparison_html(rows: list[dict]) -> str:
+def render_comparison_html(rows: list[dict], score: str | None = None) -> str:
     """A self-contained HTML page: counts, per-field fixes/breaks, then every row, regressions first.
 
     Args:
         rows: Output of compare_examples.
+        score: What the rows' scores measure (score_meaning of the records compared).
 
     Returns:
         The page, for the ZenML dashboard.
@@ -183,7 +184,7 @@ tr.worse{{background:#fef3f2}} tr.better{{background:#ecfdf3}}
 <h2>Base vs finetuned, per example</h2>
 <p>{summary['examples']} test rows: <b>{summary['better']} better</b>, <b>{summary['worse']} worse</b>,
 {summary['same']} unchanged. Mean score {summary['mean_base_score']:.3f} &rarr; {summary['mean_finetuned_score']:.3f}
-(share of fields right for JSON answers, exact match otherwise).</p>
+({html.escape(score or "per-example score: share of fields right for JSON answers, exact match otherwise")}).</p>
 {f"<h3>Fields fixed and broken</h3><table><thead><tr><th>field</th><th>fixed</th><th>broken</th></tr></thead><tbody>{field_table}</tbody></table>" if fields else ""}
 <h3>Rows (regressions first)</h3>
 <table><thead><tr><th>#</th><th>change</th><th>score</th><th>input</th><th>expected</th><th>base output</th>

@@ -97,8 +97,8 @@ def score_generations(
             record["exact_match"] = generation.text.strip() == row["completion"].strip()
             if "classification_accuracy" in metric_names:  # the row's share of the aggregate, as it counts
                 record["label_match"] = same_label(generation.text, row["completion"])
-            if "rouge" in metric_names:  # rouge1, rouge2, rougeL of this row; their means are the metrics
-                record.update(rouge_example(generation.text, row["completion"]))
+        if "rouge" in metric_names:  # rouge1, rouge2, rougeL of this row; their means are the metrics
+            record.update(rouge_example(generation.text, row["completion"]))
         record["latency_s"] = round(generation.latency_s, 4)
         examples.append(record)
     return EvaluationResult(metrics=metrics, examples=examples)

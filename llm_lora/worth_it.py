@@ -192,7 +192,7 @@ def judge(
 
     In order: too few rows → inconclusive. An interval inside ±min_gain → the same
     quality, so cost decides (fewer prompt tokens that pay back within the expected
-    requests → worth it; no tokens saved, or payback beyond them → not worth it;
+    requests, or at once when training cost nothing → worth it; no tokens saved, or payback beyond them → not worth it;
     no prices or no expected requests → inconclusive). An interval below zero →
     not worth it. An interval above zero with a gain of at least min_gain → worth
     it. Anything else: the gain is within the noise → inconclusive.
@@ -227,6 +227,8 @@ def judge(
             )
         if payback is None:
             return "not worth it", f"{saved}, which at the configured price never pays for training"
+        if payback == 0:
+            return "worth it", f"{saved}, and training cost nothing to pay back"
         if expected_requests is None:
             return "inconclusive", f"{saved} and pays back after {payback} requests: set cost.expected_requests to decide"
         if payback <= expected_requests:
@@ -292,7 +294,9 @@ def assess(
     elif price_per_million_prompt_tokens is None:
         payback_text = "unknown: set cost.price_per_million_prompt_tokens"
     elif payback is None:
-        payback_text = "never: no prompt tokens saved per request" if tokens_saved <= 0 else "never: prompt tokens are free"
+        payback_text = ("never: the finetuned prompt is longer" if tokens_saved < 0 else
+                        "never: no prompt tokens saved per request" if tokens_saved == 0 else
+                        "never: prompt tokens are free")
     else:
         payback_text = f"after {payback} requests"
     verdict, reason = judge(

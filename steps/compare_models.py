@@ -6,7 +6,7 @@ import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
 from zenml.types import HTMLString
 
-from llm_lora.comparison import compare_examples, comparison_summary, render_comparison_html
+from llm_lora.comparison import compare_examples, comparison_summary, render_comparison_html, score_meaning
 
 
 @step
@@ -29,7 +29,9 @@ def compare_models(
         row per test example: input, expected, both outputs, per-field
         correctness of each, both latencies.
     """
-    rows = compare_examples(base_predictions.to_dict("records"), finetuned_predictions.to_dict("records"), metric)
+    finetuned_records = finetuned_predictions.to_dict("records")
+    rows = compare_examples(base_predictions.to_dict("records"), finetuned_records, metric)
     summary = comparison_summary(rows)
     log_metadata(metadata={"comparison": summary}, infer_model=True)
-    return HTMLString(render_comparison_html(rows)), summary, pd.DataFrame(rows)
+    score = score_meaning(finetuned_records[0], metric) if finetuned_records else None
+    return HTMLString(render_comparison_html(rows, score)), summary, pd.DataFrame(rows)

@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from llm_lora.comparison import compare_examples, comparison_summary, example_score, render_comparison_html
+from llm_lora.comparison import (
+    compare_examples, comparison_summary, example_score, render_comparison_html, score_meaning,
+)
 from llm_lora.evaluation import score_generations
 from llm_lora.generation import Generation
 
@@ -120,3 +122,12 @@ def test_rows_are_compared_on_a_rouge_metric_when_it_is_the_promotion_metric():
     row = compare_examples(base, tuned, "rougeL")[0]
     assert row["change"] == "better" and row["finetuned_score"] == 0.857
     assert example_score(tuned[0], "mean_field_accuracy") == 0.0  # other metrics keep the usual score
+
+
+def test_the_page_says_what_its_scores_measure():
+    base = [{"prompt": "p", "expected": "refund", "output": "no", "exact_match": False, "rougeL": 0.0}]
+    tuned = [{"prompt": "p", "expected": "refund", "output": "refund", "exact_match": True, "rougeL": 1.0}]
+    page = render_comparison_html(compare_examples(base, tuned, "rougeL"), score_meaning(tuned[0], "rougeL"))
+    assert "per-example score: rougeL F-measure" in page
+    assert "1 for an exact match" in score_meaning(tuned[0]) and "label" in score_meaning({"label_match": True})
+    assert "share of fields right" in score_meaning({"correct_a": True, "exact_match": False}, "rougeL")

@@ -123,3 +123,12 @@ def test_free_text_records_carry_each_rows_rouge_and_they_average_to_the_metric(
     assert result.examples[0]["rouge1"] == pytest.approx(2 * 4 / (4 + 5))  # 4 shared words of 4 and 5
     # Without the rouge module, the records do not carry it.
     assert "rougeL" not in score_generations(rows, _generations(answers), ["exact_match"]).examples[0]
+
+
+def test_json_answers_carry_each_rows_rouge_when_rouge_is_listed():
+    rows = [{"prompt": "p", "completion": '{"a": "ship a new kettle"}'}, {"prompt": "q", "completion": '{"a": "refund"}'}]
+    result = score_generations(rows, _generations(['{"a": "ship a kettle"}', '{"a": "refund"}']), ["json_fields", "rouge"])
+    per_row = [example["rougeL"] for example in result.examples]
+    assert per_row[1] == 1.0 and 0 < per_row[0] < 1
+    assert sum(per_row) / 2 == pytest.approx(result.metrics["rougeL"])
+    assert "correct_a" in result.examples[0]

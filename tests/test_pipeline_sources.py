@@ -236,11 +236,16 @@ def test_killed_pipeline_resumes_training_from_its_last_checkpoint(tmp_path, tin
     first = subprocess.Popen(command, cwd=REPO, env=held, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.time() + 600
-    while not any(int(Path(p).parent.name.split("-")[1]) >= 10 for p in glob.glob(pattern, recursive=True)):
-        assert first.poll() is None and time.time() < deadline, "the run ended before a checkpoint was published"
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait(timeout=60)
+    try:
+        while not any(int(Path(p).parent.name.split("-")[1]) >= 10 for p in glob.glob(pattern, recursive=True)):
+            assert first.poll() is None and time.time() < deadline, "the run ended before a checkpoint was published"
+            time.sleep(0.05)
+    finally:  # the held run never ends by itself
+        try:
+            os.killpg(first.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it ended (the assertion above says why)
+        first.wait(timeout=60)
     complete = sorted(int(Path(p).parent.name.split("-")[1]) for p in glob.glob(pattern, recursive=True))
     assert complete and complete[-1] == 10
 

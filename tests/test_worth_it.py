@@ -132,6 +132,7 @@ def test_too_few_rows_are_inconclusive_whatever_the_interval():
     (250, 424, True, 1000, "worth it", "pays back after 424 of the 1000 expected requests"),
     (250, 424, True, 100, "not worth it", "more than the 100 expected"),
     (250, None, True, 1000, "not worth it", "never pays for training"),
+    (250, 0, True, None, "worth it", "training cost nothing to pay back"),
 ])
 def test_same_quality_lets_cost_decide(saved, payback, priced, expected, verdict, says):
     got, reason = judge(Interval(0.0, 0.0, 0.0), prompt_tokens_saved=saved, payback=payback, priced=priced,
