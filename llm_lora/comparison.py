@@ -28,27 +28,37 @@ def example_score(record: dict, metric: str | None = None) -> float:
     Returns:
         The answer's score.
     """
-    if metric in ROUGE_SCORES and not _is_missing(record.get(metric)):
-        return float(record[metric])
-    fields = [key for key in record if key.startswith(FIELD_PREFIX) and not _is_missing(record[key])]
-    if fields:
+    scored_by = _scored_by(record, metric)
+    if scored_by in ROUGE_SCORES:
+        return float(record[scored_by])
+    if scored_by == "fields":
         if not record.get("valid_json", True):
             return 0.0
+        fields = [key for key in record if key.startswith(FIELD_PREFIX) and not _is_missing(record[key])]
         return sum(bool(record[key]) for key in fields) / len(fields)
-    if not _is_missing(record.get("label_match")):
-        return 1.0 if record["label_match"] else 0.0
-    return 1.0 if record.get("exact_match") else 0.0
+    return 1.0 if record.get(scored_by) else 0.0
+
+
+def _scored_by(record: dict, metric: str | None) -> str:
+    """Which of a record's scores example_score uses: a ROUGE score, "fields", "label_match" or "exact_match"."""
+    if metric in ROUGE_SCORES and not _is_missing(record.get(metric)):
+        return metric
+    if any(key.startswith(FIELD_PREFIX) and not _is_missing(record[key]) for key in record):
+        return "fields"
+    return "label_match" if not _is_missing(record.get("label_match")) else "exact_match"
+
+
+_MEANINGS = {
+    "fields": "share of fields right (0 for an answer that is not valid JSON)",
+    "label_match": "1 when the normalized label matches, else 0",
+    "exact_match": "1 for an exact match, else 0",
+}
 
 
 def score_meaning(record: dict, metric: str | None = None) -> str:
     """What example_score measures on records like this one, in words."""
-    if metric in ROUGE_SCORES and not _is_missing(record.get(metric)):
-        return f"per-example score: {metric} F-measure"
-    if any(key.startswith(FIELD_PREFIX) for key in record):
-        return "per-example score: share of fields right (0 for an answer that is not valid JSON)"
-    if not _is_missing(record.get("label_match")):
-        return "per-example score: 1 when the normalized label matches, else 0"
-    return "per-example score: 1 for an exact match, else 0"
+    scored_by = _scored_by(record, metric)
+    return f"per-example score: {_MEANINGS.get(scored_by, f'{scored_by} F-measure')}"
 
 
 def _is_missing(value) -> bool:

@@ -90,6 +90,20 @@ def support_rows():
     return {"train": read("train", 64), "validation": read("validation", 16), "test": read("test", 16)}
 
 
+# The start of a test's sitecustomize.py (put on a child process's PYTHONPATH): it runs any
+# sitecustomize it shadows first, as some Python installations ship one.
+SITECUSTOMIZE_PREAMBLE = """
+import importlib.machinery, importlib.util, os, sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# Keep a sitecustomize that this one shadows (some Python installations ship one).
+_other = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _HERE])
+if _other is not None:
+    _other.loader.exec_module(importlib.util.module_from_spec(_other))
+"""
+
+
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:

@@ -28,7 +28,7 @@ from transformers import AutoModelForCausalLM
 
 from llm_lora.config import load_config
 from llm_lora.training import build_lora_config
-from tests.conftest import write_config
+from tests.conftest import SITECUSTOMIZE_PREAMBLE, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.pipeline
@@ -37,15 +37,8 @@ STEPS = 4
 BATCH = 4
 
 # Loaded by every Python process of the run; records only in processes torchrun started (RANK set).
-WRITES_HOOK = '''
-import atexit, hashlib, importlib.machinery, importlib.util, json, os, sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-# Keep a sitecustomize that this one shadows (some Python installations ship one).
-_other = importlib.machinery.PathFinder.find_spec(
-    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _HERE])
-if _other is not None:
-    _other.loader.exec_module(importlib.util.module_from_spec(_other))
+WRITES_HOOK = SITECUSTOMIZE_PREAMBLE + '''
+import atexit, hashlib, json
 
 _LOG_DIR = os.environ.get("LLM_LORA_TEST_WRITES_DIR")
 if _LOG_DIR and os.environ.get("RANK") is not None:

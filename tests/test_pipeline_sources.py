@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import write_config
+from tests.conftest import SITECUSTOMIZE_PREAMBLE, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.pipeline
@@ -187,15 +187,8 @@ print(str(first.status), "lora_adapter" in first.steps.get("train_lora").outputs
 
 # On PYTHONPATH for the run to be killed: once a checkpoint at or past LLM_LORA_TEST_HOLD_AT is published,
 # the publishing process holds still, so the kill lands mid-training however busy the machine is.
-HOLD_HOOK = """
-import importlib.machinery, importlib.util, os, sys, time
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-# Keep a sitecustomize that this one shadows (some Python installations ship one).
-_other = importlib.machinery.PathFinder.find_spec(
-    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _HERE])
-if _other is not None:
-    _other.loader.exec_module(importlib.util.module_from_spec(_other))
+HOLD_HOOK = SITECUSTOMIZE_PREAMBLE + """
+import time
 
 if os.environ.get("LLM_LORA_TEST_HOLD_AT"):
     from llm_lora.checkpoints import CheckpointStore
