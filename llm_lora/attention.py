@@ -23,6 +23,7 @@ import torch
 NAME = "varlen"
 
 
+@torch.compiler.disable  # under training.compile: each layer's graph stops around it, the kernel runs as is
 def varlen_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """transformers' attention signature: query (1, heads, tokens, dim) -> output (1, tokens, heads, dim)."""
     from torch.nn.attention.varlen import varlen_attn

@@ -380,6 +380,24 @@ def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
     return peft_model
 
 
+def compile_layers(model: torch.nn.Module) -> int:
+    """torch.compile each decoder layer in place (regional compilation); returns how many.
+
+    The layers share their code, so one compiled graph (dynamic in the sequence length, which
+    packing changes every step) serves them all: the compile is paid once, not once per layer.
+    Compiled layers still take part in gradient checkpointing. Layers are the model's
+    `_no_split_modules` classes (LlamaDecoderLayer, PhiDecoderLayer, ...).
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [module for module in base.modules() if type(module).__name__ in names]
+    if not layers:
+        raise ValueError(f"training.compile: no decoder layers found in {type(base).__name__}; set it to false")
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def train_lora(
     config: RunConfig,
     train_rows: list[dict],
@@ -412,6 +430,9 @@ def train_lora(
     # block-diagonal mask that keeps packed rows from attending to each other.
     model.config.use_cache = False
     model = attach_lora(model, config)
+    if config.training.compile:
+        compiled = compile_layers(model)
+        logger.info("Compiling %d decoder layers (once, at the first steps)", compiled)
     trainable, total = model.get_nb_trainable_parameters()
 
     train_dataset = _as_dataset(train_rows)

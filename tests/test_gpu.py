@@ -34,9 +34,13 @@ def gpu_config(root, tiny_model_dir, support_rows, attention="sdpa", **training)
     return load_config(path)
 
 
-@pytest.mark.parametrize(("method", "attention"), [("qlora-4bit", "varlen"), ("lora", "varlen"), ("lora", "sdpa")])
-def test_gpu_training_learns_and_saves_an_adapter(method, attention, tmp_path, tiny_model_dir, tokenizer, support_rows):
-    config = gpu_config(tmp_path, tiny_model_dir, support_rows, attention, method=method)
+@pytest.mark.parametrize(("method", "attention", "compiled"), [
+    ("qlora-4bit", "varlen", False), ("lora", "varlen", False), ("lora", "sdpa", False),
+    ("qlora-4bit", "varlen", True), ("lora", "varlen", True),
+])
+def test_gpu_training_learns_and_saves_an_adapter(method, attention, compiled, tmp_path, tiny_model_dir, tokenizer,
+                                                  support_rows):
+    config = gpu_config(tmp_path, tiny_model_dir, support_rows, attention, method=method, compile=compiled)
     prepared = prepare_splits(config.data, tokenizer)
     result = train_lora(config, prepared.splits["train"], prepared.splits["validation"], tmp_path / "out", tokenizer)
 

@@ -361,3 +361,43 @@ def test_partial_gradient_checkpointing_needs_checkpointing(tmp_path):
 
     with pytest.raises(ValidationError, match="training.gradient_checkpointing_every_n_layers: needs"):
         TrainingConfig(gradient_checkpointing_every_n_layers=2)
+
+
+def test_compiled_layers_train_like_eager_ones(tmp_path, tiny_model_dir, tokenizer, support_rows):
+    """training.compile: each decoder layer runs through torch.compile (one graph for all layers, checkpointed
+    or not), and training takes the same steps as without it: same losses, same adapter."""
+    from safetensors.torch import load_file
+    from torch._dynamo.utils import counters
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split in ("train", "validation", "test"):
+        (data_dir / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in support_rows[split][:8]))
+    results, graphs = {}, {}
+    for compiled in (False, True):
+        path = write_config(
+            tmp_path / f"run-{compiled}.yaml", tiny_model_dir, data_dir,
+            training={"max_steps": 3, "batch_size": 4, "learning_rate": 5e-3, "precision": "fp32", "logging_steps": 1,
+                      "gradient_checkpointing": True, "compile": compiled},
+            lora={"rank": 4, "alpha": 8, "dropout": 0.0},
+        )
+        config = load_config(path)
+        prepared = prepare_splits(config.data, tokenizer)
+        counters.clear()
+        results[compiled] = train_lora(config, prepared.splits["train"], [], tmp_path / f"out-{compiled}", tokenizer)
+        graphs[compiled] = counters["stats"]["unique_graphs"]
+    assert graphs[False] == 0 and graphs[True] >= 1
+    losses = {compiled: [r["loss"] for r in result.loss_history if "loss" in r] for compiled, result in results.items()}
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    weights = {compiled: load_file(result.adapter_dir / "adapter_model.safetensors") for compiled, result in results.items()}
+    assert weights[True].keys() == weights[False].keys()
+    for name, tensor in weights[False].items():
+        assert torch.allclose(weights[True][name], tensor, atol=1e-5), name
+
+
+def test_compile_needs_decoder_layers():
+    from llm_lora.training import compile_layers
+
+    with pytest.raises(ValueError, match="training.compile: no decoder layers found in Linear"):
+        compile_layers(torch.nn.Linear(2, 2))
