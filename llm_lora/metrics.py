@@ -47,12 +47,17 @@ def _module_rules(name: str):
 
 _RULES = _module_rules("json_fields")
 _LABEL_RULES = _module_rules("classification_accuracy")
-_ROUGE_RULES = _module_rules("rouge")
+
+
+@lru_cache(maxsize=None)
+def _rouge_rules():
+    # Loaded when first needed: its scorer (rouge_score, nltk) is only for runs that list rouge.
+    return _module_rules("rouge")
 
 
 def rouge_example(prediction: str, reference: str) -> dict[str, float]:
     """One answer's ROUGE F-measures, as the rouge module scores each row before averaging."""
-    return _ROUGE_RULES.score_pair(prediction, reference)
+    return _rouge_rules().score_pair(prediction, reference)
 
 
 def same_label(prediction: str, reference: str) -> bool:
