@@ -86,3 +86,18 @@ def test_varlen_attention_matches_sdpa_on_packed_rows(tiny_model_dir, tokenizer,
         model.set_attn_implementation(attention.NAME)
         packed = model(**batch).logits
     assert (packed.float() - separate.float()).abs().max() < 0.05  # bf16 rounding; cross-row attention is far larger
+
+
+def test_varlen_attention_takes_float32_projections_under_autocast():
+    """QLoRA on Phi: its LayerNorm runs in float32 under autocast and 4-bit layers keep that dtype, so
+    queries arrive in float32; varlen attends in the autocast dtype, as it would for bf16 inputs."""
+    from llm_lora.attention import varlen_attention
+
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    query, key, value = (torch.randn(1, 4, 30, 16, device="cuda", generator=generator) for _ in range(3))
+    boundaries = {"cu_seq_lens_q": torch.tensor([0, 12, 30], device="cuda"), "max_length_q": 18}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        from_float32, _ = varlen_attention(None, query, key, value, None, scaling=0.25, **boundaries)
+        from_bf16, _ = varlen_attention(None, *(t.bfloat16() for t in (query, key, value)), None, scaling=0.25,
+                                        **boundaries)
+    assert from_float32.dtype == torch.bfloat16 and torch.equal(from_float32, from_bf16)
