@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import torch
 
 from llm_lora.config import RunConfig
@@ -19,7 +22,7 @@ def check_machine(config: RunConfig, cuda_devices: int | None = None) -> None:
         cuda_devices: CUDA devices present (None: ask torch).
 
     Raises:
-        MachineError: QLoRA or fp16 without a GPU, or more processes than GPUs.
+        MachineError: QLoRA or fp16 without a GPU, more processes than GPUs, or compile without a C compiler.
     """
     training = config.training
     devices = torch.cuda.device_count() if cuda_devices is None else cuda_devices
@@ -30,6 +33,11 @@ def check_machine(config: RunConfig, cuda_devices: int | None = None) -> None:
         )
     if training.precision == "fp16" and (devices == 0 or training.use_cpu):
         raise MachineError("training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
+    if training.compile and not any(shutil.which(name) for name in (os.environ.get("CC"), "cc", "gcc", "clang") if name):
+        raise MachineError(
+            "training.compile: torch.compile builds its kernels with a C compiler and none is on PATH"
+            " (cc, gcc, clang or $CC); install one or set compile: false"
+        )
     if training.num_processes > 1 and not training.use_cpu and training.num_processes > devices:
         raise MachineError(
             f"training.num_processes: {training.num_processes} processes need {training.num_processes} GPUs;"

@@ -276,6 +276,18 @@ def test_machine_check_counts_gpus(monkeypatch):
                   cuda_devices=0)
 
 
+def test_compile_without_a_c_compiler_is_refused(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "llama-3.1-8b-bf16.yaml")
+    check_machine(config, cuda_devices=1)  # this machine has a C compiler
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no cc, gcc or clang
+    monkeypatch.delenv("CC", raising=False)
+    with pytest.raises(MachineError, match=r"training\.compile: torch\.compile builds its kernels with a C compiler"):
+        check_machine(config, cuda_devices=1)
+    check_machine(config.model_copy(update={"training": config.training.model_copy(update={"compile": False})}),
+                  cuda_devices=1)
+
+
 def _deploy_config(tmp_path, **settings):
     config = tmp_path / "deploy.yaml"
     config.write_text(yaml.safe_dump({"deploy": {"model_name": "no-such-model", **settings}}))
