@@ -35,6 +35,10 @@ def _leaf_types(annotation) -> set:
     return {annotation}
 
 
+class _YamlBoolean(str):
+    """A YAML boolean given for a number key, as its text; the error message tells it from a quoted "true"."""
+
+
 class _Section(BaseModel):
     # Unknown keys are typos more often than not: reject them instead of ignoring.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -53,7 +57,7 @@ class _Section(BaseModel):
             name for name, field in cls.model_fields.items()
             if _leaf_types(field.annotation) & {int, float} and bool not in _leaf_types(field.annotation)
         }
-        return {key: str(value).lower() if key in numeric and isinstance(value, bool) else value
+        return {key: _YamlBoolean(str(value).lower()) if key in numeric and isinstance(value, bool) else value
                 for key, value in data.items()}
 
 
@@ -643,7 +647,7 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             raise ConfigError(f"{path}: {where}: {message}{more}") from None
         if first["type"] == "extra_forbidden":
             message = "unknown key"
-        elif first["type"] in ("int_parsing", "float_parsing") and first.get("input") in ("true", "false"):
+        elif first["type"] in ("int_parsing", "float_parsing") and isinstance(first.get("input"), _YamlBoolean):
             message = f"expected a number, got {first['input']} (YAML reads yes/no/on/off/true/false as a boolean)"
         elif first["type"] == "missing":
             message = "required key is missing"

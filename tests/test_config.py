@@ -354,5 +354,11 @@ def test_a_yaml_boolean_for_a_number_is_refused(tmp_path, monkeypatch, section, 
     expected = "true" if value in ("yes", "on", "true") else "false"
     with pytest.raises(ConfigError, match=rf"run\.yaml: {section}\.{key}: expected a number, got {expected} \(YAML reads"):
         load_config(path)
+    # A quoted "true" is a string, not a YAML boolean: the plain number error, without the YAML hint.
+    lines[row] = f'  {key}: "true"'
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as quoted:
+        load_config(path)
+    assert f"run.yaml: {section}.{key}:" in str(quoted.value) and "YAML reads" not in str(quoted.value)
     # Booleans stay booleans where a key is one.
     assert load_config(_quickstart(tmp_path, lambda c: c["training"].update(gradient_checkpointing=True))).training.gradient_checkpointing
