@@ -681,7 +681,7 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
     config = config._with_model_names(lambda name: _local_model_name(name, path))
     data = config.data
     resolved = {}
-    for key in ("train_file", "validation_file", "test_file", "path"):
+    for key in DATA_PATH_KEYS:
         value: Path | None = getattr(data, key)
         if value is None:
             continue
