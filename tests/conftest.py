@@ -15,7 +15,9 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import json  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -102,6 +104,24 @@ _other = importlib.machinery.PathFinder.find_spec(
 if _other is not None:
     _other.loader.exec_module(importlib.util.module_from_spec(_other))
 """
+
+
+def run_tree(command, *, cwd, env, timeout):
+    """subprocess.run with its output captured as text, in a process group of its own: on a timeout (or
+    any interruption) the whole group is killed, Accelerate's worker processes included, not only the
+    process started here."""
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except BaseException:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def free_loopback_port() -> int:

@@ -13,7 +13,7 @@ import yaml
 
 from llm_lora.config import load_config
 from llm_lora.errors import MachineError, check_machine, explain_hub_error, explain_training_failure
-from tests.conftest import write_config
+from tests.conftest import run_tree, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = [
@@ -177,8 +177,7 @@ PIPELINE_CASES = [
 
 
 def _run(args, env):
-    return subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_tree([sys.executable, "run.py", *args], cwd=REPO, env=env, timeout=600)
 
 
 def _check(result, expected):

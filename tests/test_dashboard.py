@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import free_loopback_port
+from tests.conftest import free_loopback_port, run_tree
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -188,8 +188,8 @@ def test_dashboard_shows_the_run_and_its_reports(tmp_path):
                              capture_output=True, text=True, timeout=300)
     try:
         assert started.returncode == 0, started.stderr[-3000:]
-        run = subprocess.run([sys.executable, "run.py", "--config", str(small_quickstart(tmp_path / "run.yaml"))],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+        run = run_tree([sys.executable, "run.py", "--config", str(small_quickstart(tmp_path / "run.yaml"))],
+                       cwd=REPO, env=env, timeout=1500)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         # The run summary names the run's dashboard page on this server.
         links = re.findall(r"Dashboard: (\S+)", run.stdout)

@@ -8,7 +8,6 @@ requests over real HTTP, and tears the deployment down.
 
 import json
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import QUICKSTART_MODEL, free_loopback_port, write_config
+from tests.conftest import QUICKSTART_MODEL, free_loopback_port, run_tree, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 ZENML_CLI = str(Path(sys.executable).parent / "zenml")
@@ -28,7 +27,7 @@ pytestmark = pytest.mark.pipeline
 
 def _run(args, env, timeout=1200):
     command = args if args[0] == ZENML_CLI else [sys.executable, *args]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_tree(command, cwd=REPO, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

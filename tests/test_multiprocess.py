@@ -16,7 +16,6 @@ take minutes on the CPU without touching the multi-process code.
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from transformers import AutoModelForCausalLM
 
 from llm_lora.config import load_config
 from llm_lora.training import build_lora_config
-from tests.conftest import SITECUSTOMIZE_PREAMBLE, write_config
+from tests.conftest import SITECUSTOMIZE_PREAMBLE, run_tree, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.pipeline
@@ -130,10 +129,8 @@ def two_processes(tmp_path_factory, tiny_model_dir, zenml_env):
         LLM_LORA_TEST_WRITES_DIR=str(root / "writes"),
     )
     # Run outside the checkout: ZenML writes its launch script into the working directory.
-    result = subprocess.run(
-        [sys.executable, str(root / "train_only.py"), str(config_path)],
-        cwd=root / "cwd", env=env, capture_output=True, text=True, timeout=600,
-    )
+    result = run_tree([sys.executable, str(root / "train_only.py"), str(config_path)],
+                      cwd=root / "cwd", env=env, timeout=600)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
     ranks = {int(path.stem.removeprefix("rank")): json.loads(path.read_text())
              for path in (root / "writes").glob("rank*.json")}

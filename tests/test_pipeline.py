@@ -7,14 +7,13 @@ same seed, --no-cache) ties and stays out of production, saying why.
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import QUICKSTART_MODEL, write_config
+from tests.conftest import QUICKSTART_MODEL, run_tree, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.pipeline
@@ -42,7 +41,7 @@ ZENML_CLI = str(Path(sys.executable).parent / "zenml")
 
 def _run(args, env):
     command = args if args[0] == ZENML_CLI else [sys.executable, *args]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    return run_tree(command, cwd=REPO, env=env, timeout=1200)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import SITECUSTOMIZE_PREAMBLE, write_config
+from tests.conftest import SITECUSTOMIZE_PREAMBLE, run_tree, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.pipeline
@@ -123,10 +123,7 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
     for key in ("train_file", "validation_file", "test_file"):
         loaded["data"].pop(key)
     config.write_text(yaml.safe_dump(loaded))
-    result = subprocess.run(
-        [sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env,
-        capture_output=True, text=True, timeout=600,
-    )
+    result = run_tree([sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "Preflight:" in result.stderr + result.stdout
     metric = "rougeL" if kind == "parquet-plain-text-answers" else "mean_field_accuracy"
@@ -164,10 +161,7 @@ def test_bad_rows_stop_the_run_before_training(tmp_path, tiny_model_dir, support
     loaded = yaml.safe_load(config.read_text())
     loaded["data"] = {"path": str(tmp_path / "train.jsonl"), "test_share": 0.2}
     config.write_text(yaml.safe_dump(loaded))
-    result = subprocess.run(
-        [sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env,
-        capture_output=True, text=True, timeout=600,
-    )
+    result = run_tree([sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env, timeout=600)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"Error: {tmp_path / 'train.jsonl'}:5: malformed JSON" + last.split("malformed JSON", 1)[1]
@@ -242,7 +236,7 @@ def test_killed_pipeline_resumes_training_from_its_last_checkpoint(tmp_path, tin
     complete = sorted(int(Path(p).parent.name.split("-")[1]) for p in glob.glob(pattern, recursive=True))
     assert complete and complete[-1] == 10
 
-    second = subprocess.run(command, cwd=REPO, env=zenml_env, capture_output=True, text=True, timeout=600)
+    second = run_tree(command, cwd=REPO, env=zenml_env, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "training: 60 steps" in second.stdout and f"resumed from step {complete[-1]}" in second.stdout
     assert not glob.glob(pattern, recursive=True)  # finished: the checkpoints are gone

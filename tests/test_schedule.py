@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_config
+from tests.conftest import run_tree, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 ZENML = str(Path(sys.executable).parent / "zenml")
@@ -33,7 +32,7 @@ def config(tmp_path, tiny_model_dir, support_rows):
 
 def _run(args, env):
     command = args if args[0] == ZENML else [sys.executable, *args]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return run_tree(command, cwd=REPO, env=env, timeout=600)
 
 
 def test_local_orchestrator_cannot_schedule(config, env):

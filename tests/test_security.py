@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm_lora.config import ModelConfig
-from tests.conftest import free_loopback_port, write_config
+from tests.conftest import free_loopback_port, run_tree, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_TOKEN = "hf_envTOKENvalue0123456789abcdefXYZ"
@@ -53,8 +53,7 @@ def test_hub_token_never_stored_and_no_pickles(tmp_path, tiny_model_dir, support
                           data={"system_prompt": f"Extract the fields as JSON ({CANARY})."})
     text = config.read_text().replace("model:\n", "model:\n  token_secret: hf\n", 1)
     config.write_text(text)
-    result = subprocess.run([sys.executable, "run.py", "--config", str(config), "--debug"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=900)
+    result = run_tree([sys.executable, "run.py", "--config", str(config), "--debug"], cwd=REPO, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
 
     script = tmp_path / "read_run.py"
