@@ -93,15 +93,16 @@ ANCHOR_LENGTH = 512
 ANCHOR_BATCH = 2
 COMPLETION_SHARE = 0.3  # loss on the last 30% of each row
 LONG_LABELLED = 4096  # a long row's loss is on its last 4,096 tokens (a long document, then the answer)
-# bf16 LoRA without recomputation: 16 packed rows (~5,300 tokens) ran out of memory on an 80 GB H100
-# (8B shape: 16 GB of weights, ~11 MB of saved activations per token); 8 rows fit.
+# bf16 LoRA without recomputation, 8 rows: the 8-row baseline (with LoRA dropout 0.05 and SDPA, 16 rows
+# once ran out of memory on an 80 GB H100).
 BF16_ROWS = 8
 SWEEP_ROWS = [32, 64]  # 8B shape: more rows per step spread each step's fixed cost (launches, dequantization)
 # 8B shape, bf16 LoRA: (rows per step, checkpoint every n-th layer; 0: none). Full recomputation costs
 # about a third of a LoRA step (forward twice, backward once); checkpointing fewer layers keeps more
 # activations (~8 MB per token per uncheckpointed 8B layer stack) to recompute less.
-# Without checkpointing, 8 rows peaked at 41 GiB on an 80 GB H100 (dropout 0): 16 and 24 rows need a
-# larger card (an H200's 141 GB) and are recorded as out of memory on a smaller one.
+# Without checkpointing (dropout 0, varlen; bench/results/gpu-training-h200-bf16.json) 16 rows peaked at
+# 60.2 GiB eager and 50.8 compiled, 24 rows at 83.0 eager (more than an 80 GB card) and 68.8 compiled.
+# A setting that does not fit is recorded as out of memory and the sweep goes on.
 BF16_SWEEP = [(12, 0), (16, 0), (24, 0), (16, 4), (24, 4), (32, 2), (32, 1)]
 # --liger and --compile repeat the 8-row run and this many of the sweep's fastest settings.
 REPEATED_BEST = 2
@@ -434,9 +435,11 @@ def _stack(rows: list[dict]) -> dict:
 def _describe(config, model=None) -> str:
     lora, training = config.lora, config.training
     attention = model.config._attn_implementation if model is not None else config.model.attn_implementation
+    liger = model is not None and hasattr(getattr(getattr(model, "model", None), "norm", None), "casting_mode")
     return (f"{training.method}, r={lora.rank} alpha={lora.alpha} dropout={lora.dropout} targets={lora.target_modules}"
             f"{' DoRA' if lora.use_dora else ''}, {training.batch_size} rows per step, packing={config.data.packing},"
-            f" {_checkpointing(training)}, attention={attention}{', compiled layers' if training.compile else ''}")
+            f" {_checkpointing(training)}, attention={attention}{', compiled layers' if training.compile else ''}"
+            f"{', Liger kernels' if liger else ''}")
 
 
 def _checkpointing(training) -> str:
@@ -538,6 +541,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None, help="results file (default bench/results/gpu-training-<device>.json)")
     args = parser.parse_args()
+    if args.bf16_only and args.longest_only:
+        parser.error("--bf16-only and --longest-only measure different runs: give one of them")
     started = time.perf_counter()
 
     from llm_lora.config import load_config

@@ -40,11 +40,11 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
     if kwargs.get("softcap") is not None:
         raise ValueError("model.attn_implementation: varlen has no logit soft-capping, which this model uses; use eager")
     q, k, v = (tensor.transpose(1, 2).squeeze(0) for tensor in (query, key, value))  # (tokens, heads, dim)
+    autocast = torch.is_autocast_enabled("cuda")
     if q.dtype not in (torch.float16, torch.bfloat16):
         # The kernel takes 16 bits only. A LayerNorm under autocast (Phi) hands float32 to 4-bit
         # layers, which return their input's dtype: QLoRA's projections arrive here in float32.
-        half = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
-        q, k, v = (tensor.to(half) for tensor in (q, k, v))
+        q, k, v = (tensor.to(torch.get_autocast_dtype("cuda") if autocast else torch.bfloat16) for tensor in (q, k, v))
     parameters = inspect.signature(varlen_attn).parameters
     options = {"scale": scaling}
     # PyTorch 2.11 spells causality is_causal; later versions, a (left, right) window.
@@ -55,6 +55,8 @@ def varlen_attention(module, query, key, value, attention_mask, scaling=None, dr
         else:
             k, v = (tensor.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for tensor in (k, v))
     output = varlen_attn(q, k, v, boundaries, boundaries, longest, longest, **options)
+    if not autocast:  # a float32 model without autocast gets float32 back for its output projection
+        output = output.to(query.dtype)
     return output.unsqueeze(0), None
 
 

@@ -190,9 +190,10 @@ class TrainingConfig(_Section):
     # With checkpointing, recompute only every n-th decoder layer; the others keep their activations.
     # 1: all layers (least memory). Higher: less recompute, more memory (a GPU with room to spare).
     gradient_checkpointing_every_n_layers: int = Field(default=1, ge=1)
-    # torch.compile each decoder layer (one compiled graph shared by all layers): fuses the norms,
-    # rotary embedding, activation and LoRA's scale-and-add into fewer kernels. Costs a one-off
-    # compile at the start (tens of seconds; a C compiler on a CPU); for long GPU runs.
+    # torch.compile each decoder layer (the layers share the compiled graphs; attention stays outside
+    # them): fuses the norms, rotary embedding, activation and LoRA's scale-and-add into fewer kernels.
+    # Costs a one-off compile at the start (about 100 s for an 8B model on an H200) and needs a
+    # C compiler (C++ on a CPU); for long GPU runs.
     compile: bool = False
     # Sort rows of similar length into the same batch: less padding, faster on any device.
     group_by_length: bool = True

@@ -33,11 +33,16 @@ def check_machine(config: RunConfig, cuda_devices: int | None = None) -> None:
         )
     if training.precision == "fp16" and (devices == 0 or training.use_cpu):
         raise MachineError("training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
-    if training.compile and not any(shutil.which(name) for name in (os.environ.get("CC"), "cc", "gcc", "clang") if name):
-        raise MachineError(
-            "training.compile: torch.compile builds its kernels with a C compiler and none is on PATH"
-            " (cc, gcc, clang or $CC); install one or set compile: false"
-        )
+    if training.compile:
+        on_cpu = devices == 0 or training.use_cpu
+        # Inductor builds CPU kernels with a C++ compiler; Triton builds its GPU launchers with $CC or gcc/clang.
+        wanted = [os.environ["CXX"]] if on_cpu and os.environ.get("CXX") else ["g++", "clang++"] if on_cpu else \
+            [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+        if not any(shutil.which(name) for name in wanted):
+            raise MachineError(
+                f"training.compile: torch.compile builds its {'CPU' if on_cpu else 'GPU'} kernels with"
+                f" {' or '.join(wanted)} and none is on PATH; install one or set compile: false"
+            )
     if training.num_processes > 1 and not training.use_cpu and training.num_processes > devices:
         raise MachineError(
             f"training.num_processes: {training.num_processes} processes need {training.num_processes} GPUs;"

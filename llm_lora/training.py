@@ -383,8 +383,9 @@ def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
 def compile_layers(model: torch.nn.Module) -> int:
     """torch.compile each decoder layer in place (regional compilation); returns how many.
 
-    The layers share their code, so one compiled graph (dynamic in the sequence length, which
-    packing changes every step) serves them all: the compile is paid once, not once per layer.
+    The layers share their code, so the same compiled graphs (dynamic in the sequence length, which
+    packing changes every step; varlen attention runs between them, uncompiled) serve them all:
+    the compile is paid once, not once per layer.
     Compiled layers still take part in gradient checkpointing. Layers are the model's
     `_no_split_modules` classes (LlamaDecoderLayer, PhiDecoderLayer, ...).
     """

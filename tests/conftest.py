@@ -119,7 +119,7 @@ def run_tree(command, *, cwd, env, timeout):
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        process.communicate()
+        process.wait(timeout=60)  # not communicate(): a process outside the group could hold the pipes open
         raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 

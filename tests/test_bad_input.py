@@ -3,6 +3,7 @@ a non-zero exit, and no Python traceback (those are for --debug)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -275,13 +276,29 @@ def test_machine_check_counts_gpus(monkeypatch):
                   cuda_devices=0)
 
 
-def test_compile_without_a_c_compiler_is_refused(monkeypatch, tmp_path):
+def test_compile_without_a_compiler_is_refused(monkeypatch, tmp_path):
+    """torch.compile builds CPU kernels with a C++ compiler and GPU launchers with a C compiler."""
     monkeypatch.chdir(REPO)
     config = load_config(REPO / "configs" / "llama-3.1-8b-bf16.yaml")
-    check_machine(config, cuda_devices=1)  # this machine has a C compiler
-    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no cc, gcc or clang
-    monkeypatch.delenv("CC", raising=False)
-    with pytest.raises(MachineError, match=r"training\.compile: torch\.compile builds its kernels with a C compiler"):
+    on_cpu = config.model_copy(update={"training": config.training.model_copy(update={"use_cpu": True})})
+    for variable in ("CC", "CXX"):
+        monkeypatch.delenv(variable, raising=False)
+    check_machine(config, cuda_devices=1)  # this machine has gcc and g++
+    check_machine(on_cpu, cuda_devices=0)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no compiler at all
+    with pytest.raises(MachineError, match=r"^training\.compile: torch\.compile builds its GPU kernels with cc or gcc or clang"
+                                           r" and none is on PATH; install one or set compile: false$"):
+        check_machine(config, cuda_devices=1)
+    with pytest.raises(MachineError, match=r"^training\.compile: torch\.compile builds its CPU kernels with g\+\+ or clang\+\+"):
+        check_machine(on_cpu, cuda_devices=0)
+    (empty / "gcc").symlink_to(shutil.which("gcc", path=os.defpath + ":/usr/bin"))  # a C compiler, no C++ one
+    check_machine(config, cuda_devices=1)
+    with pytest.raises(MachineError, match=r"CPU kernels with g\+\+ or clang\+\+"):
+        check_machine(on_cpu, cuda_devices=0)
+    monkeypatch.setenv("CC", "no-such-cc")  # $CC is what Triton uses when it is set
+    with pytest.raises(MachineError, match=r"GPU kernels with no-such-cc and none is on PATH"):
         check_machine(config, cuda_devices=1)
     check_machine(config.model_copy(update={"training": config.training.model_copy(update={"compile": False})}),
                   cuda_devices=1)
