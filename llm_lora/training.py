@@ -199,6 +199,13 @@ class CompletionLossTrainer(Trainer):
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())
         return (loss, outputs) if return_outputs else loss
 
+    def evaluate(self, *args, **kwargs):  # noqa: D102
+        # Evaluation (validation loss, generated validation answers) runs the layers as written even
+        # under training.compile: its no-grad forward passes and cached generation would each compile
+        # graphs of their own, a long pause per shape for a few batches.
+        with torch.compiler.set_stance("force_eager"):
+            return super().evaluate(*args, **kwargs)
+
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether a (possibly PEFT-wrapped) causal LM's forward takes `logits_to_keep`."""

@@ -387,6 +387,15 @@ def test_compiled_layers_train_like_eager_ones(tmp_path, tiny_model_dir, tokeniz
         results[compiled] = train_lora(config, prepared.splits["train"], [], tmp_path / f"out-{compiled}", tokenizer)
         graphs[compiled] = counters["stats"]["unique_graphs"]
     assert graphs[False] == 0 and graphs[True] >= 1
+    # Evaluation, here at every step with generated validation answers, compiles nothing more.
+    torch._dynamo.reset()
+    config = config.model_copy(update={"training": config.training.model_copy(
+        update={"eval_steps": 1, "eval_generation_rows": 2, "keep_best": False})})
+    counters.clear()
+    evaluated = train_lora(config, prepared.splits["train"], prepared.splits["validation"][:4], tmp_path / "out-eval",
+                           tokenizer)
+    assert [r["step"] for r in evaluated.loss_history if "eval_loss" in r] == [1, 2, 3]
+    assert counters["stats"]["unique_graphs"] == graphs[True]
     losses = {compiled: [r["loss"] for r in result.loss_history if "loss" in r] for compiled, result in results.items()}
     assert len(losses[True]) == 3
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
