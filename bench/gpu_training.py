@@ -435,7 +435,7 @@ def _stack(rows: list[dict]) -> dict:
 def _describe(config, model=None) -> str:
     lora, training = config.lora, config.training
     attention = model.config._attn_implementation if model is not None else config.model.attn_implementation
-    liger = model is not None and hasattr(getattr(getattr(model, "model", None), "norm", None), "casting_mode")
+    liger = model is not None and _has_liger_kernels(model)
     return (f"{training.method}, r={lora.rank} alpha={lora.alpha} dropout={lora.dropout} targets={lora.target_modules}"
             f"{' DoRA' if lora.use_dora else ''}, {training.batch_size} rows per step, packing={config.data.packing},"
             f" {_checkpointing(training)}, attention={attention}{', compiled layers' if training.compile else ''}"
@@ -655,10 +655,14 @@ def with_liger_kernels(model) -> bool:
     from liger_kernel.transformers import _apply_liger_kernel_to_instance
 
     _apply_liger_kernel_to_instance(model=model, fused_linear_cross_entropy=False, cross_entropy=False)
-    # Liger binds its RMSNorm forward to each norm module it patched, with its own attributes.
-    if not hasattr(getattr(model.model, "norm", None), "casting_mode"):
+    if not _has_liger_kernels(model):
         raise RuntimeError(f"no Liger kernels for model type {model.config.model_type!r}")
     return True
+
+
+def _has_liger_kernels(model) -> bool:
+    # Liger binds its RMSNorm forward to each norm module it patched, with its own attributes.
+    return hasattr(getattr(getattr(model, "model", None), "norm", None), "casting_mode")
 
 
 def _groups_of_tokens(rows: list[dict], tokens: int, count: int) -> list[list[dict]]:

@@ -35,9 +35,9 @@ def check_machine(config: RunConfig, cuda_devices: int | None = None) -> None:
         raise MachineError("training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on a CPU")
     if training.compile:
         on_cpu = devices == 0 or training.use_cpu
-        # Inductor builds CPU kernels with a C++ compiler; Triton builds its GPU launchers with $CC or gcc/clang.
-        wanted = [os.environ["CXX"]] if on_cpu and os.environ.get("CXX") else ["g++", "clang++"] if on_cpu else \
-            [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
+        # Inductor builds CPU kernels with a C++ compiler; Triton builds its GPU launchers with a C compiler.
+        variable, defaults = ("CXX", ["g++", "clang++"]) if on_cpu else ("CC", ["cc", "gcc", "clang"])
+        wanted = [os.environ[variable]] if os.environ.get(variable) else defaults
         if not any(shutil.which(name) for name in wanted):
             raise MachineError(
                 f"training.compile: torch.compile builds its {'CPU' if on_cpu else 'GPU'} kernels with"
