@@ -100,6 +100,15 @@ def print_summary(run, config: RunConfig) -> None:
         click.echo(f"{name:32}" + "".join(f" {metrics.get(name, float('nan')):10.3f}" for _, metrics in columns))
     for name in ("mean_prompt_tokens", "mean_new_tokens"):
         click.echo(f"{name:32}" + "".join(f" {metrics.get(name, float('nan')):10.1f}" for _, metrics in columns))
+    # How the answers ended: stopped by the cap (evaluation.max_new_tokens), and of those cut short
+    # before the expected answer could fit (scores that measure the cap, not the model).
+    for name, rate in (("answers at max_new_tokens", "hit_cap_rate"), ("answers cut short", "cut_short_rate")):
+        counts = [f"{round(metrics.get(rate, 0.0) * metrics['num_examples'])}/{metrics['num_examples']:.0f}"
+                  for _, metrics in columns]
+        click.echo(f"{name:32}" + "".join(f" {count:>10}" for count in counts))
+    click.echo(f"{'max_new_tokens':32}" + "".join(f" {metrics.get('max_new_tokens', 0):10.0f}" for _, metrics in columns))
+    for line in output("preflight_report", "preflight_findings"):
+        click.echo(f"preflight: {line}")
     comparison = output("compare_models", "comparison_summary")
     click.echo(
         f"\nexamples: {comparison['better']} better, {comparison['worse']} worse, {comparison['same']} unchanged"

@@ -102,6 +102,11 @@ def compare_examples(base_records: list[dict], finetuned_records: list[dict], me
             "change": change,
             "base_latency_s": base.get("latency_s"),
             "finetuned_latency_s": tuned.get("latency_s"),
+            # Answers stopped by the generation cap (cut short: before the expected answer could fit).
+            "base_hit_cap": bool(base.get("hit_cap", False)),
+            "finetuned_hit_cap": bool(tuned.get("hit_cap", False)),
+            "base_cut_short": bool(base.get("cut_short", False)),
+            "finetuned_cut_short": bool(tuned.get("cut_short", False)),
         }
         for key in tuned:
             if key.startswith(FIELD_PREFIX):
@@ -117,7 +122,7 @@ def field_names(rows: list[dict]) -> list[str]:
     """The answer fields the comparison has per-field correctness for, in answer order."""
     keys = dict.fromkeys(key for row in rows for key in row)  # every row's fields: rows may differ
     return [key[len("finetuned_"):] for key in keys if key.startswith("finetuned_") and key not in (
-        "finetuned_output", "finetuned_score", "finetuned_latency_s")]
+        "finetuned_output", "finetuned_score", "finetuned_latency_s", "finetuned_hit_cap", "finetuned_cut_short")]
 
 
 def comparison_summary(rows: list[dict]) -> dict:
@@ -137,6 +142,10 @@ def comparison_summary(rows: list[dict]) -> dict:
         "same": sum(row["change"] == "same" for row in rows),
         "mean_base_score": round(sum(row["base_score"] for row in rows) / count, 4) if count else 0.0,
         "mean_finetuned_score": round(sum(row["finetuned_score"] for row in rows) / count, 4) if count else 0.0,
+        "base_hit_cap": sum(row.get("base_hit_cap", False) for row in rows),
+        "finetuned_hit_cap": sum(row.get("finetuned_hit_cap", False) for row in rows),
+        "base_cut_short": sum(row.get("base_cut_short", False) for row in rows),
+        "finetuned_cut_short": sum(row.get("finetuned_cut_short", False) for row in rows),
     }
     for field in field_names(rows):
         # Only rows that have the field on both sides: a missing one is neither fixed nor broken.
@@ -149,6 +158,13 @@ def comparison_summary(rows: list[dict]) -> dict:
 
 def _cell(text) -> str:
     return f"<td><pre>{html.escape(str(text))}</pre></td>"
+
+
+def _output_cell(row: dict, side: str) -> str:
+    """An answer, marked when the generation cap stopped it."""
+    note = ("<br><span class='cap'>cut short by the cap</span>" if row.get(f"{side}_cut_short") else
+            "<br><span class='cap'>stopped at the cap</span>" if row.get(f"{side}_hit_cap") else "")
+    return f"<td><pre>{html.escape(str(row[f'{side}_output']))}</pre>{note}</td>"
 
 
 def _mark(value) -> str:
@@ -181,7 +197,7 @@ def render_comparison_html(rows: list[dict], score: str | None = None) -> str:
         body.append(
             f"<tr class='{row['change']}'><td>{row['index']}</td><td>{row['change']}</td>"
             f"<td>{row['base_score']:.2f} &rarr; {row['finetuned_score']:.2f}</td>"
-            f"{_cell(row['prompt'])}{_cell(row['expected'])}{_cell(row['base_output'])}{_cell(row['finetuned_output'])}"
+            f"{_cell(row['prompt'])}{_cell(row['expected'])}{_output_cell(row, 'base')}{_output_cell(row, 'finetuned')}"
             f"{marks}<td>{_latency(row['base_latency_s'])} / {_latency(row['finetuned_latency_s'])}</td></tr>"
         )
     field_colspan = "".join(f"<th colspan='2'>{html.escape(field)}</th>" for field in fields)
@@ -189,12 +205,15 @@ def render_comparison_html(rows: list[dict], score: str | None = None) -> str:
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0 1.5em}}
 td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}} th{{background:#f3f3f3}}
 pre{{white-space:pre-wrap;max-width:28em;margin:0;font-size:.85em}} .ok{{color:#067647}} .bad{{color:#b42318}}
-tr.worse{{background:#fef3f2}} tr.better{{background:#ecfdf3}}
+tr.worse{{background:#fef3f2}} tr.better{{background:#ecfdf3}} .cap{{color:#b54708;font-size:.8em}}
 </style></head><body>
 <h2>Base vs finetuned, per example</h2>
 <p>{summary['examples']} test rows: <b>{summary['better']} better</b>, <b>{summary['worse']} worse</b>,
 {summary['same']} unchanged. Mean score {summary['mean_base_score']:.3f} &rarr; {summary['mean_finetuned_score']:.3f}
 ({html.escape(score or "per-example score: share of fields right for JSON answers, exact match otherwise")}).</p>
+<p id="at-cap">Answers stopped by the generation cap: base {summary['base_hit_cap']}, finetuned
+{summary['finetuned_hit_cap']}; cut short before the expected answer could fit: base {summary['base_cut_short']},
+finetuned {summary['finetuned_cut_short']}{' &mdash; <b>those scores measure the cap, not the model: raise evaluation.max_new_tokens</b>' if summary['base_cut_short'] or summary['finetuned_cut_short'] else ''}.</p>
 {f"<h3>Fields fixed and broken</h3><table><thead><tr><th>field</th><th>fixed</th><th>broken</th></tr></thead><tbody>{field_table}</tbody></table>" if fields else ""}
 <h3>Rows (regressions first)</h3>
 <table><thead><tr><th>#</th><th>change</th><th>score</th><th>input</th><th>expected</th><th>base output</th>

@@ -116,7 +116,10 @@ class DataConfig(_Section):
     max_train_rows: int | None = Field(default=None, ge=1)  # None: all rows
     max_validation_rows: int | None = Field(default=None, ge=1)
     max_test_rows: int | None = Field(default=None, ge=1)
-    max_seq_length: int = Field(default=512, ge=16)
+    # Longest row kept, in tokens. auto: every row that fits the model's context window (the
+    # tokenizer's model_max_length), so no row of a new task is lost to a number set for another;
+    # a number caps memory per row (longer rows are dropped or truncated, and counted).
+    max_seq_length: Literal["auto"] | Annotated[int, Field(ge=16)] = "auto"
     # Over-long rows: drop them, or cut the prompt's oldest tokens (the answer is never cut).
     over_length: Literal["drop", "truncate"] = "drop"
     # Pack several rows into one sequence without padding; attention stays within each row.
@@ -250,6 +253,12 @@ SCORES_BY_METRIC = {
     "rouge": ("rouge1", "rouge2", "rougeL"),
     "classification_accuracy": ("classification_accuracy", "classification_macro_f1"),
 }
+# What an evaluation reports beside its scores: sizes, times and how the answers ended. Never
+# compared as quality, never a promotion metric.
+GENERATION_FACTS = (
+    "num_examples", "mean_latency_s", "mean_new_tokens", "mean_prompt_tokens", "max_new_tokens", "hit_cap_rate",
+    "cut_short_rate", "evaluation_fingerprint",
+)
 # evaluation.metrics: auto computes these for JSON answers, and these for any other answers.
 AUTO_METRICS_JSON = ("json_fields",)
 AUTO_METRICS_TEXT = ("exact_match", "rouge")
@@ -261,7 +270,13 @@ class EvaluationConfig(_Section):
     """Greedy generation on the test rows, same settings for base and finetuned."""
 
     batch_size: int = Field(default=16, ge=1)
-    max_new_tokens: int = Field(default=128, ge=1)
+    # Cap on each generated answer. auto: the longest expected answer in the prepared splits
+    # (tokens with its end-of-turn) plus a margin, so another task's longer answers are never cut.
+    max_new_tokens: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    # Share of a model's answers that may be cut short (stopped at the cap while the expected
+    # answer needed that room) before its scores count as unmeasured: then the verdict and the
+    # promotion decision are inconclusive and nothing is promoted.
+    max_cut_short: float = Field(default=0.02, ge=0.0, le=1.0)
     # "auto": json_fields for JSON answers, else exact_match and rouge. Or name them:
     # json_fields, exact_match, rouge, classification_accuracy (metric modules in metrics/).
     metrics: Literal["auto"] | list[Literal["json_fields", "exact_match", "rouge", "classification_accuracy"]] = "auto"
@@ -350,6 +365,8 @@ class PreflightConfig(_Section):
     # Training tokens/s for the estimate; None: the figure bench/ measured for this model and device.
     tokens_per_s: float | None = Field(default=None, gt=0)
     price_per_gpu_hour: float | None = Field(default=None, ge=0)  # in your currency; None: no cost line
+    # Training time you mean to spend; the report warns, with the rows that fit, when the estimate is over.
+    max_training_minutes: float | None = Field(default=None, gt=0)
 
 
 class RegistryConfig(_Section):
@@ -477,7 +494,7 @@ class InferenceSettings(_Section):
     input_file: Path  # JSONL/JSON/CSV/Parquet rows: prompt, instruction(+input), or messages ending with a user turn
     output_file: Path  # predictions as JSONL, one line per input row
     batch_size: int = Field(default=16, ge=1)
-    max_new_tokens: int | None = Field(default=None, ge=1)  # None: the training run's evaluation setting
+    max_new_tokens: int | None = Field(default=None, ge=1)  # None: the cap the version was evaluated with
 
 
 class InferenceConfig(_Section):
@@ -505,7 +522,7 @@ class DeploySettings(_Section):
     # Port of the local deployer (None: the first free one from 8000). Other deployers choose their own.
     port: int | None = Field(default=None, ge=1, le=65535)
     batch_size: int = Field(default=16, ge=1)  # inputs per generation batch within one request
-    max_new_tokens: int | None = Field(default=None, ge=1)  # None: the training run's evaluation setting
+    max_new_tokens: int | None = Field(default=None, ge=1)  # None: the cap the version was evaluated with
     # One JSON line per request (time, version, inputs, latency, parse success; no texts). None: none.
     request_log: Path | None = None
     timeout_s: int = Field(default=600, ge=10)  # wait this long for the server to load the model
@@ -552,17 +569,24 @@ def _union_error(errors: list[dict]) -> tuple[str, str, int] | None:
     given = next((e["input"] for e in errors if e["loc"][:tag] == field and len(e["loc"]) == tag + 1),
                  errors[0]["input"])
     others = sum(1 for e in errors if e["loc"][:tag] != field)
-    expected = " or ".join(_shape_in_words(shape) for shape in shapes)
+    # A bounded number names its bound only in the error of a value that broke it.
+    bounds = {e["loc"][tag]: e["ctx"] for e in errors if e["loc"][:tag] == field and len(e["loc"]) > tag
+              and e.get("ctx") and {"ge", "gt"} & set(e["ctx"])}
+    expected = " or ".join(_shape_in_words(shape, bounds.get(shape)) for shape in shapes)
     return ".".join(str(part) for part in field), f"expected {expected}, got {given!r}", others
 
 
-def _shape_in_words(tag: str) -> str:
+def _shape_in_words(tag: str, bound: dict | None = None) -> str:
     """pydantic's type tag in words: literal['a','b'] -> 'a' or 'b'; list[str] -> a list of strings."""
     if tag.startswith("literal[") and tag.endswith("]"):
         return ", ".join(f"'{choice.strip(chr(39))}'" for choice in tag[len("literal["):-1].split(","))
     if tag.startswith("list[") and tag.endswith("]"):
         inner = tag[len("list["):-1]
         return "a list of " + ({"str": "strings", "int": "integers"}.get(inner) or _shape_in_words(inner))
+    if tag in ("int", "constrained-int"):
+        if bound and "ge" in bound:
+            return f"a whole number of at least {bound['ge']}"
+        return "a whole number" + (f" above {bound['gt']}" if bound and "gt" in bound else "")
     return tag
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
+from llm_lora.answer_length import answer_tokens
 from llm_lora.config import DataConfig
 from llm_lora.data_formats import Example, RowError, to_example
 from llm_lora.data_sources import SPLITS, DataError, RawRows, read_file, read_hub, split_files_in_folder
@@ -33,6 +34,29 @@ def fingerprint(rows: list[dict]) -> str:
 
 
 LENGTH_BINS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+# Tokenizers that do not know their model's context window report a huge placeholder (1e30).
+_UNKNOWN_CONTEXT = 10_000_000
+
+
+def tokenizer_context(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The longest sequence the model takes, as its tokenizer records it; None when it does not say."""
+    length = getattr(tokenizer, "model_max_length", None)
+    return int(length) if isinstance(length, int) and 0 < length < _UNKNOWN_CONTEXT else None
+
+
+def answer_length_counts(tokenizer: PreTrainedTokenizerBase, rows: list[dict]) -> dict[str, int]:
+    """How many expected answers have each length (tokens with end-of-turn), shortest first."""
+    counts: dict[int, int] = {}
+    for row in rows:
+        length = answer_tokens(tokenizer, row["completion"])
+        counts[length] = counts.get(length, 0) + 1
+    return {str(length): counts[length] for length in sorted(counts)}
+
+
+def expand_counts(counts: dict[str, int]) -> list[int]:
+    """The lengths behind `answer_length_counts`, one per answer."""
+    return [int(length) for length, count in counts.items() for _ in range(count)]
 
 
 @dataclass
@@ -160,12 +184,16 @@ def _no_rows_left(split: str, data: DataConfig, raw: dict, made: list[str], sour
             + (f": {why}" if why else " (no rows in it)"))
 
 
-def prepare_splits(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+def prepare_splits(
+    data: DataConfig, tokenizer: PreTrainedTokenizerBase, context_window: int | None = None
+) -> PreparedData:
     """Read the configured source and turn it into tokenized splits.
 
     Args:
         data: The YAML's `data` section (paths already resolved).
         tokenizer: The base model's tokenizer; its chat template formats the rows.
+        context_window: The model's longest sequence (`model_loading.context_window`), the limit of
+            `max_seq_length: auto`; None: what the tokenizer records, else no limit.
 
     Returns:
         The tokenized splits and a summary for the preflight report.
@@ -212,19 +240,23 @@ def prepare_splits(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prep
         examples[split] = kept
 
     limits = {"train": data.max_train_rows, "validation": data.max_validation_rows, "test": data.max_test_rows}
+    window = context_window or tokenizer_context(tokenizer)
+    max_seq_length = window if data.max_seq_length == "auto" else data.max_seq_length
     splits: dict[str, list[dict]] = {}
     summary: dict = {
         "source": source,
         "splits_made": made,
         "system_prompt": data.system_prompt,
-        "max_seq_length": data.max_seq_length,
+        "max_seq_length": max_seq_length,  # None: no limit (auto, and the model names no context window)
+        "max_seq_length_setting": data.max_seq_length,
+        "context_window": window,
         "loss_on": data.loss_on,
         "packing": data.packing,
     }
     for split in SPLITS:
         capped = examples[split][: limits[split]] if limits[split] else examples[split]
         tokenized = tokenize_examples(
-            capped, tokenizer, data.system_prompt, data.max_seq_length, data.loss_on, data.over_length,
+            capped, tokenizer, data.system_prompt, max_seq_length, data.loss_on, data.over_length,
             data.plain_template,
         )
         dropped += [{"split": split, "source": src, "reason": reason} for src, reason in tokenized.dropped]
@@ -238,11 +270,14 @@ def prepare_splits(data: DataConfig, tokenizer: PreTrainedTokenizerBase) -> Prep
             "duplicates_dropped": duplicates[split],
             "leakage_dropped": leakage.get(split, 0),
             "over_length": sum(1 for _, reason in tokenized.dropped if "max_seq_length" in reason),
+            "longest_over_length": tokenized.longest_dropped,
             "truncated": len(tokenized.truncated),
             "mask_problems": sum(1 for _, reason in tokenized.dropped if "loss" in reason),
             "fingerprint": fingerprint(tokenized.rows),
             **_token_stats(tokenized.rows),
         }
+    # What evaluation.max_new_tokens: auto follows, and what the preflight report checks a set cap against.
+    summary["answer_length_counts"] = answer_length_counts(tokenizer, [row for rows in splits.values() for row in rows])
     summary["dropped"] = dropped
     return PreparedData(splits=splits, summary=summary)
 
@@ -262,3 +297,8 @@ def load_prepared_split(directory: Path, name: str) -> list[dict]:
     """Read one split written by `save_prepared`."""
     with (Path(directory) / f"{name}.jsonl").open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
+
+
+def load_prepared_completions(directory: Path) -> list[str]:
+    """Every expected answer of the prepared splits (what evaluation.max_new_tokens: auto follows)."""
+    return [row["completion"] for name in SPLITS for row in load_prepared_split(directory, name)]

@@ -102,7 +102,9 @@ def explain_training_failure(error: BaseException, config: RunConfig) -> str:
                          f" ({training.gradient_checkpointing_every_n_layers}) to 1")
         if training.method == "lora":
             hints.append("use training.method: qlora-4bit")
-        hints.append(f"lower data.max_seq_length ({config.data.max_seq_length})")
+        limit = config.data.max_seq_length
+        hints.append(f"lower data.max_seq_length ({limit})" if limit != "auto" else
+                     "set data.max_seq_length (auto keeps every row that fits the model) below the longest rows")
         return "out of memory while training: " + "; or ".join(hints)
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {message}" if message else type(error).__name__

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from llm_lora.answer_length import AnswerCap, answer_cap, answer_tokens, cut_short
 from llm_lora.config import AUTO_METRICS_JSON, AUTO_METRICS_TEXT, EvaluationConfig, RunConfig
 from llm_lora.data_preparation import fingerprint
 from llm_lora.generation import Generation, generate
@@ -38,17 +39,25 @@ def references_are_json(references: list[str]) -> bool:
 
 
 def score_generations(
-    rows: list[dict], generations: list[Generation], metric_names: str | list[str] = "auto"
+    rows: list[dict],
+    generations: list[Generation],
+    metric_names: str | list[str] = "auto",
+    expected_tokens: list[int] | None = None,
+    max_new_tokens: int | None = None,
 ) -> EvaluationResult:
     """Score model answers against the rows' completions.
 
     JSON answers get field accuracies, exact match on the parsed objects and
-    the valid-JSON rate; other answers get string exact match.
+    the valid-JSON rate; other answers get string exact match. Every answer
+    also records whether it hit the generation cap and, given the expected
+    answers' lengths, whether it was cut short (see `answer_length.cut_short`).
 
     Args:
         rows: Dicts with "prompt" and "completion" (the expected answer).
         generations: One answer per row, same order.
         metric_names: "auto" or the metric modules to compute (see EvaluationConfig.metrics).
+        expected_tokens: `answer_tokens` of each row's expected answer, in the answering model's tokens.
+        max_new_tokens: The cap the answers were generated with.
 
     Returns:
         The metrics and per-example records.
@@ -77,17 +86,23 @@ def score_generations(
                 module = {f"classification_{key}": value for key, value in module.items()}
             metrics.update(module)
     count = len(generations)
+    cut = [False] * count
+    if expected_tokens is not None and max_new_tokens is not None:
+        cut = [cut_short(g.hit_cap, tokens, max_new_tokens) for g, tokens in zip(generations, expected_tokens)]
+        metrics["max_new_tokens"] = float(max_new_tokens)
     metrics.update(
         num_examples=float(count),
         mean_latency_s=sum(g.latency_s for g in generations) / count,
         mean_new_tokens=sum(g.new_tokens for g in generations) / count,
         mean_prompt_tokens=sum(g.prompt_tokens for g in generations) / count,
+        hit_cap_rate=sum(g.hit_cap for g in generations) / count,
+        cut_short_rate=sum(cut) / count,
     )
     # Every row is scored on the fields of all references, as json_fields scores them: the rows'
     # scores then average to mean_field_accuracy (a field a row lacks is right if the answer lacks it too).
     fields = reference_fields(references) if structured else None
     examples = []
-    for row, generation in zip(rows, generations):
+    for row, generation, was_cut in zip(rows, generations, cut):
         record = {"prompt": row["prompt"], "expected": row["completion"], "output": generation.text}
         if structured:
             score = score_example(generation.text, row["completion"], fields)
@@ -100,6 +115,9 @@ def score_generations(
         if "rouge" in metric_names:  # rouge1, rouge2, rougeL of this row; their means are the metrics
             record.update(rouge_example(generation.text, row["completion"]))
         record["latency_s"] = round(generation.latency_s, 4)
+        record["new_tokens"] = generation.new_tokens
+        record["hit_cap"] = generation.hit_cap
+        record["cut_short"] = was_cut
         examples.append(record)
     return EvaluationResult(metrics=metrics, examples=examples)
 
@@ -145,12 +163,24 @@ def evaluation_prompts(
     return prompts
 
 
+def generation_cap(setting: int | str, tokenizer: PreTrainedTokenizerBase, completions: Sequence[str]) -> AnswerCap:
+    """evaluation.max_new_tokens for a model: a set number, or auto from these expected answers in its tokens.
+
+    Args:
+        setting: "auto" or a number of tokens.
+        tokenizer: The answering model's tokenizer (a reference model may count tokens differently).
+        completions: Every expected answer of the run (all prepared splits).
+    """
+    return answer_cap(setting, [answer_tokens(tokenizer, completion) for completion in completions])
+
+
 def evaluate_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     rows: list[dict],
     system_prompt: str | None,
     settings: EvaluationConfig,
+    max_new_tokens: int | None = None,
     few_shot: Sequence[dict] = (),
     plain_template: str = PLAIN_TEMPLATE,
     reformat: bool = False,
@@ -163,7 +193,9 @@ def evaluate_model(
         rows: Prepared rows (their `prompt_text` is the formatted prompt), or
             plain dicts with "prompt" and "completion".
         system_prompt: The system prompt training used (for rows not yet formatted).
-        settings: Batch size and answer length cap.
+        settings: Batch size and metrics.
+        max_new_tokens: Cap on each answer, resolved over the whole run's answers (`generation_cap`);
+            None: settings.max_new_tokens, auto from these rows' answers.
         few_shot: Solved training rows shown before every input (a few-shot baseline).
         plain_template: Layout for tokenizers without a chat template.
         reformat: Format every row with this tokenizer (a model other than the base model).
@@ -171,18 +203,20 @@ def evaluate_model(
     Returns:
         Metrics and per-example records.
     """
+    if max_new_tokens is None:
+        max_new_tokens = generation_cap(settings.max_new_tokens, tokenizer, [row["completion"] for row in rows]).tokens
     prompts = evaluation_prompts(tokenizer, rows, system_prompt, few_shot, plain_template, reformat)
-    generations = generate(
-        model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens
-    )
-    return score_generations(rows, generations, settings.metrics)
+    generations = generate(model, tokenizer, prompts, batch_size=settings.batch_size, max_new_tokens=max_new_tokens)
+    expected = [answer_tokens(tokenizer, row["completion"]) for row in rows]
+    return score_generations(rows, generations, settings.metrics, expected, max_new_tokens)
 
 
-def evaluation_fingerprint(config: RunConfig, rows: list[dict]) -> str:
+def evaluation_fingerprint(config: RunConfig, rows: list[dict], max_new_tokens: int) -> str:
     """What makes two evaluations comparable: same rows, base model, prompt and generation settings.
 
     Greedy decoding is deterministic, so two evaluations of the same adapter
-    with equal fingerprints give the same numbers.
+    with equal fingerprints give the same numbers. The cap counts as resolved
+    (`auto` follows all splits, so the same test rows may get another cap).
     """
     settings = json.dumps(
         [
@@ -191,7 +225,7 @@ def evaluation_fingerprint(config: RunConfig, rows: list[dict]) -> str:
             config.model.dtype,
             config.data.system_prompt,
             config.data.plain_template,
-            config.evaluation.model_dump(),
+            {**config.evaluation.model_dump(), "max_new_tokens": max_new_tokens},
         ],
         sort_keys=True,
     )

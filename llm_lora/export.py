@@ -34,7 +34,9 @@ def merge_adapter(model: ModelConfig, adapter_dir: Path, output_dir: Path, dtype
     return output_dir
 
 
-def compare_merged_with_adapter(config: RunConfig, adapter_dir: Path, merged_dir: Path, rows: list[dict]) -> dict:
+def compare_merged_with_adapter(
+    config: RunConfig, adapter_dir: Path, merged_dir: Path, rows: list[dict], max_new_tokens: int
+) -> dict:
     """Greedy answers of the merged model and of base + adapter, in the merged dtype, on the same rows.
 
     Args:
@@ -42,6 +44,7 @@ def compare_merged_with_adapter(config: RunConfig, adapter_dir: Path, merged_dir
         adapter_dir: The saved adapter.
         merged_dir: Output of merge_adapter.
         rows: Prepared rows (with `prompt_text`).
+        max_new_tokens: Cap on each answer, as the evaluation resolved it.
 
     Returns:
         Counts of checked and matching rows, and the indexes of rows that differ.
@@ -49,7 +52,7 @@ def compare_merged_with_adapter(config: RunConfig, adapter_dir: Path, merged_dir
     dtype = config.export.dtype
     tokenizer = load_tokenizer(config.model)
     prompts = [row["prompt_text"] for row in rows]
-    settings = dict(batch_size=config.evaluation.batch_size, max_new_tokens=config.evaluation.max_new_tokens)
+    settings = dict(batch_size=config.evaluation.batch_size, max_new_tokens=max_new_tokens)
     device = default_device()
     adapted = PeftModel.from_pretrained(
         load_model(config.model.model_copy(update={"dtype": dtype}), device=device), str(adapter_dir)

@@ -23,12 +23,15 @@ class Generation:
         prompt_tokens: Tokens of the prompt.
         latency_s: The batch's wall time divided by its size (plus an even share
             of the shared prefix's one-off time, when it was computed once).
+        hit_cap: The answer reached max_new_tokens without its end-of-turn: it was
+            stopped, not finished.
     """
 
     text: str
     new_tokens: int
     prompt_tokens: int
     latency_s: float
+    hit_cap: bool = False
 
 
 # A shared prefix shorter than this is recomputed with every batch: not worth a cache copy.
@@ -96,12 +99,15 @@ def generate(
             answers = output[:, inputs["input_ids"].shape[1] :].tolist()
             for slot, answer, prompt_ids in zip(order[start : start + batch_size], answers, batch_ids):
                 # Cut at the first stop token: rows that finished early are padded after it.
-                cut = next((k + 1 for k, token in enumerate(answer) if token in stop_ids), len(answer))
+                stop = next((k + 1 for k, token in enumerate(answer) if token in stop_ids), None)
+                cut = len(answer) if stop is None else stop
                 results[slot] = Generation(
                     text=tokenizer.decode(answer[:cut], skip_special_tokens=True).strip(),
                     new_tokens=cut,
                     prompt_tokens=len(prompt_ids),
                     latency_s=latency,
+                    # No stop token: generation ended because the batch reached the cap.
+                    hit_cap=stop is None,
                 )
     finally:
         tokenizer.padding_side = padding_side

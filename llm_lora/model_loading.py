@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_lora.config import ModelConfig, TrainingConfig
 
@@ -187,6 +187,23 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def context_window(config: ModelConfig) -> int | None:
+    """The longest sequence the model was built for (its config's position limit), without loading weights.
+
+    Returns:
+        max_position_embeddings (or the architecture's name for it), or None when the config names none.
+    """
+    with _hub_errors(config):
+        model_config = AutoConfig.from_pretrained(
+            model_files(config), revision=config.revision, trust_remote_code=config.trust_remote_code
+        )
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(model_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def quantization_config(training: TrainingConfig):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+from llm_lora.answer_length import answer_cap
 from llm_lora.config import RunConfig
+from llm_lora.data_preparation import expand_counts
 
 BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 
@@ -67,6 +70,131 @@ def estimate_run(summary: dict, config: RunConfig, device: str) -> dict:
     return estimate
 
 
+# Fewer optimizer steps than this rarely teach an adapter a new output format: the learning rate
+# schedule barely leaves its warm-up before it decays.
+MIN_OPTIMIZER_STEPS = 30
+
+
+@dataclass(frozen=True)
+class SettingCheck:
+    """One run setting held against the data it will meet.
+
+    Attributes:
+        key: The YAML key ("evaluation.max_new_tokens").
+        value: Its value as the run uses it ("auto = 68", "256").
+        note: One line: where the value comes from, or what is wrong with it.
+        warning: Whether the user should change something.
+    """
+
+    key: str
+    value: str
+    note: str
+    warning: bool = False
+
+
+def check_settings(summary: dict, config: RunConfig, estimate: dict) -> list[SettingCheck]:
+    """Every setting whose right value depends on the data, checked against this run's data.
+
+    The values a config carries from another task (an answer cap, a row length, a
+    row budget, a schedule sized for another data set) show here with the numbers
+    that decide whether they fit, before any training time is spent.
+
+    Args:
+        summary: `PreparedData.summary`.
+        config: The run configuration.
+        estimate: `estimate_run`'s output.
+
+    Returns:
+        One check per setting, warnings marked.
+    """
+    checks = []
+    lengths = expand_counts(summary.get("answer_length_counts", {}))
+    cap_tokens = 0
+    if lengths:
+        cap = answer_cap(config.evaluation.max_new_tokens, lengths)
+        cap_tokens = cap.tokens
+        problem = cap.problem()
+        value = f"auto = {cap.tokens}" if cap.setting == "auto" else str(cap.tokens)
+        checks.append(SettingCheck("evaluation.max_new_tokens", value, problem or cap.why(), bool(problem)))
+
+    window = summary.get("context_window")
+    longest = max(summary[split]["max_tokens"] for split in ("train", "validation", "test"))
+    setting, limit = summary.get("max_seq_length_setting", summary["max_seq_length"]), summary["max_seq_length"]
+    lost = {split: summary[split]["over_length"] for split in ("train", "validation", "test")
+            if summary[split].get("over_length")}
+    if lost:
+        over = max(summary[split].get("longest_over_length", 0) for split in lost)
+        counts = ", ".join(f"{split} {count} of {summary[split]['rows_read']}" for split, count in lost.items())
+        fix = ("the model cannot take them: shorten those rows or set data.over_length: truncate" if setting == "auto"
+               else f"set it to at least {over}, or auto, to keep them")
+        checks.append(SettingCheck(
+            "data.max_seq_length", f"auto = {limit}" if setting == "auto" else str(limit),
+            f"rows longer than {limit} tokens were dropped ({counts}; longest {over} tokens): {fix}"
+            + ("; the test rows scored are no longer the whole test set" if "test" in lost else ""),
+            warning=True,
+        ))
+    elif setting == "auto":
+        kept = f"the model's context window, {window} tokens" if window else "any length (the tokenizer names no context window)"
+        checks.append(SettingCheck("data.max_seq_length", "auto",
+                                   f"keeps rows up to {kept}; longest row {longest} tokens"))
+    else:
+        checks.append(SettingCheck("data.max_seq_length", str(limit), f"longest row {longest} tokens fits"))
+    if setting != "auto":
+        if window and limit > window:
+            checks.append(SettingCheck("data.max_seq_length", str(limit),
+                                       f"is over the model's context window ({window} tokens)", warning=True))
+
+    k = config.baselines.few_shot_k
+    if k and window:
+        # Worst case: the k longest training rows as examples, the longest test prompt, the answer cap.
+        longest_prompt = k * summary["train"]["max_tokens"] + summary["test"]["max_tokens"] + cap_tokens
+        checks.append(SettingCheck(
+            "baselines.few_shot_k", str(k),
+            f"few-shot prompts with their answer reach up to about {longest_prompt} tokens"
+            + (f", over the model's context window ({window}): lower baselines.few_shot_k" if longest_prompt > window
+               else f" (context window {window})"),
+            warning=longest_prompt > window,
+        ))
+
+    data = config.data
+    rows = summary["train"]["rows"]
+    rows_note = f"{rows} training rows" + (f" of {summary['train']['rows_read']} read" if data.max_train_rows else "")
+    if "training_minutes" in estimate:
+        budget = config.preflight.max_training_minutes
+        minutes = estimate["training_minutes"]
+        note = f"{rows_note}: about {minutes} min of training at {estimate['tokens_per_s']:.0f} tokens/s"
+        if budget is not None and minutes > budget:
+            fitting = max(1, math.floor(rows * budget / minutes))
+            checks.append(SettingCheck(
+                "data.max_train_rows", str(data.max_train_rows or "all"),
+                f"{note}, over preflight.max_training_minutes {budget:g}: about {fitting} rows fit", warning=True,
+            ))
+        else:
+            checks.append(SettingCheck("data.max_train_rows", str(data.max_train_rows or "all"), note))
+    else:
+        checks.append(SettingCheck("data.max_train_rows", str(data.max_train_rows or "all"),
+                                   f"{rows_note}; training time unknown (set preflight.tokens_per_s)"))
+
+    training = config.training
+    steps = estimate["optimizer_steps"]
+    rows_per_step = training.batch_size * training.gradient_accumulation_steps * training.num_processes
+    schedule = (f"{steps} optimizer steps ({rows} rows, {rows_per_step} per step, {estimate['epochs']:g} epochs)"
+                f" at learning rate {training.learning_rate:g}")
+    key, value = (("training.max_steps", str(training.max_steps)) if training.max_steps > 0
+                  else ("training.epochs", f"{training.epochs:g}"))
+    if steps < MIN_OPTIMIZER_STEPS:
+        if training.max_steps > 0:
+            fix = f"raise training.max_steps to at least {MIN_OPTIMIZER_STEPS}"
+        else:
+            per_epoch = max(steps / max(estimate["epochs"], 1e-9), 1)
+            fix = (f"raise training.epochs to about {math.ceil(MIN_OPTIMIZER_STEPS / per_epoch)}"
+                   " or lower training.batch_size")
+        checks.append(SettingCheck(key, value, f"{schedule}: too few updates to learn a task; {fix}", warning=True))
+    else:
+        checks.append(SettingCheck(key, value, schedule))
+    return checks
+
+
 def problems(summary: dict) -> list[str]:
     """One line for each thing about the data a user should look at."""
     lines = []
@@ -75,7 +203,6 @@ def problems(summary: dict) -> list[str]:
         for key, what in (
             ("duplicates_dropped", "exact duplicates dropped"),
             ("leakage_dropped", "rows dropped because their input is also in train"),
-            ("over_length", f"rows over max_seq_length {summary['max_seq_length']} dropped"),
             ("truncated", "rows shortened to fit max_seq_length"),
             ("mask_problems", "rows dropped with no trained answer token"),
         ):
@@ -89,7 +216,7 @@ def problems(summary: dict) -> list[str]:
     return lines
 
 
-def render_text(summary: dict, estimate: dict) -> str:
+def render_text(summary: dict, estimate: dict, checks: list[SettingCheck] = ()) -> str:
     """The short printout."""
     rows = ", ".join(f"{split} {summary[split]['rows']}" for split in ("train", "validation", "test"))
     lines = [f"Preflight: {summary['source']}: rows {rows}; {len(summary['dropped'])} rows dropped"]
@@ -104,8 +231,14 @@ def render_text(summary: dict, estimate: dict) -> str:
         else ", time unknown (set preflight.tokens_per_s)"
     )
     lines.append(f"  {estimate['optimizer_steps']} optimizer steps, {estimate['training_tokens']} training tokens{timing}")
+    lines += [f"  {'!' if check.warning else '-'} {check.key}: {check.value}: {check.note}" for check in checks]
     lines += [f"  ! {line}" for line in problems(summary)]
     return "\n".join(lines)
+
+
+def findings(summary: dict, checks: list[SettingCheck]) -> list[str]:
+    """Every warning of the report, one line each (what the run summary repeats at the end)."""
+    return [f"{check.key}: {check.value}: {check.note}" for check in checks if check.warning] + problems(summary)
 
 
 def _table(rows: list[list], header: list[str]) -> str:
@@ -116,7 +249,7 @@ def _table(rows: list[list], header: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(summary: dict, estimate: dict) -> str:
+def render_html(summary: dict, estimate: dict, checks: list[SettingCheck] = ()) -> str:
     """A self-contained HTML page for the ZenML dashboard."""
     splits = ("train", "validation", "test")
     keys = [
@@ -138,8 +271,9 @@ def render_html(summary: dict, estimate: dict) -> str:
         + "</tr>"
         for b in bins
     )
-    issues = problems(summary)
+    issues = findings(summary, list(checks))
     dropped = [[row["split"], row["source"], row["reason"]] for row in summary["dropped"]]
+    settings = _table([[("! " if c.warning else "") + c.key, c.value, c.note] for c in checks], ["setting", "value", "against the data"])
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Preflight report</title><style>
 body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0 1.5em}}
 td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}} th{{background:#f3f3f3}}
@@ -147,10 +281,11 @@ td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}} th{{background
 </style></head><body>
 <h2>Preflight report</h2>
 <p>Source: <code>{html.escape(summary['source'])}</code>{' &middot; splits made from train: ' + ', '.join(summary['splits_made']) if summary['splits_made'] else ''}
-&middot; max_seq_length {summary['max_seq_length']} &middot; loss on {html.escape(summary['loss_on'])}
+&middot; max_seq_length {summary.get('max_seq_length_setting', summary['max_seq_length'])} &middot; loss on {html.escape(summary['loss_on'])}
 &middot; packing {'on' if summary['packing'] else 'off'}</p>
 <h3>Findings</h3>
 {''.join(f"<p class='warn'>&#9888; {html.escape(line)}</p>" for line in issues) or '<p>No problems found.</p>'}
+<h3>Settings against the data</h3>{settings if checks else '<p>Not checked.</p>'}
 <h3>Splits</h3>{_table(split_rows, ['', *splits])}
 <h3>Token lengths (model tokenizer)</h3><table><thead><tr><th>tokens</th>{''.join(f'<th>{s}</th>' for s in splits)}</tr></thead><tbody>{bars}</tbody></table>
 <h3>Run estimate</h3>{_table([[key, value] for key, value in estimate.items()], ['', 'value'])}

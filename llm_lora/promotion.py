@@ -50,6 +50,7 @@ def decide_promotion(
     staging: bool = True,
     force: bool = False,
     baseline: str | None = None,
+    unmeasured: str | None = None,
 ) -> PromotionDecision:
     """Decide which stage a new model version gets.
 
@@ -71,6 +72,8 @@ def decide_promotion(
         force: Put the candidate into production whatever the numbers (recorded as such).
         baseline: When the gate compares with the best baseline instead of the base
             model (promotion.must_beat), its name ("base model, 3-shot").
+        unmeasured: Why the scores measure nothing (answers cut short by the generation cap,
+            see `answer_length.cut_short_problem`): then the decision is inconclusive, no stage.
 
     Returns:
         The decision with a reason that quotes the numbers.
@@ -84,6 +87,8 @@ def decide_promotion(
             f", production {production:.4f}" if production is not None else ""
         )
         return PromotionDecision(True, "production", reason, **numbers)
+    if unmeasured:
+        return PromotionDecision(False, None, f"inconclusive: {unmeasured}", **numbers)
     if not math.isfinite(candidate) or not math.isfinite(base):
         reason = f"{metric} is not a number (candidate {candidate}, {against}): nothing to compare, nothing promoted"
         return PromotionDecision(False, None, reason, **numbers)

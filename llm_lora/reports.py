@@ -86,16 +86,18 @@ def loss_curve_svg(loss_history: list[dict], width: int = 640, height: int = 280
 
 def metric_rows(base: dict, finetuned: dict) -> list[tuple[str, float, float]]:
     """The scores worth a table row, in a stable order: headline metrics, then per-field."""
-    skip = ("num_examples", "mean_new_tokens", "mean_prompt_tokens", "evaluation_fingerprint")
+    skip = ("num_examples", "mean_new_tokens", "mean_prompt_tokens", "evaluation_fingerprint", "max_new_tokens")
+    tail = ("hit_cap_rate", "cut_short_rate", "mean_latency_s")  # how answers ended, and their cost
     names = [name for name in finetuned if name not in skip and isinstance(finetuned[name], (int, float))]
-    headline = [n for n in names if not n.startswith("field_accuracy/") and n != "mean_latency_s"]
+    headline = [n for n in names if not n.startswith("field_accuracy/") and n not in tail]
     fields = [n for n in names if n.startswith("field_accuracy/")]
-    ordered = headline + fields + (["mean_latency_s"] if "mean_latency_s" in names else [])
+    ordered = headline + fields + [n for n in tail if n in names]
     return [(name, float(base.get(name, float("nan"))), float(finetuned[name])) for name in ordered]
 
 
-# Metrics where a fall is the improvement (answers outside the label set, seconds per answer).
-LOWER_IS_BETTER = ("mean_latency_s", "classification_out_of_set_rate")
+# Metrics where a fall is the improvement (answers outside the label set, answers stopped by the
+# generation cap, seconds per answer).
+LOWER_IS_BETTER = ("mean_latency_s", "classification_out_of_set_rate", "hit_cap_rate", "cut_short_rate")
 
 
 def render_run_report(

@@ -26,11 +26,13 @@ class TokenizedSplit:
         rows: Dicts with the example, prompt_text, input_ids, attention_mask, labels.
         dropped: (source, reason) for every row left out.
         truncated: Sources of rows whose prompt was shortened to fit.
+        longest_dropped: Tokens of the longest row dropped for its length (0: none).
     """
 
     rows: list[dict] = field(default_factory=list)
     dropped: list[tuple[str, str]] = field(default_factory=list)
     truncated: list[str] = field(default_factory=list)
+    longest_dropped: int = 0
 
 
 def tokenize_segments(tokenizer: PreTrainedTokenizerBase, segments: list[tuple[str, bool]]) -> dict[str, list[int]]:
@@ -87,7 +89,7 @@ def tokenize_examples(
     examples: list[Example],
     tokenizer: PreTrainedTokenizerBase,
     system_prompt: str | None,
-    max_seq_length: int,
+    max_seq_length: int | None,
     loss_on: str = "completion",
     over_length: str = "drop",
     plain_template: str = PLAIN_TEMPLATE,
@@ -102,7 +104,7 @@ def tokenize_examples(
         examples: Canonical examples.
         tokenizer: The base model's tokenizer.
         system_prompt: The YAML's system prompt (a row's own system message wins).
-        max_seq_length: Longest allowed sequence, in tokens.
+        max_seq_length: Longest allowed sequence, in tokens (None: no limit).
         loss_on: Which tokens carry loss (see `format_segments`).
         over_length: "drop" or "truncate".
         plain_template: Layout for tokenizers without a chat template.
@@ -119,15 +121,16 @@ def tokenize_examples(
                 tokenizer, current.context, current.completion, system, plain_template, loss_on
             )
             tokens = tokenize_segments(tokenizer, segments)
-            excess = len(tokens["input_ids"]) - max_seq_length
+            excess = len(tokens["input_ids"]) - (max_seq_length or len(tokens["input_ids"]))
             if excess <= 0 or over_length != "truncate":
                 break
             current = _shorten_last_user_turn(current, tokenizer, excess + 2)
             if current is None:
                 break
         length = len(tokens["input_ids"])
-        if current is None or length > max_seq_length:
+        if current is None or (max_seq_length is not None and length > max_seq_length):
             split.dropped.append((example.source, f"{length} tokens > max_seq_length {max_seq_length}"))
+            split.longest_dropped = max(split.longest_dropped, length)
             continue
         problem = mask_problem(tokenizer, tokens["labels"])
         if problem:

@@ -33,9 +33,10 @@ from transformers import (
 )
 
 from llm_lora import attention
+from llm_lora.answer_length import answer_tokens
 from llm_lora.checkpoints import CheckpointStore
-from llm_lora.config import LoraSettings, RunConfig, TrainingConfig
-from llm_lora.evaluation import score_generations
+from llm_lora.config import GENERATION_FACTS, LoraSettings, RunConfig, TrainingConfig
+from llm_lora.evaluation import generation_cap, score_generations
 from llm_lora.generation import generate
 from llm_lora.model_loading import load_model, load_tokenizer
 from llm_lora.promotion import resolve_metric
@@ -214,7 +215,6 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
 
 
 PRIMARY_METRIC_KEY = "eval_primary_metric"
-_NOT_SCORES = ("num_examples", "mean_latency_s", "mean_new_tokens", "mean_prompt_tokens")
 
 
 class GenerationMetrics(TrainerCallback):
@@ -225,10 +225,14 @@ class GenerationMetrics(TrainerCallback):
     Must come before EarlyStoppingCallback in the callback list.
     """
 
-    def __init__(self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, config: RunConfig) -> None:
+    def __init__(
+        self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, config: RunConfig, max_new_tokens: int
+    ) -> None:
         self.rows = rows
         self.tokenizer = tokenizer
         self.config = config
+        self.max_new_tokens = max_new_tokens
+        self.expected_tokens = [answer_tokens(tokenizer, row["completion"]) for row in rows]
         self.records: list[dict] = []
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):  # noqa: D102
@@ -243,16 +247,18 @@ class GenerationMetrics(TrainerCallback):
         try:
             generations = generate(
                 model, self.tokenizer, [row["prompt_text"] for row in self.rows],
-                batch_size=self.config.evaluation.batch_size, max_new_tokens=self.config.evaluation.max_new_tokens,
+                batch_size=self.config.evaluation.batch_size, max_new_tokens=self.max_new_tokens,
             )
         finally:
             model.config.use_cache = use_cache
             model.train(was_training)
             if packed_attention:
                 model.set_attn_implementation(attention.NAME)
-        scores = score_generations(self.rows, generations, self.config.evaluation.metrics).metrics
+        scores = score_generations(
+            self.rows, generations, self.config.evaluation.metrics, self.expected_tokens, self.max_new_tokens
+        ).metrics
         primary = resolve_metric(self.config.promotion.metric, scores)
-        found = {f"eval_{name}": value for name, value in scores.items() if name not in _NOT_SCORES}
+        found = {f"eval_{name}": value for name, value in scores.items() if name not in GENERATION_FACTS}
         found[PRIMARY_METRIC_KEY] = scores[primary]
         metrics.update(found)
         self.records.append({"step": state.global_step, "metric": primary, **found})
@@ -413,6 +419,7 @@ def train_lora(
     output_dir: Path,
     tokenizer: PreTrainedTokenizerBase | None = None,
     checkpoints: CheckpointStore | None = None,
+    max_new_tokens: int | None = None,
 ) -> TrainingResult:
     """Train LoRA adapters on tokenized rows and save them.
 
@@ -427,6 +434,8 @@ def train_lora(
         tokenizer: Reuse an already-loaded tokenizer.
         checkpoints: Durable store for resumable checkpoints (with training.checkpoint_steps):
             published every checkpoint_steps, resumed from when it holds one, cleared at the end.
+        max_new_tokens: Cap of the answers generated on validation rows (training.eval_generation_rows),
+            as the evaluation resolved it; None: evaluation.max_new_tokens, auto from these rows.
 
     Returns:
         The adapter directory and the training metrics.
@@ -449,8 +458,11 @@ def train_lora(
     callbacks: list[TrainerCallback] = [history]
     generation_metrics = None
     if config.training.eval_generation_rows and validation_rows:
+        if max_new_tokens is None:
+            completions = [row["completion"] for row in (*train_rows, *validation_rows)]
+            max_new_tokens = generation_cap(config.evaluation.max_new_tokens, tokenizer, completions).tokens
         generation_metrics = GenerationMetrics(
-            validation_rows[: config.training.eval_generation_rows], tokenizer, config
+            validation_rows[: config.training.eval_generation_rows], tokenizer, config, max_new_tokens
         )
         callbacks.append(generation_metrics)
     publishing = checkpoints is not None and config.training.checkpoint_steps

@@ -22,16 +22,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llm_lora.answer_length import cut_short_problem
 from llm_lora.comparison import example_score, score_meaning
+from llm_lora.config import GENERATION_FACTS
 
 # Below this many test rows the verdict is inconclusive whatever the interval says: a
 # bootstrap only sees the variation the sample happens to contain.
 MIN_ROWS = 10
 
-_NOT_QUALITY = {
-    "num_examples", "mean_latency_s", "mean_new_tokens", "mean_prompt_tokens", "evaluation_fingerprint",
-    "valid_json_rate", "classification_out_of_set_rate",
-}
+_NOT_QUALITY = {*GENERATION_FACTS, "valid_json_rate", "classification_out_of_set_rate"}
 
 
 @dataclass(frozen=True)
@@ -158,6 +157,10 @@ def summarize_model(evaluated: Evaluated, primary: str) -> dict:
         "prompt_tokens": float(metrics["mean_prompt_tokens"]),
         "generated_tokens": float(metrics["mean_new_tokens"]),
         "latency_s": float(metrics["mean_latency_s"]),
+        # How answers ended: stopped by the cap at all, and cut before the expected answer could fit.
+        "hit_cap": round(float(metrics.get("hit_cap_rate", 0.0)) * len(evaluated.records)),
+        "cut_short": round(float(metrics.get("cut_short_rate", 0.0)) * len(evaluated.records)),
+        "max_new_tokens": int(metrics.get("max_new_tokens", 0)),
     }
 
 
@@ -257,6 +260,7 @@ def assess(
     confidence: float = 0.95,
     bootstrap_samples: int = 2000,
     bootstrap_seed: int = 0,
+    max_cut_short: float = 0.02,
 ) -> dict:
     """The whole "worth it" report as a flat, JSON-friendly dict.
 
@@ -272,6 +276,8 @@ def assess(
         confidence: Level of the interval.
         bootstrap_samples: Resamples of the paired bootstrap.
         bootstrap_seed: Its seed.
+        max_cut_short: Share of a model's answers that may be cut short by the generation cap; above
+            it the scores are unmeasured and the verdict is inconclusive, whatever they say.
 
     Returns:
         Per-model rows, the best baseline, gain and interval, savings, costs, payback, verdict and reason.
@@ -302,6 +308,9 @@ def assess(
     verdict, reason = judge(
         gain, len(candidate_scores), best.label, min_gain, confidence, tokens_saved, payback, priced, expected_requests
     )
+    unmeasured = cut_short_problem(((e.label, e.metrics) for e in (*baselines, finetuned)), max_cut_short)
+    if unmeasured:
+        verdict, reason = "inconclusive", unmeasured
     return {
         "metric": metric,
         "models": models,
@@ -332,6 +341,8 @@ def assess(
         "expected_requests": expected_requests,
         "verdict": verdict,
         "reason": reason,
+        # Why no score here decides anything (answers cut short by the cap), else None.
+        "unmeasured": unmeasured,
     }
 
 
@@ -355,6 +366,13 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#
 tr.finetuned{font-weight:600} tr.best td:first-child::after{content:" (best baseline)";font-weight:400;color:#666}
 .bar{display:inline-block;height:.7em;background:#7a5af8;vertical-align:middle;margin-right:.4em}
 """
+
+
+def _at_cap(model: dict) -> str:
+    """'12 of 100 (3 cut short), cap 68 tokens' for one model's row."""
+    cut = f" ({model['cut_short']} cut short)" if model.get("cut_short") else ""
+    cap = f", cap {model['max_new_tokens']}" if model.get("max_new_tokens") else ""
+    return html.escape(f"{model.get('hit_cap', 0)}{cut}{cap}")
 
 
 def _number(value, digits: int = 3) -> str:
@@ -385,7 +403,7 @@ def render_worth_it_html(report: dict) -> str:
         rows.append(
             f"<tr class='{css}'><td>{html.escape(model['label'])}</td>{quality}"
             f"<td>{model['valid_output_rate']:.3f}</td><td>{model['prompt_tokens']:.1f}</td>"
-            f"<td>{model['generated_tokens']:.1f}</td><td>{model['latency_s']:.3f}</td></tr>"
+            f"<td>{model['generated_tokens']:.1f}</td><td>{_at_cap(model)}</td><td>{model['latency_s']:.3f}</td></tr>"
         )
     css = {"worth it": "yes", "not worth it": "no"}.get(report["verdict"], "unsure")
     cost = report["training_cost"]
@@ -410,7 +428,8 @@ def render_worth_it_html(report: dict) -> str:
 {html.escape(report['reason'])}</div>
 <h3>Every model on the same {report['test_rows']} test rows</h3>
 <table id="models"><thead><tr><th>model</th>{header}<th>valid output rate</th><th>prompt tokens / request</th>
-<th>generated tokens / request</th><th>latency s / example</th></tr></thead><tbody>{''.join(rows)}</tbody></table>
+<th>generated tokens / request</th><th>answers at the cap</th><th>latency s / example</th></tr></thead>
+<tbody>{''.join(rows)}</tbody></table>
 <h3>Finetuned vs the best baseline ({html.escape(report['best_baseline_label'])})</h3>
 <table id="facts"><tbody>{fact_rows}</tbody></table>
 <h3>How this is decided</h3>
@@ -420,4 +439,8 @@ both models' scores, and the mean difference is recomputed for every draw.</p>
 interval lies below zero. Same quality (the interval within &plusmn;{report['min_gain']:g}): the cost decides &mdash;
 fewer prompt tokens that pay for training within the expected requests. Otherwise inconclusive: the gain is within
 the noise of this many test rows. Latency is the batch's wall time per example on the evaluation machine.</p>
+<p>Answers at the cap: answers stopped by evaluation.max_new_tokens instead of ending. An answer whose expected
+answer would have fitted with room to spare ran on past any right answer and scores as wrong; one whose expected
+answer needed that room was cut short and its score measures nothing. When more than
+evaluation.max_cut_short of a model's answers were cut short, the verdict is inconclusive.</p>
 </body></html>"""

@@ -31,7 +31,7 @@ def batch_predict(
     rows = read_inference_rows(settings.input_file, config)
     results = predict(
         model, tokenizer, rows, config, settings.batch_size,
-        settings.max_new_tokens or config.evaluation.max_new_tokens,
+        settings.max_new_tokens or loaded.max_new_tokens,
     )
     path = write_predictions(results, settings.output_file)
     log_metadata(

@@ -5,16 +5,19 @@ from typing import Annotated, Optional, Tuple
 
 import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
+from zenml.logger import get_logger
 
 from llm_lora.adapter import LoraAdapter
 from llm_lora.baselines import choose_few_shot_examples
 from llm_lora.config import RunConfig
-from llm_lora.data_preparation import load_prepared_split
+from llm_lora.data_preparation import load_prepared_completions, load_prepared_split
 from llm_lora.evaluation import evaluate_model as run_evaluation
-from llm_lora.evaluation import evaluation_fingerprint
+from llm_lora.evaluation import evaluation_fingerprint, generation_cap
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.training import load_adapter
 from steps.hub_token import apply_hub_token
+
+logger = get_logger(__name__)
 
 
 @step
@@ -63,17 +66,19 @@ def evaluate_model(
     if reference:
         apply_hub_token(model_config)
     tokenizer = load_tokenizer(model_config)
+    cap = generation_cap(config.evaluation.max_new_tokens, tokenizer, load_prepared_completions(prepared_data))
+    logger.info("%s", cap.why())
     model = load_model(model_config, device=default_device())
     if adapter is not None:
         model = load_adapter(model, adapter.directory, merge=True)
     result = run_evaluation(
-        model, tokenizer, rows, config.data.system_prompt, config.evaluation,
+        model, tokenizer, rows, config.data.system_prompt, config.evaluation, cap.tokens,
         few_shot=examples, plain_template=config.data.plain_template, reformat=reference,
     )
     metrics = dict(result.metrics)
     if not (few_shot or reference):
         # What makes the score comparable across runs (the promotion gate compares with production).
-        metrics["evaluation_fingerprint"] = evaluation_fingerprint(config, rows)
+        metrics["evaluation_fingerprint"] = evaluation_fingerprint(config, rows, cap.tokens)
     extra = {"few_shot_examples": [example["source"] for example in examples]} if few_shot else {}
     log_metadata(metadata={label: {**metrics, **extra}}, infer_model=True)
     return metrics, pd.DataFrame(result.examples)

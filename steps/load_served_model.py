@@ -42,6 +42,6 @@ def load_served_model(
         config=config,
         version=label,
         batch_size=batch_size,
-        max_new_tokens=max_new_tokens or config.evaluation.max_new_tokens,
+        max_new_tokens=max_new_tokens or loaded.max_new_tokens,
         request_log=Path(request_log) if request_log else None,
     )

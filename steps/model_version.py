@@ -25,6 +25,17 @@ class LoadedVersion:
         """e.g. "support-email-extractor 3 (production)"."""
         return f"{self.model_name} {self.version.name} ({self.version.stage or 'no stage'})"
 
+    @property
+    def max_new_tokens(self) -> int:
+        """The answer cap the version was evaluated with (evaluation.max_new_tokens: auto, resolved then)."""
+        evaluated = self.version.run_metadata.get("finetuned")
+        if isinstance(evaluated, dict) and evaluated.get("max_new_tokens"):
+            return int(evaluated["max_new_tokens"])
+        setting = self.config.evaluation.max_new_tokens
+        if setting == "auto":  # a version whose evaluation left no record
+            raise ValueError(f"{self.label}: no recorded evaluation.max_new_tokens; set inference/deploy max_new_tokens")
+        return int(setting)
+
 
 def load_model_version(model_name: str, version: str, option: str) -> LoadedVersion:
     """Load the base model and the LoRA adapter of a version of a ZenML Model.

@@ -8,7 +8,7 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from llm_lora.config import RunConfig
-from llm_lora.preflight import estimate_run, render_html, render_text
+from llm_lora.preflight import check_settings, estimate_run, findings, render_html, render_text
 
 logger = get_logger(__name__)
 
@@ -19,19 +19,23 @@ def preflight_report(
 ) -> Tuple[
     Annotated[HTMLString, ArtifactConfig(name="preflight_report")],
     Annotated[dict, ArtifactConfig(name="run_estimate")],
+    Annotated[list, ArtifactConfig(name="preflight_findings")],
 ]:
-    """Summarize the prepared data and estimate the training run.
+    """Summarize the prepared data, check the data-dependent settings and estimate the training run.
 
     Args:
-        data_summary: prepare_data's summary (counts, drops, token statistics).
+        data_summary: prepare_data's summary (counts, drops, token statistics, answer lengths).
         config_json: The run configuration (RunConfig as JSON).
 
     Returns:
-        The report as HTML (rendered in the dashboard) and the estimate.
+        The report as HTML (rendered in the dashboard), the estimate, and every warning as one line.
     """
     config = RunConfig.from_json(config_json)
     device = "cuda" if torch.cuda.is_available() and not config.training.use_cpu else "cpu"
     estimate = estimate_run(data_summary, config, device)
-    logger.info("\n%s", render_text(data_summary, estimate))
-    log_metadata(metadata={"preflight": estimate}, infer_model=True)
-    return HTMLString(render_html(data_summary, estimate)), estimate
+    checks = check_settings(data_summary, config, estimate)
+    logger.info("\n%s", render_text(data_summary, estimate, checks))
+    warnings = findings(data_summary, checks)
+    settings = [f"{check.key}: {check.value}: {check.note}" for check in checks]
+    log_metadata(metadata={"preflight": {**estimate, "settings": settings, "findings": warnings}}, infer_model=True)
+    return HTMLString(render_html(data_summary, estimate, checks)), estimate, warnings

@@ -7,7 +7,7 @@ from zenml import ArtifactConfig, log_metadata, step
 
 from llm_lora.config import RunConfig
 from llm_lora.data_preparation import prepare_splits, save_prepared
-from llm_lora.model_loading import load_tokenizer
+from llm_lora.model_loading import context_window, load_tokenizer
 from steps.hub_token import apply_hub_token
 from steps.scratch import scratch_folder
 
@@ -30,7 +30,7 @@ def prepare_data(
     """
     config = RunConfig.from_json(config_json)
     token_source = apply_hub_token(config.model)
-    prepared = prepare_splits(config.data, load_tokenizer(config.model))
+    prepared = prepare_splits(config.data, load_tokenizer(config.model), context_window(config.model))
     directory = save_prepared(prepared, scratch_folder("prepared-data-"))
     log_metadata(
         metadata={

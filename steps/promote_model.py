@@ -14,8 +14,9 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from llm_lora.config import PromotionConfig, RunConfig
-from llm_lora.data_preparation import load_prepared_split
-from llm_lora.evaluation import evaluate_model, evaluation_fingerprint
+from llm_lora.answer_length import cut_short_problem
+from llm_lora.data_preparation import load_prepared_completions, load_prepared_split
+from llm_lora.evaluation import evaluate_model, evaluation_fingerprint, generation_cap
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.promotion import decide_promotion, resolve_metric
 from llm_lora.reports import render_run_report
@@ -74,8 +75,8 @@ def promotion_lock(model_name: str, holder: str, timeout_s: float = 1800, stale_
 
 def production_score(
     model_name: str, metric: str, fingerprint: str, current_version_id, reevaluate: Callable
-) -> tuple[float | None, str]:
-    """The production version's score on this run's test rows, and where it came from.
+) -> tuple[float | None, str, dict | None]:
+    """The production version's score on this run's test rows, where it came from, and its metrics.
 
     Args:
         model_name: The registered model.
@@ -88,15 +89,16 @@ def production_score(
     try:
         production = Client().get_model_version(model_name, "production")
     except KeyError:
-        return None, "no production version"
+        return None, "no production version", None
     if production.id == current_version_id:
-        return None, "no production version"
+        return None, "no production version", None
     stored = production.run_metadata.get("finetuned")
     if isinstance(stored, dict) and stored.get("evaluation_fingerprint") == fingerprint and metric in stored:
         # Same rows, base model, prompt and greedy settings: re-running would give these numbers.
-        return float(stored[metric]), f"version {production.number}, stored score on identical test rows"
+        return float(stored[metric]), f"version {production.number}, stored score on identical test rows", stored
     logger.info("Re-evaluating production version %s on this run's test rows", production.number)
-    return float(reevaluate(production)[metric]), f"version {production.number}, re-evaluated on this run's test rows"
+    metrics = reevaluate(production)
+    return float(metrics[metric]), f"version {production.number}, re-evaluated on this run's test rows", metrics
 
 
 def gate(
@@ -110,16 +112,25 @@ def gate(
     promotion: PromotionConfig,
     force: bool = False,
     baseline: str | None = None,
+    unmeasured: str | None = None,
+    max_cut_short: float = 0.02,
 ) -> dict:
     """Under the promotion lock: compare with the current production version, decide, set the stage.
 
     `base` is the base model's score, or with `baseline` (its name) the best baseline's.
+    `unmeasured` says why this run's scores measure nothing (the worth-it report's finding that
+    answers were cut short); production re-scored on these rows is held to `max_cut_short` too.
+    Either way, nothing is promoted.
 
     Returns:
         The decision, its numbers and reason, where production's score came from, and the new stage.
     """
     with promotion_lock(model_name, holder=f"version {version.number}"):
-        production, source = production_score(model_name, metric, fingerprint, version.id, reevaluate)
+        production, source, production_metrics = production_score(
+            model_name, metric, fingerprint, version.id, reevaluate
+        )
+        production_cut = cut_short_problem([("production", production_metrics)], max_cut_short) \
+            if production_metrics else None
         decision = decide_promotion(
             metric,
             candidate=candidate,
@@ -130,6 +141,7 @@ def gate(
             staging=promotion.staging,
             force=force,
             baseline=baseline,
+            unmeasured=unmeasured or production_cut,
         )
         if decision.stage is not None:
             # force=True moves the current holder of the stage out of it (ZenML keeps one version per stage).
@@ -175,18 +187,22 @@ def promote_model(
             raise ValueError(f"promotion.metric: {metric!r} not among the {name} metrics {sorted(metrics)}")
     model = get_step_context().model
     rows = load_prepared_split(prepared_data, "test")
+    completions = load_prepared_completions(prepared_data)
+    cap = generation_cap(config.evaluation.max_new_tokens, load_tokenizer(config.model), completions)
 
     def reevaluate(production) -> dict:
         # Production as it serves: its own base model, system prompt and template (recorded with it),
-        # on this run's test rows and generation settings.
+        # on this run's test rows and generation settings (the cap in its own tokens).
         stored = production.run_metadata.get("run_config_json")
         own = RunConfig.from_json(stored) if isinstance(stored, str) else config
         apply_hub_token(own.model)
         adapter = production.get_artifact("lora_adapter").load()
         base = load_model(own.model, device=default_device())
+        tokenizer = load_tokenizer(own.model)
+        own_cap = generation_cap(config.evaluation.max_new_tokens, tokenizer, completions)
         result = evaluate_model(
-            load_adapter(base, adapter.directory, merge=True), load_tokenizer(own.model), rows,
-            own.data.system_prompt, config.evaluation, plain_template=own.data.plain_template,
+            load_adapter(base, adapter.directory, merge=True), tokenizer, rows,
+            own.data.system_prompt, config.evaluation, own_cap.tokens, plain_template=own.data.plain_template,
             # The rows' prompt_text is this run's formatting: another base model or prompt formats anew.
             reformat=(own.model, own.data.system_prompt, own.data.plain_template)
             != (config.model, config.data.system_prompt, config.data.plain_template),
@@ -203,11 +219,13 @@ def promote_model(
         metric,
         candidate=float(finetuned_metrics[metric]),
         base=base_score,
-        fingerprint=evaluation_fingerprint(config, rows),
+        fingerprint=evaluation_fingerprint(config, rows, cap.tokens),
         reevaluate=reevaluate,
         promotion=config.promotion,
         force=force_promote,
         baseline=baseline,
+        unmeasured=worth_it.get("unmeasured"),
+        max_cut_short=config.evaluation.max_cut_short,
     )
     logger.info("Promotion: stage %s. %s", record["new_stage"], record["reason"])
     log_metadata(

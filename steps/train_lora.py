@@ -19,8 +19,10 @@ from zenml.steps import BaseStep
 from llm_lora.adapter import LoraAdapter
 from llm_lora.checkpoints import CheckpointStore, checkpoint_key
 from llm_lora.config import RunConfig, TrainingConfig
-from llm_lora.data_preparation import fingerprint, load_prepared_split
+from llm_lora.data_preparation import fingerprint, load_prepared_completions, load_prepared_split
+from llm_lora.evaluation import generation_cap
 from llm_lora.errors import explain_training_failure
+from llm_lora.model_loading import load_tokenizer
 from llm_lora.training import computed_on_main_process, is_main_process
 from llm_lora.training import train_lora as run_training
 from materializers.lora_adapter_materializer import LoraAdapterMaterializer
@@ -54,13 +56,20 @@ def train_lora(
     output_dir = Path(os.environ.get(SCRATCH_ENV) or computed_on_main_process(
         lambda: str(scratch_folder("lora-training-"))))
     train_rows = load_prepared_split(Path(prepared_data), "train")
+    tokenizer, max_new_tokens = None, None
+    if config.training.eval_generation_rows:  # validation answers are capped as the evaluation caps test answers
+        tokenizer = load_tokenizer(config.model)
+        completions = load_prepared_completions(Path(prepared_data))
+        max_new_tokens = generation_cap(config.evaluation.max_new_tokens, tokenizer, completions).tokens
     try:
         result = run_training(
             config,
             train_rows,
             load_prepared_split(Path(prepared_data), "validation"),
             output_dir,
+            tokenizer=tokenizer,
             checkpoints=checkpoint_store(config, train_rows),
+            max_new_tokens=max_new_tokens,
         )
     except Exception as exc:
         report_training_failure(exc, config)

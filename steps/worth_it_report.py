@@ -71,6 +71,7 @@ def worth_it_report(
         confidence=settings.confidence,
         bootstrap_samples=settings.bootstrap_samples,
         bootstrap_seed=settings.bootstrap_seed,
+        max_cut_short=config.evaluation.max_cut_short,
     )
     logger.info("Worth it? %s: %s", report["verdict"], report["reason"])
     # Metadata takes no None values; the artifact keeps them.
