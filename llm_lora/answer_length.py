@@ -72,43 +72,36 @@ class AnswerCap:
         """What `auto` gives for these answers."""
         return room_needed(self.longest)
 
+    @property
+    def value(self) -> str:
+        """The value as reports show it: "auto = 68", or the number set."""
+        return f"auto = {self.tokens}" if self.setting == "auto" else str(self.tokens)
+
     def why(self) -> str:
-        """One line: the value and where it comes from, for the preflight report and the logs."""
+        """Where the value comes from (for the preflight report and the logs)."""
         if self.setting == "auto":
-            return (
-                f"evaluation.max_new_tokens: auto = {self.tokens} (longest expected answer {self.longest} tokens"
-                f" with its end-of-turn, + margin {margin(self.longest)})"
-            )
-        return f"evaluation.max_new_tokens: {self.tokens} (set in the config; auto would give {self.auto})"
+            return f"longest expected answer {self.longest} tokens with its end-of-turn, + margin {margin(self.longest)}"
+        return f"set in the config; the longest expected answer is {self.longest} tokens, auto would give {self.auto}"
 
     def problem(self) -> str | None:
-        """One line when the configured cap cannot fit the expected answers, else None."""
+        """What is wrong with a configured cap for these answers, or None."""
         if self.setting == "auto":
             return None
         if self.longer:
             return (
-                f"evaluation.max_new_tokens: {self.tokens} is shorter than {self.longer} of {self.answers} expected"
-                f" answers (longest {self.longest} tokens with its end-of-turn): those answers will be cut short and"
-                f" score as wrong; use auto ({self.auto})"
+                f"shorter than {self.longer} of {self.answers} expected answers (longest {self.longest} tokens with"
+                f" its end-of-turn): those answers will be cut short and score as wrong; use auto ({self.auto})"
             )
         if self.tight:
             return (
-                f"evaluation.max_new_tokens: {self.tokens} leaves less than the margin for {self.tight} of"
-                f" {self.answers} expected answers (longest {self.longest} tokens): an answer written less compactly"
-                f" is cut; auto gives {self.auto}"
+                f"leaves less than the margin for {self.tight} of {self.answers} expected answers (longest"
+                f" {self.longest} tokens): an answer written less compactly is cut; auto gives {self.auto}"
             )
         return None
 
-    def as_metadata(self) -> dict:
-        """A flat dict for reports and metadata."""
-        return {
-            "max_new_tokens": self.tokens,
-            "setting": self.setting,
-            "longest_expected_answer": self.longest,
-            "answers_longer_than_cap": self.longer,
-            "answers_without_margin": self.tight,
-            "reason": self.why(),
-        }
+    def describe(self) -> str:
+        """One line: the key, its value and why (or what is wrong with it)."""
+        return f"evaluation.max_new_tokens: {self.value} ({self.problem() or self.why()})"
 
 
 def answer_cap(setting: int | str, lengths: Iterable[int]) -> AnswerCap:

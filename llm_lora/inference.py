@@ -66,7 +66,8 @@ def predict(
         max_new_tokens: Cap on each answer.
 
     Returns:
-        One dict per row: source, prompt, output, and for JSON answers the parsed object.
+        One dict per row: source, prompt, output, for JSON answers the parsed object, and
+        whether the answer was stopped by the cap.
     """
     prompts = [
         format_prompt(tokenizer, context, system if system is not None else config.data.system_prompt,
@@ -84,6 +85,8 @@ def predict(
                 "output": generation.text,
                 "json": parsed,
                 "valid_json": parsed is not None,
+                # Stopped by max_new_tokens instead of ending: a cut answer (raise the cap) or a runaway one.
+                "hit_cap": generation.hit_cap,
                 "latency_s": round(generation.latency_s, 4),
             }
         )

@@ -26,6 +26,8 @@ def measured_throughput(model_name: str, device: str) -> tuple[float, str] | Non
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if not isinstance(record, dict):  # a list of runs (a sweep) carries no single throughput
+            continue
         training = record.get("training", {})
         if record.get("model") == model_name and str(training.get("device", "")).split(":")[0] == device:
             return float(training["train_tokens_per_s"]), path.name
@@ -114,8 +116,7 @@ def check_settings(summary: dict, config: RunConfig, estimate: dict) -> list[Set
         cap = answer_cap(config.evaluation.max_new_tokens, lengths)
         cap_tokens = cap.tokens
         problem = cap.problem()
-        value = f"auto = {cap.tokens}" if cap.setting == "auto" else str(cap.tokens)
-        checks.append(SettingCheck("evaluation.max_new_tokens", value, problem or cap.why(), bool(problem)))
+        checks.append(SettingCheck("evaluation.max_new_tokens", cap.value, problem or cap.why(), bool(problem)))
 
     window = summary.get("context_window")
     longest = max(summary[split]["max_tokens"] for split in ("train", "validation", "test"))

@@ -73,7 +73,8 @@ def answer(served: ServedModel, texts: list[str]) -> dict:
 
     Returns:
         The answering version, and per input: the raw text, whether it parsed as a
-        JSON object, and the object (None when it did not parse); plus the
+        JSON object, the object (None when it did not parse) and whether the cap
+        stopped it; plus the
         request's latency and parse rate.
     """
     rows = [(f"input {i}", None, (("user", text),)) for i, text in enumerate(texts)]
@@ -85,7 +86,8 @@ def answer(served: ServedModel, texts: list[str]) -> dict:
     latency = time.perf_counter() - started
     return {
         "model_version": served.version,
-        "results": [{"output": r["output"], "parsed": r["valid_json"], "json": r["json"]} for r in results],
+        "results": [{"output": r["output"], "parsed": r["valid_json"], "json": r["json"], "hit_cap": r["hit_cap"]}
+                    for r in results],
         "latency_s": round(latency, 4),
         "queue_s": round(waited, 4),
         "parsed_rate": sum(r["valid_json"] for r in results) / len(results),
@@ -102,6 +104,8 @@ def request_record(response: dict) -> dict:
         "queue_s": response["queue_s"],
         "parsed": sum(r["parsed"] for r in response["results"]),
         "parsed_rate": response["parsed_rate"],
+        # Answers stopped by max_new_tokens: a rising count is drift toward inputs the cap was not set for.
+        "hit_cap": sum(r["hit_cap"] for r in response["results"]),
     }
 
 

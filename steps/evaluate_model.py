@@ -67,7 +67,7 @@ def evaluate_model(
         apply_hub_token(model_config)
     tokenizer = load_tokenizer(model_config)
     cap = generation_cap(config.evaluation.max_new_tokens, tokenizer, load_prepared_completions(prepared_data))
-    logger.info("%s", cap.why())
+    logger.info("%s", cap.describe())
     model = load_model(model_config, device=default_device())
     if adapter is not None:
         model = load_adapter(model, adapter.directory, merge=True)

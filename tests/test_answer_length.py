@@ -28,7 +28,8 @@ def test_auto_fits_the_longest_answer_with_a_margin():
     cap = answer_cap("auto", [10, 40, 90])
     assert cap.tokens == 90 + margin(90) == 135 and cap.longest == 90
     assert cap.longer == cap.tight == 0 and cap.problem() is None
-    assert "auto = 135 (longest expected answer 90 tokens with its end-of-turn, + margin 45)" in cap.why()
+    assert cap.describe() == (
+        "evaluation.max_new_tokens: auto = 135 (longest expected answer 90 tokens with its end-of-turn, + margin 45)")
     assert answer_cap("auto", [3]).tokens == 3 + MIN_MARGIN  # labels still get room for a preamble
 
 
@@ -36,7 +37,8 @@ def test_a_set_cap_shorter_than_the_answers_names_the_key_the_count_and_the_long
     cap = answer_cap(52, [40, 60, 71, 30])
     assert (cap.tokens, cap.longer, cap.longest) == (52, 2, 71)
     problem = cap.problem()
-    assert problem.startswith("evaluation.max_new_tokens: 52 is shorter than 2 of 4 expected answers (longest 71")
+    assert problem.startswith("shorter than 2 of 4 expected answers (longest 71")
+    assert cap.describe().startswith("evaluation.max_new_tokens: 52 (shorter than 2 of 4")
     assert f"auto ({room_needed(71)})" in problem
     tight = answer_cap(60, [42, 44])  # every answer fits, but not with room for a less compact rendering
     assert tight.longer == 0 and tight.tight == 2 and "leaves less than the margin for 2 of 2" in tight.problem()
@@ -181,14 +183,14 @@ def test_values_tuned_to_another_task_are_named_before_training(tmp_path, tokeni
     warned = {check.key: check.note for check in checks if check.warning}
     answer = answer_tokens(tokenizer, long_answer)
     assert warned["evaluation.max_new_tokens"].startswith(
-        f"evaluation.max_new_tokens: 52 is shorter than {sum(summary['answer_length_counts'].values())} of")
+        f"shorter than {sum(summary['answer_length_counts'].values())} of")
     assert f"longest {answer} tokens" in warned["evaluation.max_new_tokens"]
     assert "rows longer than 200 tokens were dropped" in warned["data.max_seq_length"]
     assert "over the model's context window" in warned["baselines.few_shot_k"]
     assert "over preflight.max_training_minutes 0.1: about" in warned["data.max_train_rows"]
     assert "too few updates to learn a task; raise training.epochs" in warned["training.epochs"]
     lines = findings(summary, checks)
-    assert any(line.startswith("evaluation.max_new_tokens: 52: evaluation.max_new_tokens: 52 is shorter") for line in lines)
+    assert any(line.startswith("evaluation.max_new_tokens: 52: shorter than") for line in lines)
     page = render_html(summary, estimate, checks)
     assert "Settings against the data" in page and "! evaluation.max_new_tokens" in page
 

@@ -31,7 +31,7 @@ def small_quickstart(path: Path) -> Path:
     config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     config["data"].update(max_train_rows=24, max_validation_rows=8, max_test_rows=6)
     config["training"].update(max_steps=6, logging_steps=1, eval_steps=3)
-    config["evaluation"].update(batch_size=6, max_new_tokens=48)
+    config["evaluation"].update(batch_size=6)
     config["registry"]["model_name"] = "dashboard-check"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -126,7 +126,8 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
         for record in records:
             assert record["model_version"] == answers["model_version"]
             assert record["latency_s"] > 0 and 0 <= record["parsed_rate"] <= 1
-            assert set(record) == {"time", "model_version", "inputs", "latency_s", "queue_s", "parsed", "parsed_rate"}
+            assert set(record) == {"time", "model_version", "inputs", "latency_s", "queue_s", "parsed", "parsed_rate",
+                                   "hit_cap"}
     finally:
         stopped = _run([ZENML_CLI, "deployment", "delete", "deploy-test", "-y"], zenml_env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr[-2000:]

@@ -27,7 +27,7 @@ def config_path(tmp_path_factory, tiny_model_dir):
         data={"max_train_rows": 64, "max_validation_rows": 8, "max_test_rows": 12},
         # fp32: bf16 autocast is emulated, and some 50x slower, on CPUs without AVX512-BF16.
         training={"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2, "precision": "fp32"},
-        evaluation={"batch_size": 12, "max_new_tokens": 64},
+        evaluation={"batch_size": 12, "max_new_tokens": "auto"},
         # The tiny random model stands in for a larger reference model: any loadable model works.
         baselines={"few_shot_k": 2, "reference_model": {"name": str(tiny_model_dir)}},
         preflight={"price_per_gpu_hour": 0.10},

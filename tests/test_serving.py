@@ -53,7 +53,7 @@ def test_answers_carry_the_version_and_match_batch_inference(served, support_row
     expected = predict(served.model, served.tokenizer, rows, served.config, 2, 8)
     assert [r["output"] for r in response["results"]] == [e["output"] for e in expected]
     for result in response["results"]:
-        assert set(result) == {"output", "parsed", "json"} and result["parsed"] == (result["json"] is not None)
+        assert set(result) == {"output", "parsed", "json", "hit_cap"} and result["parsed"] == (result["json"] is not None)
     assert response["latency_s"] > 0 and 0 <= response["parsed_rate"] <= 1
 
 
@@ -79,6 +79,7 @@ def test_the_request_record_keeps_no_text(served, tmp_path):
     record = request_record(response)
     assert record["inputs"] == 2 and record["model_version"] == "m 3 (production)"
     assert record["parsed"] == sum(r["parsed"] for r in response["results"])
+    assert record["hit_cap"] == sum(r["hit_cap"] for r in response["results"])
     assert "ORD-123" not in json.dumps(record)
     log = tmp_path / "logs" / "requests.jsonl"
     append_request_log(log, record)
