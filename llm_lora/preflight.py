@@ -179,7 +179,9 @@ def check_settings(summary: dict, config: RunConfig, estimate: dict) -> list[Set
     training = config.training
     steps = estimate["optimizer_steps"]
     rows_per_step = training.batch_size * training.gradient_accumulation_steps * training.num_processes
-    schedule = (f"{steps} optimizer steps ({rows} rows, {rows_per_step} per step, {estimate['epochs']:g} epochs)"
+    epochs = estimate["epochs"]
+    schedule = (f"{steps} optimizer steps ({rows} rows, {rows_per_step} per step,"
+                f" {epochs:g} epoch{'' if epochs == 1 else 's'})"
                 f" at learning rate {training.learning_rate:g}")
     key, value = (("training.max_steps", str(training.max_steps)) if training.max_steps > 0
                   else ("training.epochs", f"{training.epochs:g}"))
