@@ -107,7 +107,11 @@ def print_summary(run, config: RunConfig) -> None:
                   for _, metrics in columns]
         click.echo(f"{name:32}" + "".join(f" {count:>10}" for count in counts))
     click.echo(f"{'max_new_tokens':32}" + "".join(f" {metrics.get('max_new_tokens', 0):10.0f}" for _, metrics in columns))
-    for line in output("preflight_report", "preflight_findings"):
+    preflight = output("preflight_report", "run_estimate")
+    for line in preflight.get("settings", []):
+        if line.startswith("evaluation.max_new_tokens:"):  # the cap behind the answers counted above, and why
+            click.echo(f"cap:      {line}")
+    for line in preflight.get("findings", []):
         click.echo(f"preflight: {line}")
     comparison = output("compare_models", "comparison_summary")
     click.echo(

@@ -369,7 +369,7 @@ tr.finetuned{font-weight:600} tr.best td:first-child::after{content:" (best base
 
 
 def _at_cap(model: dict) -> str:
-    """'12 of 100 (3 cut short), cap 68 tokens' for one model's row."""
+    """One model's answers stopped by the cap, those cut short, and the cap: "12 (3 cut short), cap 68"."""
     cut = f" ({model['cut_short']} cut short)" if model.get("cut_short") else ""
     cap = f", cap {model['max_new_tokens']}" if model.get("max_new_tokens") else ""
     return html.escape(f"{model.get('hit_cap', 0)}{cut}{cap}")

@@ -19,7 +19,6 @@ def preflight_report(
 ) -> Tuple[
     Annotated[HTMLString, ArtifactConfig(name="preflight_report")],
     Annotated[dict, ArtifactConfig(name="run_estimate")],
-    Annotated[list, ArtifactConfig(name="preflight_findings")],
 ]:
     """Summarize the prepared data, check the data-dependent settings and estimate the training run.
 
@@ -28,14 +27,18 @@ def preflight_report(
         config_json: The run configuration (RunConfig as JSON).
 
     Returns:
-        The report as HTML (rendered in the dashboard), the estimate, and every warning as one line.
+        The report as HTML (rendered in the dashboard), and the estimate with each checked
+        setting ("key: value: note") and every warning as one line.
     """
     config = RunConfig.from_json(config_json)
     device = "cuda" if torch.cuda.is_available() and not config.training.use_cpu else "cpu"
     estimate = estimate_run(data_summary, config, device)
     checks = check_settings(data_summary, config, estimate)
     logger.info("\n%s", render_text(data_summary, estimate, checks))
-    warnings = findings(data_summary, checks)
-    settings = [f"{check.key}: {check.value}: {check.note}" for check in checks]
-    log_metadata(metadata={"preflight": {**estimate, "settings": settings, "findings": warnings}}, infer_model=True)
-    return HTMLString(render_html(data_summary, estimate, checks)), estimate, warnings
+    page = HTMLString(render_html(data_summary, estimate, checks))
+    estimate.update(
+        settings=[f"{check.key}: {check.value}: {check.note}" for check in checks],
+        findings=findings(data_summary, checks),
+    )
+    log_metadata(metadata={"preflight": estimate}, infer_model=True)
+    return page, estimate

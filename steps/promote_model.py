@@ -13,8 +13,8 @@ from zenml.exceptions import EntityExistsError
 from zenml.logger import get_logger
 from zenml.types import HTMLString
 
-from llm_lora.config import PromotionConfig, RunConfig
 from llm_lora.answer_length import cut_short_problem
+from llm_lora.config import PromotionConfig, RunConfig
 from llm_lora.data_preparation import load_prepared_completions, load_prepared_split
 from llm_lora.evaluation import evaluate_model, evaluation_fingerprint, generation_cap
 from llm_lora.model_loading import default_device, load_model, load_tokenizer

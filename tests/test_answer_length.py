@@ -3,18 +3,15 @@
 import json
 
 import pytest
-import torch
 
 from llm_lora.answer_length import (
     MIN_MARGIN, answer_cap, answer_tokens, cut_short, cut_short_problem, margin, room_needed,
 )
-from llm_lora.config import ModelConfig, RunConfig
+from llm_lora.config import RunConfig
 from llm_lora.evaluation import generation_cap, score_generations
-from llm_lora.generation import Generation, generate
-from llm_lora.model_loading import load_model
+from llm_lora.generation import Generation
 from llm_lora.preflight import check_settings, estimate_run, findings, render_html, render_text
 from llm_lora.promotion import decide_promotion
-from llm_lora.prompt_formatting import format_prompt
 from llm_lora.worth_it import Evaluated, assess
 
 
@@ -48,26 +45,6 @@ def test_hitting_the_cap_is_cut_short_only_when_the_expected_answer_needed_the_r
     assert cut_short(True, expected_tokens=45, cap=52)  # the right answer may not have fitted
     assert not cut_short(True, expected_tokens=20, cap=68)  # it ran on far past any right answer
     assert not cut_short(False, expected_tokens=45, cap=20)  # it ended on its own
-
-
-def _head_preferring(model, token_id):
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        head.bias[token_id] = 10.0
-    model.lm_head = head
-
-
-def test_generation_records_whether_the_answer_stopped_or_hit_the_cap(tiny_model_dir, tokenizer):
-    model = load_model(ModelConfig(name=str(tiny_model_dir)))
-    prompt = format_prompt(tokenizer, "hi", "x")
-    _head_preferring(model, tokenizer.convert_tokens_to_ids("<|im_end|>"))
-    [stopped] = generate(model, tokenizer, [prompt], max_new_tokens=7)
-    assert not stopped.hit_cap and stopped.new_tokens == 1
-    _head_preferring(model, tokenizer("a", add_special_tokens=False)["input_ids"][0])  # never ends
-    [rambling] = generate(model, tokenizer, [prompt], max_new_tokens=7)
-    assert rambling.hit_cap and rambling.new_tokens == 7
 
 
 EXPECTED = {"invoice": "INV-2231", "vendor": "Acme Tools", "total": "1,250.00", "currency": "EUR"}

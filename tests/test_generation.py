@@ -19,18 +19,29 @@ def test_batched_equals_single(tiny_model_dir, tokenizer, support_rows):
     assert tokenizer.padding_side == "right"  # restored after generation
 
 
-def test_stops_at_end_of_turn(tiny_model_dir, tokenizer):
-    model = load_model(ModelConfig(name=str(tiny_model_dir)))
-    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    # A head whose only preference is the end-of-turn token: the answer must stop at once.
+def _head_preferring(model, token_id: int) -> None:
+    """Give the model a head whose only preference is one token: greedy decoding then always picks it."""
     head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
-        head.bias[end] = 10.0
+        head.bias[token_id] = 10.0
     model.lm_head = head
+
+
+def test_stops_at_end_of_turn(tiny_model_dir, tokenizer):
+    model = load_model(ModelConfig(name=str(tiny_model_dir)))
+    _head_preferring(model, tokenizer.convert_tokens_to_ids("<|im_end|>"))  # the answer must stop at once
     [result] = generate(model, tokenizer, [format_prompt(tokenizer, "hi", "x")], max_new_tokens=10)
-    assert result.new_tokens == 1 and result.text == ""
+    assert result.new_tokens == 1 and result.text == "" and not result.hit_cap
+
+
+def test_an_answer_that_never_ends_is_marked_as_stopped_by_the_cap(tiny_model_dir, tokenizer):
+    model = load_model(ModelConfig(name=str(tiny_model_dir)))
+    _head_preferring(model, tokenizer("a", add_special_tokens=False)["input_ids"][0])
+    prompts = [format_prompt(tokenizer, "hi", "x"), format_prompt(tokenizer, "a longer question here", "x")]
+    results = generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=7)
+    assert all(result.hit_cap and result.new_tokens == 7 for result in results)
 
 
 def test_shared_prefix_is_computed_once_and_answers_are_unchanged(tiny_model_dir, tokenizer, support_rows):

@@ -75,6 +75,8 @@ def test_a_new_task_is_measured_whole_beats_both_baselines_and_is_promoted(first
     assert _row(out, "answers at max_new_tokens")[-1] == f"0/{TEST_ROWS}"
     cap = int(_row(out, "max_new_tokens")[-1])
     assert cap >= room_needed(2 * 45)  # the cap followed answers twice as long as the support emails'
+    assert re.search(rf"^cap:      evaluation\.max_new_tokens: auto = {cap}: longest expected answer \d+ tokens",
+                     out, re.MULTILINE)
     assert not re.search(r"^preflight: evaluation\.max_new_tokens", out, re.MULTILINE)
     zero, few, tuned = map(float, _row(out, "mean_field_accuracy"))
     assert tuned >= zero + 0.05 and tuned >= few + 0.05, (zero, few, tuned)
