@@ -145,7 +145,9 @@ def write_config(path, model_name, data_dir, **sections):
             "max_seq_length": 256,
         },
         "training": {"learning_rate": 1e-3, "batch_size": 4, "max_steps": 2, "use_cpu": True, "logging_steps": 1},
-        "evaluation": {"batch_size": 8, "max_new_tokens": 16},
+        # The answer cap follows the data (auto): a smaller one cuts the emails' answers short, and then no
+        # verdict or promotion is decided on the scores.
+        "evaluation": {"batch_size": 8},
         "registry": {"model_name": "test-model"},
         # Few-shot baseline off unless a test asks for it: one evaluation less per run.
         "baselines": {"few_shot_k": 0},
