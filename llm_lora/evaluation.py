@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_lora.answer_length import AnswerCap, answer_cap, answer_tokens, cut_short
 from llm_lora.config import AUTO_METRICS_JSON, AUTO_METRICS_TEXT, EvaluationConfig, RunConfig
-from llm_lora.data_preparation import fingerprint
+from llm_lora.data_preparation import fingerprint, load_prepared_completions
 from llm_lora.generation import Generation, generate
 from llm_lora.metrics import (
     compute_extraction_metrics, load_metric, parse_json_object, reference_fields, rouge_example, same_label,
@@ -172,6 +172,11 @@ def generation_cap(setting: int | str, tokenizer: PreTrainedTokenizerBase, compl
         completions: Every expected answer of the run (all prepared splits).
     """
     return answer_cap(setting, [answer_tokens(tokenizer, completion) for completion in completions])
+
+
+def prepared_cap(setting: int | str, tokenizer: PreTrainedTokenizerBase, prepared_dir) -> AnswerCap:
+    """`generation_cap` over every expected answer of a prepare_data folder: the run's one cap per tokenizer."""
+    return generation_cap(setting, tokenizer, load_prepared_completions(prepared_dir))
 
 
 def evaluate_model(

@@ -140,10 +140,9 @@ def check_settings(summary: dict, config: RunConfig, estimate: dict) -> list[Set
                                    f"keeps rows up to {kept}; longest row {longest} tokens"))
     else:
         checks.append(SettingCheck("data.max_seq_length", str(limit), f"longest row {longest} tokens fits"))
-    if setting != "auto":
-        if window and limit > window:
-            checks.append(SettingCheck("data.max_seq_length", str(limit),
-                                       f"is over the model's context window ({window} tokens)", warning=True))
+    if setting != "auto" and window and limit > window:
+        checks.append(SettingCheck("data.max_seq_length", str(limit),
+                                   f"is over the model's context window ({window} tokens)", warning=True))
 
     k = config.baselines.few_shot_k
     if k and window:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import html
 
+from llm_lora.config import GENERATION_FACTS
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} table{border-collapse:collapse;margin:.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f3f3f3} td:first-child{text-align:left}
@@ -86,8 +88,8 @@ def loss_curve_svg(loss_history: list[dict], width: int = 640, height: int = 280
 
 def metric_rows(base: dict, finetuned: dict) -> list[tuple[str, float, float]]:
     """The scores worth a table row, in a stable order: headline metrics, then per-field."""
-    skip = ("num_examples", "mean_new_tokens", "mean_prompt_tokens", "evaluation_fingerprint", "max_new_tokens")
     tail = ("hit_cap_rate", "cut_short_rate", "mean_latency_s")  # how answers ended, and their cost
+    skip = set(GENERATION_FACTS) - set(tail)
     names = [name for name in finetuned if name not in skip and isinstance(finetuned[name], (int, float))]
     headline = [n for n in names if not n.startswith("field_accuracy/") and n not in tail]
     fields = [n for n in names if n.startswith("field_accuracy/")]

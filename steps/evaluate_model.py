@@ -10,9 +10,9 @@ from zenml.logger import get_logger
 from llm_lora.adapter import LoraAdapter
 from llm_lora.baselines import choose_few_shot_examples
 from llm_lora.config import RunConfig
-from llm_lora.data_preparation import load_prepared_completions, load_prepared_split
+from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluate_model as run_evaluation
-from llm_lora.evaluation import evaluation_fingerprint, generation_cap
+from llm_lora.evaluation import evaluation_fingerprint, prepared_cap
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.training import load_adapter
 from steps.hub_token import apply_hub_token
@@ -66,7 +66,7 @@ def evaluate_model(
     if reference:
         apply_hub_token(model_config)
     tokenizer = load_tokenizer(model_config)
-    cap = generation_cap(config.evaluation.max_new_tokens, tokenizer, load_prepared_completions(prepared_data))
+    cap = prepared_cap(config.evaluation.max_new_tokens, tokenizer, prepared_data)
     logger.info("%s", cap.describe())
     model = load_model(model_config, device=default_device())
     if adapter is not None:

@@ -8,8 +8,8 @@ from zenml.logger import get_logger
 
 from llm_lora.adapter import LoraAdapter
 from llm_lora.config import RunConfig
-from llm_lora.data_preparation import load_prepared_completions, load_prepared_split
-from llm_lora.evaluation import generation_cap
+from llm_lora.data_preparation import load_prepared_split
+from llm_lora.evaluation import prepared_cap
 from llm_lora.export import compare_merged_with_adapter, merge_adapter
 from llm_lora.model_loading import load_tokenizer
 from steps.hub_token import apply_hub_token
@@ -40,8 +40,7 @@ def export_merged(
     metadata = {"dtype": config.export.dtype}
     if config.export.verify_rows:
         rows = load_prepared_split(prepared_data, "test")[: config.export.verify_rows]
-        completions = load_prepared_completions(prepared_data)
-        cap = generation_cap(config.evaluation.max_new_tokens, load_tokenizer(config.model), completions)
+        cap = prepared_cap(config.evaluation.max_new_tokens, load_tokenizer(config.model), prepared_data)
         check = compare_merged_with_adapter(config, adapter.directory, target, rows, cap.tokens)
         metadata.update(check)
         logger.info(

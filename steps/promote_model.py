@@ -15,8 +15,8 @@ from zenml.types import HTMLString
 
 from llm_lora.answer_length import cut_short_problem
 from llm_lora.config import PromotionConfig, RunConfig
-from llm_lora.data_preparation import load_prepared_completions, load_prepared_split
-from llm_lora.evaluation import evaluate_model, evaluation_fingerprint, generation_cap
+from llm_lora.data_preparation import load_prepared_split
+from llm_lora.evaluation import evaluate_model, evaluation_fingerprint, prepared_cap
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.promotion import decide_promotion, resolve_metric
 from llm_lora.reports import render_run_report
@@ -187,8 +187,7 @@ def promote_model(
             raise ValueError(f"promotion.metric: {metric!r} not among the {name} metrics {sorted(metrics)}")
     model = get_step_context().model
     rows = load_prepared_split(prepared_data, "test")
-    completions = load_prepared_completions(prepared_data)
-    cap = generation_cap(config.evaluation.max_new_tokens, load_tokenizer(config.model), completions)
+    cap = prepared_cap(config.evaluation.max_new_tokens, load_tokenizer(config.model), prepared_data)
 
     def reevaluate(production) -> dict:
         # Production as it serves: its own base model, system prompt and template (recorded with it),
@@ -199,7 +198,7 @@ def promote_model(
         adapter = production.get_artifact("lora_adapter").load()
         base = load_model(own.model, device=default_device())
         tokenizer = load_tokenizer(own.model)
-        own_cap = generation_cap(config.evaluation.max_new_tokens, tokenizer, completions)
+        own_cap = prepared_cap(config.evaluation.max_new_tokens, tokenizer, prepared_data)
         result = evaluate_model(
             load_adapter(base, adapter.directory, merge=True), tokenizer, rows,
             own.data.system_prompt, config.evaluation, own_cap.tokens, plain_template=own.data.plain_template,

@@ -19,8 +19,8 @@ from zenml.steps import BaseStep
 from llm_lora.adapter import LoraAdapter
 from llm_lora.checkpoints import CheckpointStore, checkpoint_key
 from llm_lora.config import RunConfig, TrainingConfig
-from llm_lora.data_preparation import fingerprint, load_prepared_completions, load_prepared_split
-from llm_lora.evaluation import generation_cap
+from llm_lora.data_preparation import fingerprint, load_prepared_split
+from llm_lora.evaluation import prepared_cap
 from llm_lora.errors import explain_training_failure
 from llm_lora.model_loading import load_tokenizer
 from llm_lora.training import computed_on_main_process, is_main_process
@@ -59,8 +59,7 @@ def train_lora(
     tokenizer, max_new_tokens = None, None
     if config.training.eval_generation_rows:  # validation answers are capped as the evaluation caps test answers
         tokenizer = load_tokenizer(config.model)
-        completions = load_prepared_completions(Path(prepared_data))
-        max_new_tokens = generation_cap(config.evaluation.max_new_tokens, tokenizer, completions).tokens
+        max_new_tokens = prepared_cap(config.evaluation.max_new_tokens, tokenizer, Path(prepared_data)).tokens
     try:
         result = run_training(
             config,
