@@ -14,11 +14,25 @@ from pathlib import Path
 from typing import Annotated, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message is one line."""
+
+
+# numpy, torch and datasets take seeds in 0 .. 2**32 - 1.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+# Far above any useful rank (the largest models' hidden sizes are about 16k).
+MAX_LORA_RANK = 16384
+# Longest value echoed back in an error message: a huge value (a YAML alias bomb) stays out of the terminal.
+MAX_ECHO = 80
+
+
+def echo(value) -> str:
+    """repr(value), cut to MAX_ECHO characters with its full length said."""
+    text = repr(value)
+    return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}... ({len(text)} characters)"
 
 
 def _version_text(value):
@@ -41,7 +55,8 @@ class _YamlBoolean(str):
 
 class _Section(BaseModel):
     # Unknown keys are typos more often than not: reject them instead of ignoring.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Non-finite numbers (.inf, .nan in YAML) are never a meaningful setting: refuse them by key.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -124,7 +139,7 @@ class DataConfig(_Section):
     over_length: Literal["drop", "truncate"] = "drop"
     # Pack several rows into one sequence without padding; attention stays within each row.
     packing: bool = False
-    seed: int = 42
+    seed: Seed = 42
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -140,7 +155,7 @@ class DataConfig(_Section):
             raise ValueError("data.hub_splits: keys are train (required), validation and test")
         unknown = set(self.columns) - {"prompt", "completion", "system", "messages", "instruction", "input", "output"}
         if unknown:
-            raise ValueError(f"data.columns: unknown canonical field {sorted(unknown)[0]!r}")
+            raise ValueError(f"data.columns: unknown canonical field {echo(sorted(unknown)[0])}")
         if "{prompt}" not in self.plain_template:
             raise ValueError("data.plain_template: must contain {prompt}")
         try:
@@ -158,8 +173,9 @@ class DataConfig(_Section):
 class LoraSettings(_Section):
     """PEFT LoRA adapter shape."""
 
-    rank: int = Field(default=16, ge=1)  # higher: more capacity, more memory
-    alpha: int = Field(default=32, ge=1)  # scale = alpha / rank
+    # Higher: more capacity, more memory. Never above the model's hidden size (checked where it is readable).
+    rank: int = Field(default=16, ge=1, le=MAX_LORA_RANK)
+    alpha: int = Field(default=32, ge=1, le=1_000_000)  # scale = alpha / rank
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
     # "all-linear" fits Llama, Mistral and Phi alike; a name list must match the architecture.
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
@@ -223,7 +239,7 @@ class TrainingConfig(_Section):
     checkpoint_dir: str | None = None
     # Continue from the newest complete checkpoint of the same settings when one exists.
     resume: bool = True
-    seed: int = 42
+    seed: Seed = 42
 
     @model_validator(mode="after")
     def _evaluation_settings_fit(self) -> TrainingConfig:
@@ -293,13 +309,13 @@ class BaselinesConfig(_Section):
     # Solved examples from the train split put before each test input as earlier
     # user/assistant turns (0: no few-shot baseline). Each one adds its tokens to every prompt.
     few_shot_k: int = Field(default=3, ge=0)
-    few_shot_seed: int = 0  # which train rows are drawn as examples
+    few_shot_seed: Seed = 0  # which train rows are drawn as examples
     # An optional larger model, answered zero-shot with the same prompt (e.g. {name: org/bigger-model}).
     reference_model: ModelConfig | None = None
     # The verdict: a paired bootstrap interval of the per-example gain over the best baseline.
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     bootstrap_samples: int = Field(default=2000, ge=100)
-    bootstrap_seed: int = 0
+    bootstrap_seed: Seed = 0
     # Gains smaller than this (in per-example score) count as the same quality; then cost decides.
     min_gain: float = Field(default=0.02, ge=0.0)
 
@@ -322,9 +338,10 @@ class PromotionConfig(_Section):
     # best baseline (zero-shot, few-shot or the reference model, whichever scores highest).
     must_beat: Literal["base", "best_baseline"] = "base"
     # Required gain over the base model (or best baseline), in metric units (0.05 = five points).
-    min_gain_over_base: float = 0.05
+    # Scores lie in 0..1; a negative gain would promote a version worse than what it must beat.
+    min_gain_over_base: float = Field(default=0.05, ge=0.0, le=1.0)
     # Required gain over the current production version on the same test rows.
-    min_gain_over_production: float = 0.0
+    min_gain_over_production: float = Field(default=0.0, ge=0.0, le=1.0)
     # A version that beats the base model but not production goes to staging (a candidate
     # for people to look at); production is never replaced by a version that is not better.
     staging: bool = True
@@ -369,10 +386,26 @@ class PreflightConfig(_Section):
     max_training_minutes: float | None = Field(default=None, gt=0)
 
 
+def _zenml_name(value: str) -> str:
+    """A name ZenML stores and formats (models, deployments): not blank, no braces, at most 255 characters."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if value != value.strip():
+        raise ValueError(f"{echo(value)} has leading or trailing spaces")
+    if "{" in value or "}" in value:
+        raise ValueError(f"{echo(value)} contains a brace (ZenML reads braces as placeholders)")
+    if len(value) > 255:
+        raise ValueError(f"{len(value)} characters; at most 255")
+    return value
+
+
+ZenMLName = Annotated[str, AfterValidator(_zenml_name)]
+
+
 class RegistryConfig(_Section):
     """The ZenML Model (Model Control Plane) that each run versions."""
 
-    model_name: str = "lora-finetune"
+    model_name: ZenMLName = "lora-finetune"
     description: str | None = None
     tags: list[str] = []
 
@@ -419,7 +452,7 @@ class RunConfig(_Section):
             return
         known = list(dict.fromkeys(scores)) + (["field_accuracy/<field>"] if "json_fields" in modules else [])
         raise ValueError(
-            f"promotion.metric: {metric!r} is not a score that {listed} computes; use auto or one of {', '.join(known)}"
+            f"promotion.metric: {echo(metric)} is not a score that {listed} computes; use auto or one of {', '.join(known)}"
         )
 
     @field_validator("model")
@@ -488,7 +521,7 @@ def _from_repo(path: Path | None) -> Path | None:
 class InferenceSettings(_Section):
     """Batch inference with a registered model version."""
 
-    model_name: str  # the ZenML Model that the finetune pipeline versions
+    model_name: ZenMLName  # the ZenML Model that the finetune pipeline versions
     # A stage (production, staging), a version number (3, written bare or quoted), or a version name.
     version: Annotated[str, BeforeValidator(_version_text)] = "production"
     input_file: Path  # JSONL/JSON/CSV/Parquet rows: prompt, instruction(+input), or messages ending with a user turn
@@ -515,10 +548,10 @@ class InferenceConfig(_Section):
 class DeploySettings(_Section):
     """The production model behind HTTP: a ZenML pipeline deployment on the stack's deployer."""
 
-    model_name: str  # the ZenML Model that the finetune pipeline versions
+    model_name: ZenMLName  # the ZenML Model that the finetune pipeline versions
     # A stage (production, staging), a version number (3, written bare or quoted), or a version name.
     version: Annotated[str, BeforeValidator(_version_text)] = "production"
-    deployment_name: str | None = None  # None: the model name; `zenml deployment delete <name>` stops it
+    deployment_name: ZenMLName | None = None  # None: the model name; `zenml deployment delete <name>` stops it
     # Port of the local deployer (None: the first free one from 8000). Other deployers choose their own.
     port: int | None = Field(default=None, ge=1, le=65535)
     batch_size: int = Field(default=16, ge=1)  # inputs per generation batch within one request
@@ -543,7 +576,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (a second one would replace the first)", key_node.start_mark
+                    None, None, f"duplicate key {echo(key)} (a second one would replace the first)", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -573,7 +606,7 @@ def _union_error(errors: list[dict]) -> tuple[str, str, int] | None:
     bounds = {e["loc"][tag]: e["ctx"] for e in errors if e["loc"][:tag] == field and len(e["loc"]) > tag
               and e.get("ctx") and {"ge", "gt"} & set(e["ctx"])}
     expected = " or ".join(_shape_in_words(shape, bounds.get(shape)) for shape in shapes)
-    return ".".join(str(part) for part in field), f"expected {expected}, got {given!r}", others
+    return ".".join(str(part) for part in field), f"expected {expected}, got {echo(given)}", others
 
 
 def _shape_in_words(tag: str, bound: dict | None = None) -> str:
@@ -591,7 +624,8 @@ def _shape_in_words(tag: str, bound: dict | None = None) -> str:
 
 
 def _find(value: Path, config_path: Path) -> Path | None:
-    """A relative path is looked up from the current directory, then from the config's folder."""
+    """A relative path is looked up from the current directory, then from the config's folder; ~ is the home folder."""
+    value = value.expanduser()
     candidates = [value] if value.is_absolute() else [Path.cwd() / value, config_path.parent / value]
     return next((candidate for candidate in candidates if candidate.exists()), None)
 
@@ -640,7 +674,9 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
     Raises:
         ConfigError: With a one-line message naming the file and the key.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; --config names a YAML file (e.g. configs/quickstart.yaml)")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -688,6 +724,7 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
 
     if isinstance(config, DeployConfig):
         log = config.deploy.request_log
+        log = log.expanduser() if log is not None else None
         if log is not None and not log.is_absolute():
             log = (Path.cwd() / log).resolve()
         if log is not None and log.is_dir():
@@ -698,7 +735,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         found = _find(settings.input_file, path)
         if found is None and check_files:
             raise ConfigError(f"{path}: inference.input_file: not found: {settings.input_file}")
-        output = settings.output_file if settings.output_file.is_absolute() else Path.cwd() / settings.output_file
+        output = settings.output_file.expanduser()
+        output = output if output.is_absolute() else Path.cwd() / output
         if output.is_dir():
             raise ConfigError(f"{path}: inference.output_file: is a folder ({settings.output_file}); name a file")
         update = {"input_file": (found or settings.input_file).resolve(), "output_file": output.resolve()}
@@ -715,5 +753,16 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             raise ConfigError(f"{path}: data.{key}: not found: {value}")
         if found is not None and found.is_dir() and key != "path":
             raise ConfigError(f"{path}: data.{key}: is a folder ({value}); name a file, or use data.path for a folder")
-        resolved[key] = (found or value).resolve()
-    return config.model_copy(update={"data": data.model_copy(update=resolved)})
+        resolved[key] = (found or value.expanduser()).resolve()
+    files = [key for key in ("train_file", "validation_file", "test_file") if key in resolved]
+    for position, key in enumerate(files):
+        same = next((other for other in files[:position] if resolved[other] == resolved[key]), None)
+        if same is not None:
+            raise ConfigError(
+                f"{path}: data.{key}: is the same file as data.{same} ({resolved[key]}); every evaluation row would"
+                " also be a training row. Name a separate file, or leave the key out to carve the split from train"
+            )
+    training = config.training
+    if training.checkpoint_dir and training.checkpoint_dir.startswith("~"):
+        training = training.model_copy(update={"checkpoint_dir": str(Path(training.checkpoint_dir).expanduser())})
+    return config.model_copy(update={"data": data.model_copy(update=resolved), "training": training})

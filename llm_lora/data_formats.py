@@ -14,6 +14,8 @@ shape with `llm_lora.prompt_formatting`.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 FORMATS = ("prompt_completion", "messages", "instruction")
@@ -90,16 +92,29 @@ def detect_format(row: dict) -> str:
     )
 
 
+def _as_text(value):
+    """A number or boolean where text is expected, as its JSON text: a label column of 0/1/2 or true/false
+    (the usual shape of classification data) is the answer "1", not a type error. NaN (a blank cell in a
+    table) is no value at all."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else value
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    return value
+
+
 def _text(row: dict, name: str, required: bool = True) -> str | None:
-    if name not in row or row[name] is None:
+    value = _as_text(row.get(name))
+    if value is None:
         if required:
             raise RowError(f"missing field {name!r}")
         return None
-    value = row[name]
     if not isinstance(value, str):
         raise RowError(f"field {name!r} must be a string, got {type(value).__name__}")
-    if required and not value.strip():
-        raise RowError(f"field {name!r} is empty")
+    if not value.strip():
+        if required:
+            raise RowError(f"field {name!r} is empty")
+        return None  # an optional column left blank in this row (a CSV cell): not given
     return value
 
 
@@ -115,7 +130,7 @@ def _from_messages(messages: object) -> tuple[str | None, list[tuple[str, str]],
         role = message.get("role")
         if role not in ROLES:
             raise RowError(f"{where}.role: unknown role {role!r} (expected one of {', '.join(ROLES)})")
-        content = message.get("content")
+        content = _as_text(message.get("content"))
         if not isinstance(content, str):
             raise RowError(f"{where}.content must be a string, got {type(content).__name__}")
         if role == "system":

@@ -141,26 +141,87 @@ def _token_stats(rows: list[dict]) -> dict:
     }
 
 
-def check_rows(data: DataConfig) -> None:
-    """Read local sources and convert every row, without a tokenizer: the checks that need no model.
+@dataclass
+class _Examples:
+    """The rows of each split after reading, converting, carving, de-duplication and the leakage check."""
 
-    Run before a pipeline starts, so a typo in the data fails in a second with
-    the file and line, not as a failed pipeline run. Hub datasets are left to the
-    pipeline (reading them may mean a download).
+    splits: dict[str, list[Example]]
+    raw: dict[str, RawRows]
+    source: str
+    made: list[str]
+    dropped: list[dict]
+    counts: dict[str, dict]
+    duplicates: dict[str, int]
+    leakage: dict[str, int]
+
+    def empty_split_error(self, split: str, data: DataConfig) -> DataError:
+        return DataError(_no_rows_left(split, data, self.raw, self.made, self.source,
+                                       [d for d in self.dropped if d["split"] == split]))
+
+
+def _examples(data: DataConfig) -> _Examples:
+    """Everything before tokenization: no model or tokenizer needed.
 
     Raises:
-        DataError: What prepare_splits would raise for the same rows.
+        DataError: A bad row with `on_bad_rows: error`, a missing source, or no training rows.
     """
-    if data.hub_id:
-        return
     raw, source = read_source(data)
     dropped: list[dict] = []
     examples = {split: _convert(rows, data, split, dropped) for split, rows in raw.items()}
     if not examples.get("train"):
-        raise DataError(f"{source}: no usable training rows")
+        raise DataError(_no_rows_left("train", data, raw, [], source, dropped))
+
+    made = []
+    for split, share, seed in (("test", data.test_share, data.seed), ("validation", data.validation_share, data.seed + 1)):
+        if split not in examples:
+            examples["train"], examples[split] = _carve(examples["train"], share, seed)
+            made.append(split)
+
+    counts = {split: {"rows_read": len(raw[split].rows) + len(raw[split].bad) if split in raw else 0} for split in SPLITS}
+    duplicates = {}
+    for split in SPLITS:
+        seen: set = set()
+        kept = []
+        for example in examples[split]:
+            if example.key() in seen:
+                dropped.append({"split": split, "source": example.source, "reason": "exact duplicate"})
+                continue
+            seen.add(example.key())
+            kept.append(example)
+        duplicates[split] = len(examples[split]) - len(kept)
+        examples[split] = kept
+
+    train_inputs = {_input_key(example, data.system_prompt) for example in examples["train"]}
+    leakage = {}
     for split in ("validation", "test"):
-        if split in examples and not examples[split]:
-            raise DataError(_no_rows_left(split, data, raw, [], source, [d for d in dropped if d["split"] == split]))
+        kept = []
+        for example in examples[split]:
+            if _input_key(example, data.system_prompt) in train_inputs:
+                dropped.append({"split": split, "source": example.source, "reason": "input also in train (leakage)"})
+            else:
+                kept.append(example)
+        leakage[split] = len(examples[split]) - len(kept)
+        examples[split] = kept
+    return _Examples(examples, raw, source, made, dropped, counts, duplicates, leakage)
+
+
+def check_rows(data: DataConfig) -> None:
+    """Read local sources and prepare every split up to tokenization: the checks that need no model.
+
+    Run before a pipeline starts (and by --dry-run), so a typo in the data, or a split that
+    de-duplication or the leakage check would empty, fails in a second with the file and line,
+    not as a failed pipeline run. Hub datasets are left to the pipeline (reading them may mean
+    a download).
+
+    Raises:
+        DataError: What prepare_splits would raise for the same rows before tokenizing them.
+    """
+    if data.hub_id:
+        return
+    prepared = _examples(data)
+    for split in SPLITS:
+        if not prepared.splits[split]:
+            raise prepared.empty_split_error(split, data)
 
 
 def _no_rows_left(split: str, data: DataConfig, raw: dict, made: list[str], source: str, dropped: list[dict]) -> str:
@@ -201,43 +262,9 @@ def prepare_splits(
     Raises:
         DataError: A bad row with `on_bad_rows: error`, a missing source, or a split left empty.
     """
-    raw, source = read_source(data)
-    dropped: list[dict] = []
-    examples = {split: _convert(rows, data, split, dropped) for split, rows in raw.items()}
-    if not examples.get("train"):
-        raise DataError(f"{source}: no usable training rows")
-
-    made = []
-    for split, share, seed in (("test", data.test_share, data.seed), ("validation", data.validation_share, data.seed + 1)):
-        if split not in examples:
-            examples["train"], examples[split] = _carve(examples["train"], share, seed)
-            made.append(split)
-
-    counts = {split: {"rows_read": len(raw[split].rows) + len(raw[split].bad) if split in raw else 0} for split in SPLITS}
-    duplicates = {}
-    for split in SPLITS:
-        seen: set = set()
-        kept = []
-        for example in examples[split]:
-            if example.key() in seen:
-                dropped.append({"split": split, "source": example.source, "reason": "exact duplicate"})
-                continue
-            seen.add(example.key())
-            kept.append(example)
-        duplicates[split] = len(examples[split]) - len(kept)
-        examples[split] = kept
-
-    train_inputs = {_input_key(example, data.system_prompt) for example in examples["train"]}
-    leakage = {}
-    for split in ("validation", "test"):
-        kept = []
-        for example in examples[split]:
-            if _input_key(example, data.system_prompt) in train_inputs:
-                dropped.append({"split": split, "source": example.source, "reason": "input also in train (leakage)"})
-            else:
-                kept.append(example)
-        leakage[split] = len(examples[split]) - len(kept)
-        examples[split] = kept
+    prepared = _examples(data)
+    examples, raw, source, made, dropped = prepared.splits, prepared.raw, prepared.source, prepared.made, prepared.dropped
+    counts, duplicates, leakage = prepared.counts, prepared.duplicates, prepared.leakage
 
     limits = {"train": data.max_train_rows, "validation": data.max_validation_rows, "test": data.max_test_rows}
     window = context_window or tokenizer_context(tokenizer)

@@ -1,15 +1,20 @@
 """Read raw rows from local files, folders or a Hugging Face hub dataset.
 
-Local JSONL is read line by line, so every problem is reported with its file
-and line; a bad line is either fatal or dropped and listed (`on_bad_rows`).
-JSON, CSV and Parquet files go through the `datasets` library like hub datasets.
-`HF_HUB_OFFLINE=1` is respected: a hub dataset then loads only from the cache.
+Local files are read here, not through `datasets`: every problem is reported
+with its file and line (JSONL and CSV) or row, a bad line is either fatal or
+dropped and listed (`on_bad_rows`), and CSV cells stay the text they were
+written as (an answer column of 0/1/2 is a classification label, not a number).
+Hub datasets go through `datasets`; `HF_HUB_OFFLINE=1` is respected: a hub
+dataset then loads only from the cache.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,26 +76,86 @@ def read_jsonl(path: Path) -> RawRows:
     return result
 
 
-def _read_with_datasets(path: Path) -> RawRows:
-    import datasets
-
-    builder = {".json": "json", ".csv": "csv", ".parquet": "parquet"}[path.suffix]
+def _text_of(path: Path) -> str:
     try:
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:  # datasets raises many types; the user needs the file and the reason
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 (byte {error.start + 1} of the file)") from None
+
+
+def read_json(path: Path) -> RawRows:
+    """A JSON file: a list of row objects, an object of equal-length columns, or JSON Lines under a .json name."""
+    text = _text_of(path)
+    if not text.strip():
+        return RawRows()
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as error:
+        if error.msg == "Extra data" and text.lstrip().startswith("{"):  # one object per line: JSON Lines
+            return read_jsonl(path)
+        raise DataError(f"{path}:{error.lineno}: malformed JSON ({error.msg}, column {error.colno})") from None
+    if isinstance(loaded, dict) and loaded and all(isinstance(value, list) for value in loaded.values()):
+        lengths = {name: len(values) for name, values in loaded.items()}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"{path}: columns of different lengths ({', '.join(f'{k}: {v}' for k, v in lengths.items())})")
+        names = list(loaded)
+        loaded = [dict(zip(names, values)) for values in zip(*loaded.values())]
+    if isinstance(loaded, dict):
+        loaded = [loaded]
+    if not isinstance(loaded, list):
+        raise DataError(f"{path}: expected a list of row objects, got {type(loaded).__name__}")
+    result = RawRows()
+    for number, row in enumerate(loaded, start=1):
+        where = f"{path}:row {number}"
+        if isinstance(row, dict):
+            result.rows.append((row, where))
+        else:
+            result.bad.append((where, f"expected a JSON object, got {type(row).__name__}"))
+    return result
+
+
+def read_csv(path: Path) -> RawRows:
+    """A CSV file with a header line; every cell is kept as the text written there."""
+    text = _text_of(path)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one cell are rows too
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    result = RawRows()
+    try:
+        header = next(reader, None)
+        if header is None:
+            return result
+        names = [name.strip() for name in header]
+        unnamed = [str(i + 1) for i, name in enumerate(names) if not name]
+        if unnamed:
+            raise DataError(f"{path}:1: header has an unnamed column (column {unnamed[0]})")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DataError(f"{path}:1: header names column {repeated[0]!r} twice")
+        start = reader.line_num + 1
+        for cells in reader:
+            where = f"{path}:line {start}"
+            start = reader.line_num + 1
+            if not any(cell.strip() for cell in cells):
+                continue  # a blank line
+            if len(cells) != len(names):
+                result.bad.append((where, f"{len(cells)} cells, but the header has {len(names)} columns"))
+                continue
+            result.rows.append((dict(zip(names, cells)), where))
+    except csv.Error as error:  # e.g. a quote opened and never closed
+        raise DataError(f"{path}:line {start}: malformed CSV ({error}); a quoted cell may be missing its closing quote") from None
+    return result
+
+
+def read_parquet(path: Path) -> RawRows:
+    """A Parquet file, row by row."""
+    import pyarrow.parquet
+
+    try:
+        table = pyarrow.parquet.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if builder == "json":  # datasets does not say where; Python's parser does
-            try:
-                json.loads(path.read_text(encoding="utf-8-sig"))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{error.lineno}: malformed JSON ({error.msg}, column {error.colno})") from None
-            except UnicodeDecodeError as error:
-                raise DataError(f"{path}: not UTF-8 (byte {error.start + 1} of the file)") from None
-        raise DataError(f"{path}: cannot read as {builder.upper()}: {reason}") from None
-    # CSV header is line 1, so row i sits on line i + 2; other formats count rows from 1.
-    offset = 2 if builder == "csv" else 1
-    label = "line" if builder == "csv" else "row"
-    return RawRows(rows=[(dict(row), f"{path}:{label} {i + offset}") for i, row in enumerate(dataset)])
+        raise DataError(f"{path}: cannot read as Parquet ({reason}); the file may be damaged or not Parquet") from None
+    return RawRows(rows=[(row, f"{path}:row {i + 1}") for i, row in enumerate(table.to_pylist())])
 
 
 def read_file(path: Path) -> RawRows:
@@ -103,11 +168,11 @@ def read_file(path: Path) -> RawRows:
         raise DataError(f"{path}: is a folder, not a data file (data.path reads a folder of split files)")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    if path.suffix not in SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    return _read_with_datasets(path)
+    reader = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet}[suffix]
+    return reader(path)
 
 
 def split_files_in_folder(folder: Path) -> dict[str, Path]:
@@ -119,9 +184,11 @@ def split_files_in_folder(folder: Path) -> dict[str, Path]:
     Raises:
         DataError: No data files, or several files for one split.
     """
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not files:
-        raise DataError(f"{folder}: no {', '.join(SUFFIXES)} files in this folder")
+        others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[:5]
+        raise DataError(f"{folder}: no {', '.join(SUFFIXES)} files in this folder"
+                        + (f" (found {', '.join(others)})" if others else " (it is empty)"))
     found: dict[str, Path] = {}
     for split, stems in SPLIT_STEMS.items():
         matches = [p for p in files if p.stem.lower() in stems]
@@ -136,6 +203,11 @@ def split_files_in_folder(folder: Path) -> dict[str, Path]:
                 f"(found {', '.join(p.name for p in files)})"
             )
         found["train"] = files[0]
+    if "train" not in found:
+        raise DataError(
+            f"{folder}: no train file (found {', '.join(p.name for p in files)}); name the training rows"
+            f" train{files[0].suffix.lower()} (or training)"
+        )
     ignored = [p.name for p in files if p not in found.values()]
     if ignored:  # said aloud: a file meant as a split but named otherwise would vanish without a word
         logger.warning(

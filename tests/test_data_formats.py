@@ -50,10 +50,11 @@ def test_round_trip_through_rows():
         ({"prompt": "Hi"}, "missing field 'completion'"),
         ({"question": "Hi", "answer": "x"}, "cannot tell the format"),
         ({"prompt": "", "completion": "x"}, "field 'prompt' is empty"),
-        ({"prompt": 3, "completion": "x"}, "field 'prompt' must be a string, got int"),
+        ({"prompt": ["a"], "completion": "x"}, "field 'prompt' must be a string, got list"),
+        ({"prompt": "Hi", "completion": {"label": 1}}, "field 'completion' must be a string, got dict"),
         ({"messages": "hi"}, "field 'messages' must be a non-empty list"),
         ({"messages": [{"role": "bot", "content": "x"}]}, r"messages\[0\]\.role: unknown role 'bot'"),
-        ({"messages": [{"role": "user", "content": 5}]}, r"messages\[0\]\.content must be a string"),
+        ({"messages": [{"role": "user", "content": None}]}, r"messages\[0\]\.content must be a string"),
         ({"messages": [{"role": "user", "content": "x"}]}, "must end with an assistant turn"),
         ({"messages": [{"role": "assistant", "content": "x"}]}, "need a user turn"),
         (

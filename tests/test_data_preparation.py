@@ -115,7 +115,7 @@ def planted(tmp_path):
     lines += [
         '{"prompt": "broken json", "completion": ',  # line 13
         json.dumps({"prompt": "no answer here"}),  # line 14: missing field
-        json.dumps({"prompt": 5, "completion": "x"}),  # line 15: wrong type
+        json.dumps({"prompt": [5], "completion": "x"}),  # line 15: wrong type
         json.dumps({"messages": [{"role": "robot", "content": "x"}]}),  # line 16: unknown role
         json.dumps(rows(1)[0]),  # line 17: exact duplicate of line 1
         json.dumps({"prompt": "long " * 400, "completion": "x"}),  # line 18: over-long
@@ -136,7 +136,7 @@ def test_planted_problems_all_named_in_the_report(planted, tokenizer):
     reasons = {source.rsplit(":", 1)[1]: reason for source, reason in dropped if source.startswith(str(train))}
     assert "malformed JSON" in reasons["13"]
     assert reasons["14"] == "missing field 'completion'"
-    assert reasons["15"] == "field 'prompt' must be a string, got int"
+    assert reasons["15"] == "field 'prompt' must be a string, got list"
     assert "unknown role 'robot'" in reasons["16"]
     assert reasons["17"] == "exact duplicate"
     assert "> max_seq_length 128" in reasons["18"]
@@ -180,7 +180,7 @@ def test_a_byte_order_mark_is_not_a_bad_row(tmp_path, tokenizer):
 
 
 def test_empty_and_missing_files(tmp_path, tokenizer):
-    with pytest.raises(DataError, match="no usable training rows"):
+    with pytest.raises(DataError, match=r"empty\.jsonl: no train rows left \(no rows in it\)"):
         prepare_splits(data(path=write_jsonl(tmp_path / "empty.jsonl", [])), tokenizer)
     with pytest.raises(DataError, match="file not found"):
         prepare_splits(data(train_file=tmp_path / "gone.jsonl"), tokenizer)
