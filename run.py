@@ -28,18 +28,50 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 from llm_lora.config import ConfigError, DeployConfig, InferenceConfig, RunConfig, load_config  # noqa: E402
+from llm_lora.cron import CronError, check_cron  # noqa: E402
 from llm_lora.data_preparation import check_rows  # noqa: E402
 from llm_lora.data_sources import DataError  # noqa: E402
 from llm_lora.errors import MachineError, check_machine  # noqa: E402
-from llm_lora.model_loading import ModelSourceError, resolve_model_source  # noqa: E402
+from llm_lora.model_loading import ModelSourceError, check_model_files, resolve_model_source  # noqa: E402
 from llm_lora.worth_it import summary_lines  # noqa: E402
 
 REPORTED_METRICS = ("mean_field_accuracy", "exact_match", "valid_json_rate", "mean_latency_s")
+# An error line longer than this is cut: a huge value must not flood the terminal.
+MAX_ERROR_CHARS = 600
+
+
+class OneLineError(click.ClickException):
+    """click's error, kept to one bounded line whatever the message it is given."""
+
+    def __init__(self, message: str) -> None:
+        lines = str(message).strip().splitlines() or [type(self).__name__]
+        line = lines[0]
+        if len(line) > MAX_ERROR_CHARS:
+            line = f"{line[:MAX_ERROR_CHARS]}... ({len(line)} characters)"
+        super().__init__(line)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line (its type when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def describe(config: RunConfig) -> str:
-    """A few lines saying what the run will do."""
+    """A few lines saying what the run will do; checks the local model files on the way.
+
+    Raises:
+        ModelSourceError: A model path that is missing or a model file that is damaged.
+        ConfigError: lora.rank above the model's hidden size.
+    """
     model_source = resolve_model_source(config.model.name)
+    facts = check_model_files(config.model.name)
+    hidden = facts.get("hidden_size")
+    if hidden and config.lora.rank > hidden:
+        raise ConfigError(
+            f"lora.rank: {config.lora.rank} is above the model's hidden size ({hidden}), the most a LoRA update"
+            f" of its layers can use; choose at most {hidden} (8 to 64 is usual)"
+        )
     data = config.data
     training = config.training
     if data.hub_id:
@@ -54,10 +86,7 @@ def describe(config: RunConfig) -> str:
     compared = ["zero-shot"] + ([f"{baselines.few_shot_k}-shot (seed {baselines.few_shot_seed})"]
                                 if baselines.few_shot_k else [])
     if baselines.reference_model is not None:
-        try:
-            resolve_model_source(baselines.reference_model.name)
-        except ModelSourceError as exc:  # its messages name model.name; this is the reference's
-            raise ModelSourceError(str(exc).replace("model.name:", "baselines.reference_model.name:", 1)) from None
+        check_model_files(baselines.reference_model.name, "baselines.reference_model.name")
         compared.append(f"reference {baselines.reference_model.name}")
     return "\n".join(
         [
@@ -170,8 +199,8 @@ def quiet_console_tracebacks() -> None:
             handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
 
 
-def failed_step_message(pipeline_name: str) -> str | None:
-    """The error of the failed step in the pipeline's latest run, as 'step: message'.
+def failed_step_message(run_name: str) -> str | None:
+    """The error of the failed step of the named run, as 'step: message'.
 
     ZenML reports a failed run as "failure in step(s): ..." and keeps the
     step's own exception with the step run; this fetches it.
@@ -179,10 +208,11 @@ def failed_step_message(pipeline_name: str) -> str | None:
     from zenml.client import Client
 
     client = Client()
-    runs = client.list_pipeline_runs(pipeline_name=pipeline_name, sort_by="desc:created", size=1)
-    if not runs.items:
+    try:
+        run = client.get_pipeline_run(run_name)
+    except KeyError:  # failed before the run was registered
         return None
-    for step_name, step_run in client.get_pipeline_run(runs.items[0].id).steps.items():
+    for step_name, step_run in run.steps.items():
         info = step_run.exception_info
         if str(step_run.status) != "failed" or info is None:
             continue
@@ -225,11 +255,11 @@ def describe_inference(config: InferenceConfig) -> str:
     )
 
 
-def run_inference(config: InferenceConfig):
+def run_inference(config: InferenceConfig, run_name: str):
     """Run the batch inference pipeline (never cached: the registry's versions move) and report."""
     from pipelines import batch_inference
 
-    run = batch_inference.with_options(enable_cache=False)(inference_json=config.to_json())
+    run = batch_inference.with_options(enable_cache=False, run_name=run_name)(inference_json=config.to_json())
     frame = run.steps["batch_predict"].outputs["batch_predictions"][0].load()
     path = run.steps["batch_predict"].outputs["predictions_file"][0].load()
     click.echo(f"\n{len(frame)} rows answered, valid JSON {frame['valid_json'].mean():.3f}")
@@ -260,7 +290,7 @@ def check_deployer() -> None:
 
     stack = Client().active_stack
     if stack.deployer is None:
-        raise click.ClickException(
+        raise OneLineError(
             f"stack {stack.name!r} has no deployer; register the local one: {REGISTER_LOCAL_DEPLOYER}"
         )
 
@@ -300,7 +330,7 @@ def run_deploy(config: DeployConfig):
     try:
         client.get_model_version(settings.model_name, version_id)
     except KeyError:
-        raise click.ClickException(
+        raise OneLineError(
             f"deploy.version: model {settings.model_name!r} has no version {settings.version!r}; "
             "run the finetune pipeline first (python run.py --config configs/quickstart.yaml)"
         ) from None
@@ -362,34 +392,97 @@ def use_stack(name: str) -> None:
     try:
         stack = Client().get_stack(name)
     except KeyError:
-        raise click.ClickException(f"--stack: no ZenML stack {name!r} (zenml stack list)") from None
+        raise OneLineError(f"--stack: no ZenML stack {name!r} (zenml stack list)") from None
     os.environ["ZENML_ACTIVE_STACK_ID"] = str(stack.id)
 
 
-def check_schedule(cron: str) -> None:
-    """Refuse a malformed cron expression, or a stack whose orchestrator cannot schedule, in one line."""
-    fields = cron.split()
-    if len(fields) != 5:
-        raise click.ClickException(
-            f"--schedule: {cron!r} is not a cron expression (5 fields: minute hour day month weekday,"
-            " e.g. '0 3 * * 1' for Mondays at 03:00)"
-        )
+def check_schedule_stack() -> None:
+    """Refuse, in one line, a stack whose orchestrator cannot schedule."""
     from zenml.client import Client
 
     stack = Client().active_stack
     orchestrator = stack.orchestrator
     if not orchestrator.config.is_schedulable:
-        raise click.ClickException(
+        raise OneLineError(
             f"--schedule: stack {stack.name!r} runs on orchestrator {orchestrator.name!r}"
             f" (flavor {orchestrator.flavor}), which cannot run schedules; use a stack whose orchestrator can"
             f" ({SCHEDULING_ORCHESTRATORS}), e.g. --stack <name>"
         )
 
 
-def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False, cron: str | None = None):
+def check_store() -> None:
+    """Open the ZenML store (a local database file or a server) now, so a damaged or unreachable one is one line.
+
+    Raises:
+        OneLineError: Naming the database file or the server, and what to do.
+    """
+    from zenml.client import Client
+    from zenml.config.global_config import GlobalConfiguration
+
+    try:
+        url = GlobalConfiguration().store_configuration.url
+    except Exception as exc:  # the global configuration file itself is unreadable
+        raise OneLineError(f"ZenML configuration cannot be read ({first_line(exc)}); check ZENML_CONFIG_PATH") from None
+    try:
+        Client().active_stack_model  # opens the store: a query on its tables
+    except Exception as exc:
+        if url.startswith("sqlite:"):
+            path = url.split("///", 1)[-1]
+            raise OneLineError(
+                f"ZenML store {path}: cannot be opened ({first_line(exc)}); if the file is damaged, move it aside"
+                " (the next command makes a new, empty store) or point ZENML_CONFIG_PATH at another folder"
+            ) from None
+        raise OneLineError(
+            f"ZenML server {url}: cannot be used ({first_line(exc)}); check that it runs and that you are logged in"
+            " (zenml login), or zenml logout to use the local store"
+        ) from None
+
+
+def check_inference_rows(config: InferenceConfig) -> None:
+    """Read every input row as the version's training run formats it, before the pipeline starts."""
+    from llm_lora.inference import read_inference_rows
+    from steps.model_version import find_model_version
+
+    settings = config.inference
+    try:
+        _, run_config = find_model_version(settings.model_name, settings.version, "inference.version")
+        read_inference_rows(settings.input_file, run_config)
+    except (ValueError, DataError) as exc:
+        raise OneLineError(str(exc)) from None
+
+
+def unique_suffix() -> str:
+    """Date, time and a random tag: a run name this command can find its run by, whoever else runs."""
+    import datetime
+    import uuid
+
+    return f"{datetime.datetime.now():%Y_%m_%d-%H_%M_%S}-{uuid.uuid4().hex[:6]}"
+
+
+def discard_failed_version(run_name: str) -> str:
+    """Delete the model version a failed finetune run registered, and say so (empty when there is none).
+
+    The run, its step logs and its artifacts stay; only the version, which would otherwise sit in the
+    registry with no stage and half its artifacts, goes. A version with a stage is never touched.
+    """
+    from zenml.client import Client
+
+    client = Client()
+    run = client.get_pipeline_run(run_name)
+    version = run.model_version
+    if version is None or version.stage is not None:
+        return ""
+    client.delete_model_version(version.id)
+    return f" (model version {version.name} of this run removed; the run and its logs stay: zenml pipeline runs list)"
+
+
+def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False, cron: str | None = None,
+                 run_name: str | None = None):
     """Build and run the finetune pipeline; returns the pipeline run (None when only scheduled)."""
     from zenml import Model
+    from zenml.client import Client
     from zenml.config.schedule import Schedule
+    from zenml.enums import ExecutionMode
 
     from pipelines import finetune
     from steps import launch_with_accelerate
@@ -401,6 +494,12 @@ def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False,
         tags=config.registry.tags or None,
     )
     options = {"model": model, "enable_cache": not no_cache}
+    if run_name:
+        options["run_name"] = run_name
+    # After a failed step nothing more runs (no training after a failed base evaluation), where the
+    # orchestrator offers it; elsewhere train_lora's own dependency on evaluate_base still holds.
+    if ExecutionMode.STOP_ON_FAILURE in Client().active_stack.orchestrator.supported_execution_modes:
+        options["execution_mode"] = ExecutionMode.STOP_ON_FAILURE
     if config.remote is not None:
         from pipelines.remote import remote_options
 
@@ -425,6 +524,9 @@ def run_pipeline(config: RunConfig, no_cache: bool, force_promote: bool = False,
 def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, cron: str | None,
          stack_name: str | None, debug: bool) -> None:
     """Finetune a base model with LoRA on ZenML, evaluate it and promote it if it is better."""
+    for option, value in (("--stack", stack_name), ("--schedule", cron)):
+        if value is not None and not value.strip():
+            raise OneLineError(f"{option}: empty value; give one or leave the option out")
     try:
         config = load_config(config_path)
         if isinstance(config, DeployConfig):
@@ -432,29 +534,47 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
         else:
             summary = describe_inference(config) if isinstance(config, InferenceConfig) else describe(config)
     except ModelSourceError as exc:  # a key of this file, named like the config's own errors
-        raise click.ClickException(f"{config_path}: {exc}") from None
-    except (ConfigError, DataError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise OneLineError(f"{config_path}: {exc}") from None
+    except ConfigError as exc:
+        message = str(exc)
+        raise OneLineError(message if message.startswith(f"{config_path}") else f"{config_path}: {message}") from None
+    except DataError as exc:
+        raise OneLineError(str(exc)) from None
     click.echo(summary)
+    if cron:
+        if not isinstance(config, RunConfig):
+            raise OneLineError("--schedule: schedules are for the finetune pipeline")
+        try:
+            check_cron(cron)
+        except CronError as exc:
+            raise OneLineError(f"--schedule: {exc}") from None
     try:
         if isinstance(config, RunConfig):
-            check_rows(config.data)
+            rows = check_rows(config.data)
+            if rows is not None and config.baselines.few_shot_k > rows["train"]:
+                raise OneLineError(
+                    f"{config_path}: baselines.few_shot_k: {config.baselines.few_shot_k} examples asked for, but the"
+                    f" train split has {rows['train']} rows; lower it (0 turns the few-shot baseline off)"
+                )
         if isinstance(config, InferenceConfig):
             from llm_lora.inference import read_input_file
 
             read_input_file(config.inference.input_file)
     except DataError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise OneLineError(str(exc)) from None
+    if stack_name or cron or not dry_run or isinstance(config, InferenceConfig):
+        check_store()
     if stack_name:
         use_stack(stack_name)
     if cron:
-        if not isinstance(config, RunConfig):
-            raise click.ClickException("--schedule: schedules are for the finetune pipeline")
-        check_schedule(cron)
+        check_schedule_stack()
+    if isinstance(config, InferenceConfig):
+        check_inference_rows(config)  # with the training run's formatting settings, from the registry
     if dry_run:
-        checked = ["config", *(name for name, given in (("stack", stack_name), ("schedule", cron)) if given)]
+        checked = ["config", "model files",
+                   *(name for name, given in (("stack", stack_name), ("schedule", cron)) if given)]
         hub = isinstance(config, RunConfig) and config.data.hub_id
-        if not hub:
+        if not hub and not isinstance(config, DeployConfig):
             checked.append("data rows")
         note = "; hub dataset rows are read by the pipeline" if hub else ""
         click.echo(f"{config_path}: valid (dry run: {', '.join(checked)} checked{note}, no model loaded)")
@@ -471,31 +591,36 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
         if isinstance(config, RunConfig) and runs_on_this_machine():
             check_machine(config)
     except MachineError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise OneLineError(str(exc)) from None
     if isinstance(config, DeployConfig):
         check_deployer()
+    run_name = f"{'batch_inference' if isinstance(config, InferenceConfig) else 'finetune'}-{unique_suffix()}"
     try:
         if isinstance(config, InferenceConfig):
-            run_inference(config)
+            run_inference(config, run_name)
             return
         if isinstance(config, DeployConfig):
             run_deploy(config)
             return
-        run = run_pipeline(config, no_cache, force_promote, cron)
+        run = run_pipeline(config, no_cache, force_promote, cron, None if cron else run_name)
     except Exception as exc:  # the step logs above hold the details
         if debug:
             traceback.print_exc()
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         if isinstance(config, DeployConfig):
-            raise click.ClickException(f"deploy failed: {message}") from None
-        pipeline_name = "batch_inference" if isinstance(config, InferenceConfig) else "finetune"
+            raise OneLineError(f"deploy failed: {message}") from None
         try:
-            message = failed_step_message(pipeline_name) or message
+            message = failed_step_message(run_name) or message
         except Exception:  # the store itself may be what failed; keep ZenML's message
             pass
         if error_file.is_file():  # training, in its own process, said why
             message = f"train_lora: {error_file.read_text().strip()}"
-        raise click.ClickException(f"pipeline failed: {message}") from None
+        if isinstance(config, RunConfig) and not cron:
+            try:
+                message += discard_failed_version(run_name)
+            except Exception:  # the run failed; a store that cannot tidy up must not hide why
+                pass
+        raise OneLineError(f"pipeline failed: {message}") from None
     if cron:
         from zenml.client import Client
 

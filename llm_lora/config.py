@@ -8,6 +8,7 @@ one-line message that names the file and the key's path.
 from __future__ import annotations
 
 import json
+import reprlib
 import string
 import types
 from pathlib import Path
@@ -30,9 +31,12 @@ MAX_ECHO = 80
 
 
 def echo(value) -> str:
-    """repr(value), cut to MAX_ECHO characters with its full length said."""
-    text = repr(value)
-    return text if len(text) <= MAX_ECHO else f"{text[:MAX_ECHO]}... ({len(text)} characters)"
+    """A short repr of a value from the YAML: long strings and deep or long lists are cut, never built in full."""
+    if isinstance(value, str) and len(value) > MAX_ECHO:
+        return f"{value[:MAX_ECHO]!r}... ({len(value)} characters)"
+    brief = reprlib.Repr()
+    brief.maxlevel, brief.maxlist, brief.maxdict, brief.maxstring, brief.maxother = 2, 4, 4, MAX_ECHO, MAX_ECHO
+    return brief.repr(value)
 
 
 def _version_text(value):

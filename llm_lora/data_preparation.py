@@ -205,7 +205,7 @@ def _examples(data: DataConfig) -> _Examples:
     return _Examples(examples, raw, source, made, dropped, counts, duplicates, leakage)
 
 
-def check_rows(data: DataConfig) -> None:
+def check_rows(data: DataConfig) -> dict[str, int] | None:
     """Read local sources and prepare every split up to tokenization: the checks that need no model.
 
     Run before a pipeline starts (and by --dry-run), so a typo in the data, or a split that
@@ -213,15 +213,21 @@ def check_rows(data: DataConfig) -> None:
     not as a failed pipeline run. Hub datasets are left to the pipeline (reading them may mean
     a download).
 
+    Returns:
+        The rows each split will have before tokenization (which may drop over-long rows), or None
+        for a hub dataset.
+
     Raises:
         DataError: What prepare_splits would raise for the same rows before tokenizing them.
     """
     if data.hub_id:
-        return
+        return None
     prepared = _examples(data)
     for split in SPLITS:
         if not prepared.splits[split]:
             raise prepared.empty_split_error(split, data)
+    limits = {"train": data.max_train_rows, "validation": data.max_validation_rows, "test": data.max_test_rows}
+    return {split: min(len(rows), limits[split] or len(rows)) for split, rows in prepared.splits.items()}
 
 
 def _no_rows_left(split: str, data: DataConfig, raw: dict, made: list[str], source: str, dropped: list[dict]) -> str:

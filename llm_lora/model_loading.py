@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -101,6 +102,112 @@ def resolve_model_source(name: str) -> ModelSource:
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"model.name: directory {path} has no config.json")
     return ModelSource("local", str(path))
+
+
+DAMAGED = "damaged or cut short (an interrupted download or copy?); fetch it again"
+
+
+def _json_file(path: Path, key: str) -> dict:
+    """A JSON object file of a model folder, or a one-line error naming it."""
+    try:
+        loaded = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ModelSourceError(f"{key}: {path} is not UTF-8 text; {DAMAGED}") from None
+    except json.JSONDecodeError as error:
+        raise ModelSourceError(f"{key}: {path} is not valid JSON (line {error.lineno}: {error.msg}); {DAMAGED}") from None
+    if not isinstance(loaded, dict):
+        raise ModelSourceError(f"{key}: {path} is not a JSON object; {DAMAGED}")
+    return loaded
+
+
+def _check_safetensors(path: Path, key: str) -> None:
+    """A safetensors file whose header parses and whose tensors all lie inside the file."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = handle.read(length) if 0 < length <= size - 8 else b""
+    try:
+        tensors = json.loads(header) if header else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        tensors = None
+    if not isinstance(tensors, dict):
+        raise ModelSourceError(f"{key}: {path} has no readable safetensors header; {DAMAGED}")
+    ends = [entry["data_offsets"][1] for name, entry in tensors.items()
+            if name != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets", ())) == 2]
+    needed = 8 + length + max(ends, default=0)
+    if size < needed:
+        raise ModelSourceError(f"{key}: {path} holds {size} bytes of the {needed} its header describes; {DAMAGED}")
+
+
+def _check_gguf(path: Path, key: str) -> dict:
+    """A GGUF file whose header parses and whose tensors all lie inside the file; returns its shape facts."""
+    import gguf
+
+    with path.open("rb") as handle:
+        if handle.read(4) != b"GGUF":
+            raise ModelSourceError(f"{key}: {path} is not a GGUF file (it does not start with GGUF)")
+    try:
+        reader = gguf.GGUFReader(path)
+        end = max((int(tensor.data_offset) + int(tensor.n_bytes) for tensor in reader.tensors), default=0)
+    except Exception:  # the reader fails in numpy on a file cut short; the file is the news, not the numpy error
+        raise ModelSourceError(f"{key}: {path} cannot be read as GGUF; {DAMAGED}") from None
+    if end > path.stat().st_size:
+        raise ModelSourceError(f"{key}: {path} holds {path.stat().st_size} bytes of the {end} its header describes; {DAMAGED}")
+
+    def value(name):
+        field = reader.fields.get(name)
+        if field is None or not field.data:
+            return None
+        part = field.parts[field.data[0]]
+        return bytes(part).decode("utf-8", "replace") if field.types and field.types[0] == gguf.GGUFValueType.STRING else part[0]
+
+    architecture = value("general.architecture")
+    hidden = value(f"{architecture}.embedding_length") if architecture else None
+    return {"hidden_size": int(hidden)} if hidden is not None else {}
+
+
+def check_model_files(name: str, key: str = "model.name") -> dict:
+    """Check a local model's files without loading it: config and index JSON, safetensors and GGUF complete.
+
+    Hub models are checked when they load (they may not be on this machine yet).
+
+    Args:
+        name: A `model.name` value.
+        key: The config key that named it, for messages.
+
+    Returns:
+        What the files say of the model's shape without loading it: {"hidden_size": n} where known.
+
+    Raises:
+        ModelSourceError: One line naming the damaged file.
+    """
+    try:
+        source = resolve_model_source(name)
+    except ModelSourceError as error:
+        raise ModelSourceError(str(error).replace("model.name:", f"{key}:", 1)) from None
+    if source.kind == "hub":
+        return {}
+    path = Path(source.location)
+    if source.kind == "gguf":
+        return _check_gguf(path, key)
+    config = _json_file(path / "config.json", key)
+    for index in sorted(path.glob("*.safetensors.index.json")):
+        weight_map = _json_file(index, key).get("weight_map", {})
+        missing = sorted({file for file in weight_map.values() if not (path / file).is_file()})
+        if missing:
+            raise ModelSourceError(f"{key}: {index.name} lists {missing[0]}, which is not in {path}; {DAMAGED}")
+    safetensors = sorted(path.glob("*.safetensors"))
+    if not safetensors and not any(any(path.glob(pattern)) for pattern in ("*.bin", "*.pt", "*.pth", "*.ckpt")):
+        raise ModelSourceError(f"{key}: {path} has no weights (no *.safetensors or pytorch_model.bin files in it)")
+    for weights in safetensors:
+        _check_safetensors(weights, key)
+    for tokenizer_file in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        if (path / tokenizer_file).is_file():
+            _json_file(path / tokenizer_file, key)
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    hidden = next((text[name] for name in ("hidden_size", "n_embd", "d_model") if isinstance(text.get(name), int)), None)
+    return {"hidden_size": hidden} if hidden else {}
 
 
 def _file_digest(path: Path) -> str:
@@ -262,7 +369,16 @@ def load_model(
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     with _hub_errors(config):
-        model = AutoModelForCausalLM.from_pretrained(model_files(config), **kwargs)
+        location = model_files(config)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
+        except (RuntimeError, ValueError) as exc:
+            if "mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
+                raise
+            raise ModelSourceError(
+                f"model.name: the weights in {location} do not fit its config.json (a tensor's shape differs;"
+                " the log above lists them): the config or the weights changed after saving"
+            ) from exc
     if quant is None and device is not None:
         model.to(device)
     model.eval()

@@ -15,7 +15,31 @@ from steps import (
 )
 
 
-@pipeline
+def mark_version_failed(exception: BaseException) -> None:
+    """Tag the run's model version `failed`, with the step and its error in the description.
+
+    Runs in the failing step (any orchestrator, scheduled runs included), so a version whose run
+    failed is never mistaken for a result. `run.py` then removes it when it ran the pipeline itself.
+    """
+    import logging
+
+    from zenml import get_step_context
+    from zenml.client import Client
+
+    try:
+        context = get_step_context()
+        message = (str(exception).strip().splitlines() or [type(exception).__name__])[0][:500]
+        Client().update_model_version(
+            model_name_or_id=context.model.name,
+            version_name_or_id=context.model.id,
+            add_tags=["failed"],
+            description=f"failed in {context.step_run.name}: {message}",
+        )
+    except Exception as error:  # the step's own failure is the news; this only labels it
+        logging.getLogger(__name__).warning("could not tag the model version as failed: %s", error)
+
+
+@pipeline(on_failure=mark_version_failed)
 def finetune(config_json: str, force_promote: bool = False) -> None:
     """Finetune a base model with LoRA, weigh it against prompting alone, and promote it if it is better.
 
@@ -61,7 +85,10 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
             reference=True,
         )
         baselines.update(reference_metrics=reference_metrics, reference_predictions=reference_predictions)
-    adapter, training_metrics, loss_history = train_lora(prepared_data=prepared_data, config_json=config_json)
+    # Training waits for the base model to answer: a base model that cannot load or generate fails there,
+    # before any GPU time is spent.
+    adapter, training_metrics, loss_history = train_lora(prepared_data=prepared_data, config_json=config_json,
+                                                         after="evaluate_base")
     finetuned_metrics, finetuned_predictions = evaluate_model(
         id="evaluate_finetuned",
         prepared_data=prepared_data,

@@ -37,6 +37,33 @@ class LoadedVersion:
         return int(setting)
 
 
+def find_model_version(model_name: str, version: str, option: str) -> tuple[ModelVersionResponse, RunConfig]:
+    """A version of a ZenML Model and the run config that trained it, from the registry alone (nothing loads).
+
+    Args:
+        model_name: The ZenML Model the finetune pipeline versions.
+        version: A stage (production, staging), a version number, or a version name.
+        option: The config key that named the version, for the error message (e.g. "deploy.version").
+
+    Raises:
+        ValueError: The model has no such version, or the version has no trained adapter.
+    """
+    version_id = int(version) if version.isdigit() else version
+    try:
+        model_version = Client().get_model_version(model_name, version_id)
+    except KeyError:
+        raise ValueError(
+            f"{option}: model {model_name!r} has no version {version!r}; "
+            "run the finetune pipeline first (python run.py --config configs/quickstart.yaml)"
+        ) from None
+    if "run_config_json" not in model_version.run_metadata:
+        raise ValueError(
+            f"{option}: {model_name} version {model_version.name} was not made by a finished finetune run"
+            " (no run config recorded); name another version"
+        )
+    return model_version, RunConfig.from_json(model_version.run_metadata["run_config_json"])
+
+
 def load_model_version(model_name: str, version: str, option: str) -> LoadedVersion:
     """Load the base model and the LoRA adapter of a version of a ZenML Model.
 
@@ -48,15 +75,7 @@ def load_model_version(model_name: str, version: str, option: str) -> LoadedVers
     Raises:
         ValueError: The model has no such version.
     """
-    version_id = int(version) if version.isdigit() else version
-    try:
-        model_version = Client().get_model_version(model_name, version_id)
-    except KeyError:
-        raise ValueError(
-            f"{option}: model {model_name!r} has no version {version!r}; "
-            "run the finetune pipeline first (python run.py --config configs/quickstart.yaml)"
-        ) from None
-    config = RunConfig.from_json(model_version.run_metadata["run_config_json"])
+    model_version, config = find_model_version(model_name, version, option)
     apply_hub_token(config.model)
     adapter = model_version.get_artifact("lora_adapter").load()
     tokenizer = load_tokenizer(config.model)

@@ -3,6 +3,7 @@ a non-zero exit, and no Python traceback (those are for --debug)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -162,6 +163,75 @@ CASES = [
      "training.precision: fp16 needs a CUDA GPU"),
     ("more-processes-than-gpus", lambda cfg, data: _edit(cfg, _set("training", num_processes=2, use_cpu=False)),
      "training.num_processes: 2 processes need 2 GPUs"),
+    ("few-shot-k-over-train-rows", lambda cfg, data: _edit(cfg, _set("baselines", few_shot_k=20)),
+     "run.yaml: baselines.few_shot_k: 20 examples asked for, but the train split has 8 rows"),
+]
+
+# Accepted by --dry-run before, failing late or never; each now refused by the dry run, naming its place.
+DRY_RUN_CASES = [
+    # Numbers: ranges and non-finite values
+    ("bootstrap-seed-negative", lambda cfg, data: _edit(cfg, _set("baselines", bootstrap_seed=-1)),
+     "run.yaml: baselines.bootstrap_seed: Input should be greater than or equal to 0"),
+    ("training-seed-negative", lambda cfg, data: _edit(cfg, _set("training", seed=-1)),
+     "run.yaml: training.seed: Input should be greater than or equal to 0"),
+    ("data-seed-too-big", lambda cfg, data: _edit(cfg, _set("data", seed=2**40)),
+     "run.yaml: data.seed: Input should be less than or equal to 4294967295"),
+    ("learning-rate-infinite", lambda cfg, data: _edit(cfg, _set("training", learning_rate=float("inf"))),
+     "run.yaml: training.learning_rate: Input should be a finite number"),
+    ("epochs-infinite", lambda cfg, data: _edit(cfg, _set("training", epochs=float("inf"))),
+     "run.yaml: training.epochs: Input should be a finite number"),
+    ("share-not-a-number", lambda cfg, data: _edit(cfg, _set("evaluation", max_cut_short=float("nan"))),
+     "run.yaml: evaluation.max_cut_short: Input should be a finite number"),
+    ("lora-rank-absurd", lambda cfg, data: _edit(cfg, _set("lora", rank=100000)),
+     "run.yaml: lora.rank: Input should be less than or equal to 16384"),
+    ("lora-rank-over-hidden-size", lambda cfg, data: _edit(cfg, _set("lora", rank=64)),
+     "run.yaml: lora.rank: 64 is above the model's hidden size (32)"),
+    ("min-gain-over-production-negative", lambda cfg, data: _edit(cfg, _set("promotion", min_gain_over_production=-1)),
+     "run.yaml: promotion.min_gain_over_production: Input should be greater than or equal to 0"),
+    ("min-gain-over-base-over-one", lambda cfg, data: _edit(cfg, _set("promotion", min_gain_over_base=2)),
+     "run.yaml: promotion.min_gain_over_base: Input should be less than or equal to 1"),
+    # Names ZenML would refuse mid-run
+    ("registry-model-name-empty", lambda cfg, data: _edit(cfg, _set("registry", model_name="")),
+     "run.yaml: registry.model_name: must not be empty"),
+    ("registry-model-name-with-braces", lambda cfg, data: _edit(cfg, _set("registry", model_name="model-{date}")),
+     "registry.model_name: 'model-{date}' contains a brace"),
+    # Splits
+    ("validation-file-is-the-train-file", lambda cfg, data: _edit(cfg, _set("data", validation_file=str(data / "train.jsonl"))),
+     "run.yaml: data.validation_file: is the same file as data.train_file"),
+    ("test-split-emptied-by-leakage",
+     lambda cfg, data: (data / "test.jsonl").write_text(_lines(ROWS[:2])),
+     "test.jsonl: no test rows left of 2 read: 2 input also in train (leakage)"),
+    ("folder-without-a-train-file",
+     lambda cfg, data: ((data / "train.jsonl").rename(data / "rows.jsonl"),
+                        _edit(cfg, lambda c: c.update(data={"path": str(data)}))),
+     "no train file (found rows.jsonl, test.jsonl, validation.jsonl); name the training rows train.jsonl"),
+    ("csv-unclosed-quote", lambda cfg, data: _csv_train(cfg, data, 'prompt,completion\na,1\n"b,2\nc,3\n'),
+     "train.csv:line 3: malformed CSV"),
+    ("csv-ragged-row", lambda cfg, data: _csv_train(cfg, data, "prompt,completion\na,1\nb,2,extra\n"),
+     "train.csv:line 3: 3 cells, but the header has 2 columns"),
+    ("csv-header-only", lambda cfg, data: _csv_train(cfg, data, "prompt,completion\n"),
+     "train.csv: no train rows left (no rows in it)"),
+    ("json-trailing-comma",
+     lambda cfg, data: ((data / "train.json").write_text('[\n{"prompt": "a", "completion": "b"},\n]\n'),
+                        _edit(cfg, _set("data", train_file=str(data / "train.json")))),
+     "train.json:3: malformed JSON"),
+    ("config-is-a-folder", "config-folder", "is a folder; --config names a YAML file"),
+    # Model files: damaged where a loader would fail mid-run in its own words
+    ("model-config-not-json",
+     lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "config.json", b"{")))),
+     "config.json is not valid JSON (line 1"),
+    ("model-weights-cut-short",
+     lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "model.safetensors", cut=0.5)))),
+     "model.safetensors holds"),
+    ("model-without-weights",
+     lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "model.safetensors", remove=True)))),
+     "has no weights"),
+    ("gguf-cut-short", lambda cfg, data: _edit(cfg, _set("model", name=str(_cut_gguf(data)))), "cannot be read as GGUF"),
+    # Options
+    ("schedule-minute-out-of-range", ["--schedule", "61 * * * *"], "--schedule: minute field: 61 is outside 0-59"),
+    ("schedule-weekday-unknown", ["--schedule", "0 3 * * funday"], "--schedule: weekday field: 'funday' is not a number"),
+    ("schedule-empty", ["--schedule", ""], "--schedule: empty value"),
+    ("stack-empty", ["--stack", ""], "--stack: empty value"),
 ]
 
 # These pass validation and fail inside the pipeline: the message comes from the failed step.
@@ -172,9 +242,57 @@ PIPELINE_CASES = [
      "train.jsonl: no train rows left of 8 read: 8 over max_seq_length"),
     ("lora-targets-not-in-model", lambda cfg, data: _edit(cfg, _set("lora", target_modules=["c_attn"])),
      "train_lora: ValueError: lora.target_modules: ['c_attn'] not found in"),
-    ("few-shot-k-over-train-rows", lambda cfg, data: _edit(cfg, _set("baselines", few_shot_k=20)),
-     "evaluate_few_shot: baselines.few_shot_k: 20 examples asked for, but the train split has 8 usable rows"),
+    ("model-weights-do-not-fit-its-config", lambda cfg, data: _edit(cfg, _set("model", name=str(_mismatched_model(data)))),
+     "evaluate_base: model.name: the weights in"),
 ]
+
+
+def _csv_train(config, data, text):
+    (data / "train.csv").write_text(text)
+    _edit(config, _set("data", train_file=str(data / "train.csv")))
+
+
+def _model_copy(data, name, content=None, cut=None, remove=False):
+    """A copy of the tiny model with one file damaged."""
+    model = data.parent / "model"
+    shutil.copytree(_TINY[0], model)
+    if remove:
+        (model / name).unlink()
+    elif cut is not None:
+        raw = (model / name).read_bytes()
+        (model / name).write_bytes(raw[: int(len(raw) * cut)])
+    else:
+        (model / name).write_bytes(content)
+    return model
+
+
+def _mismatched_model(data):
+    """The tiny model with its config changed after saving: the weights no longer fit it."""
+    model = data.parent / "model"
+    shutil.copytree(_TINY[0], model)
+    config = json.loads((model / "config.json").read_text())
+    config["intermediate_size"] = 48
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def _cut_gguf(data):
+    from llm_lora.model_loading import resolve_model_source
+    from tests.conftest import QUICKSTART_MODEL
+
+    whole = Path(resolve_model_source(QUICKSTART_MODEL).location)
+    cut = data.parent / "model.gguf"
+    with whole.open("rb") as handle:
+        cut.write_bytes(handle.read(whole.stat().st_size // 2))
+    return cut
+
+
+_TINY: list = []  # the session's tiny model folder, for cases that copy and damage it
+
+
+@pytest.fixture(autouse=True)
+def _tiny(tiny_model_dir):
+    _TINY[:] = [tiny_model_dir]
 
 
 def _run(args, env):
@@ -199,14 +317,40 @@ def test_bad_input_is_one_line(case, breaks, expected, tmp_path, tiny_model_dir,
     _check(_run(["--config", str(config)], zenml_env), expected)
 
 
+@pytest.mark.parametrize("case, breaks, expected", DRY_RUN_CASES, ids=[case[0] for case in DRY_RUN_CASES])
+def test_dry_run_refuses_what_the_run_would(case, breaks, expected, tmp_path, tiny_model_dir, zenml_env):
+    config, data = _setup(tmp_path, tiny_model_dir)
+    args = ["--config", str(config), "--dry-run"]
+    if breaks == "config-folder":
+        args[1] = str(tmp_path)
+    elif isinstance(breaks, list):
+        args += breaks
+    else:
+        breaks(config, data)
+    _check(_run(args, zenml_env), expected)
+
+
+def _zenml(args, env):
+    result = subprocess.run([str(Path(sys.executable).parent / "zenml"), *args], env=env, capture_output=True,
+                            text=True, timeout=300)
+    return result.stdout + result.stderr
+
+
 @pytest.mark.pipeline
 @pytest.mark.parametrize("case, breaks, expected", PIPELINE_CASES, ids=[case[0] for case in PIPELINE_CASES])
 def test_failures_inside_the_pipeline_are_one_line(case, breaks, expected, tmp_path, tiny_model_dir, zenml_env):
+    """A failed run ends in one line, trains nothing after a failed step, and leaves no model version behind."""
     config, data = _setup(tmp_path, tiny_model_dir)
     breaks(config, data)
     result = _run(["--config", str(config)], zenml_env)
     _check(result, expected)
-    assert result.stderr.strip().splitlines()[-1].startswith("Error: pipeline failed: ")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: pipeline failed: ")
+    assert re.search(r" \(model version \d+ of this run removed; the run and its logs stay", last), last
+    assert "No model versions found" in _zenml(["model", "version", "list"], zenml_env)
+    failed_step = last.removeprefix("Error: pipeline failed: ").split(":", 1)[0]
+    if failed_step != "train_lora":  # nothing trains after a step that failed before it
+        assert "train_lora has started" not in result.stdout + result.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path, tiny_model_dir, zenml_env):
@@ -332,3 +476,89 @@ def test_deploy_on_a_stack_without_a_deployer_says_how_to_register_one(tmp_path,
     result = _run(["--config", str(_deploy_config(tmp_path)), "--stack", "no-deployer"], zenml_env)
     _check(result, "stack 'no-deployer' has no deployer; register the local one: "
                    "zenml deployer register local --flavor=local && zenml stack update -d local")
+
+
+def _valid(result):
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "valid (dry run:" in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]
+
+
+def test_valid_input_that_looks_unusual_is_accepted(tmp_path, tiny_model_dir, zenml_env):
+    """Numeric answer cells (a classification CSV), ~ in data paths, and split files named in capitals."""
+    from llm_lora.data_preparation import _examples
+
+    home = tmp_path / "home"
+    (home / "labels").mkdir(parents=True)
+    header = "prompt,completion\n"
+    (home / "labels" / "train.csv").write_text(header + "".join(f"review {i} was fine,{i % 3}\n" for i in range(12)))
+    (home / "labels" / "test.csv").write_text(header + 'a new review,"1"\nanother one,2\n')
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, tmp_path, training={"max_steps": 1})
+    _edit(config, lambda c: c.update(data={"train_file": "~/labels/train.csv", "test_file": "~/labels/test.csv"}))
+    env = dict(zenml_env, HOME=str(home))
+    _valid(_run(["--config", str(config), "--dry-run"], env))
+
+    folder = tmp_path / "capitals"
+    folder.mkdir()
+    (folder / "TRAIN.JSONL").write_text(_lines(ROWS[:8]))
+    (folder / "Validation.jsonl").write_text(_lines(ROWS[8:10]))
+    (folder / "Test.JSONL").write_text(_lines(ROWS[10:]))
+    _edit(config, lambda c: c.update(data={"path": str(folder)}))
+    _valid(_run(["--config", str(config), "--dry-run"], zenml_env))
+
+    # The CSV labels are read as the text written in the file, quoted or not.
+    from llm_lora.config import DataConfig
+
+    prepared = _examples(DataConfig(train_file=home / "labels" / "train.csv", test_file=home / "labels" / "test.csv"))
+    assert [e.completion for e in prepared.splits["test"]] == ["1", "2"]
+    assert {e.completion for e in prepared.splits["train"] + prepared.splits["validation"]} == {"0", "1", "2"}
+
+
+def test_numbers_and_booleans_in_json_answers_are_their_text(tmp_path):
+    from llm_lora.config import DataConfig
+    from llm_lora.data_preparation import _examples
+
+    rows = [{"prompt": f"is {i} even?", "completion": i % 2 == 0} for i in range(10)]
+    rows += [{"prompt": f"{i} squared?", "completion": i * i} for i in range(10)]
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    prepared = _examples(DataConfig(train_file=tmp_path / "train.json"))
+    answers = {e.prompt: e.completion for split in prepared.splits.values() for e in split}
+    assert answers["is 2 even?"] == "true" and answers["is 3 even?"] == "false" and answers["3 squared?"] == "9"
+
+
+def test_alias_bomb_is_one_short_line(tmp_path, tiny_model_dir, zenml_env):
+    """A YAML alias bomb: millions of items from a few lines. The error names the key and stays short."""
+    config, _ = _setup(tmp_path, tiny_model_dir)
+    levels = ['    - &l0 [q, q, q, q, q, q, q, q, q, q]']
+    levels += [f"    - &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 7)]
+    assert "lora:" not in config.read_text()
+    config.write_text(config.read_text() + "lora:\n  target_modules:\n" + "\n".join(levels) + "\n")
+    result = _run(["--config", str(config), "--dry-run"], zenml_env)
+    _check(result, "run.yaml: lora.target_modules: expected 'all-linear' or a list of strings, got [[")
+    assert len(result.stderr.strip().splitlines()[-1]) < 400
+
+
+def test_damaged_zenml_store_is_one_line(tmp_path, tiny_model_dir):
+    env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp_path / "zenml"), ZENML_ANALYTICS_OPT_IN="false",
+               HF_HUB_OFFLINE="1", COLUMNS="200")
+    assert "default" in _zenml(["stack", "list"], env)  # makes the local store
+    database = tmp_path / "zenml" / "local_stores" / "default_zen_store" / "zenml.db"
+    damaged = bytearray(database.read_bytes())
+    damaged[100:4096] = b"x" * (4096 - 100)  # the header and the first pages: the schema is unreadable
+    database.write_bytes(bytes(damaged))
+    config, _ = _setup(tmp_path, tiny_model_dir)
+    for args in (["--dry-run", "--stack", "default"], []):
+        result = _run(["--config", str(config), *args], env)
+        _check(result, f"ZenML store {database}: cannot be opened (")
+        assert "move it aside" in result.stderr.strip().splitlines()[-1]
+
+
+def test_inference_for_a_missing_version_is_refused_before_the_pipeline(tmp_path, zenml_env):
+    rows = tmp_path / "new.jsonl"
+    rows.write_text(_lines([{"prompt": "Order ORD-1 arrived broken."}]))
+    config = tmp_path / "inference.yaml"
+    config.write_text(yaml.safe_dump({"inference": {"model_name": "never-trained", "input_file": "~/new.jsonl",
+                                                    "output_file": str(tmp_path / "out.jsonl")}}))
+    env = dict(zenml_env, HOME=str(tmp_path))
+    result = _run(["--config", str(config), "--dry-run"], env)
+    _check(result, "inference.version: model 'never-trained' has no version 'production'")
+    assert "batch_inference" not in _zenml(["pipeline", "runs", "list"], zenml_env)
