@@ -176,6 +176,26 @@ def test_batch_inference_with_production_and_plain_peft_agree(first_run, zenml_e
     assert json.loads(plain.stdout.strip().splitlines()[-1])["output"] == predictions[0]["output"]
 
 
+def test_inference_rows_the_version_cannot_answer_are_refused_before_the_pipeline(first_run, zenml_env, tmp_path):
+    """Rows are read with the formatting settings of the run that trained the version, by --dry-run too."""
+    assert first_run.returncode == 0
+    rows = [{"prompt": "Order ORD-7 arrived broken."},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "already answered"}]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = tmp_path / "inference.yaml"
+    config.write_text(yaml.safe_dump({"inference": {
+        "model_name": "pipeline-test", "input_file": str(tmp_path / "in.jsonl"), "output_file": str(tmp_path / "o.jsonl"),
+    }}))
+    count_runs = ["-c", "from zenml.client import Client; print(Client().list_pipeline_runs(size=1).total)"]
+    before = int(_run(count_runs, zenml_env).stdout.strip().splitlines()[-1])
+    for args in (["--dry-run"], []):
+        result = _run(["run.py", "--config", str(config), *args], zenml_env)
+        assert result.returncode != 0
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"Error: {tmp_path / 'in.jsonl'}:2: messages end with an assistant turn"), last
+    assert int(_run(count_runs, zenml_env).stdout.strip().splitlines()[-1]) == before
+
+
 def test_missing_version_is_a_one_line_error(zenml_env, tmp_path):
     config = tmp_path / "inference.yaml"
     (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')

@@ -67,7 +67,7 @@ def test_dry_run_checks_the_stack_and_the_schedule_too(config, env):
         assert result.returncode == 1, result.stdout
         assert result.stderr.strip().splitlines()[-1].startswith(expected), result.stderr[-500:]
     result = _run(["run.py", "--config", str(config), "--dry-run", "--stack", "default"], env)
-    assert result.returncode == 0 and "valid (dry run: config, stack, data rows checked" in result.stdout
+    assert result.returncode == 0 and "valid (dry run: config, model files, stack, data rows checked" in result.stdout
 
 
 def test_schedule_reaches_a_scheduling_orchestrator(config, env, tmp_path):
