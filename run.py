@@ -65,7 +65,7 @@ def describe(config: RunConfig) -> str:
         ConfigError: lora.rank above the model's hidden size.
     """
     model_source = resolve_model_source(config.model.name)
-    facts = check_model_files(config.model.name)
+    facts = check_model_files(config.model.name, trust_remote_code=config.model.trust_remote_code)
     hidden = facts.get("hidden_size")
     if hidden and config.lora.rank > hidden:
         raise ConfigError(
@@ -86,7 +86,8 @@ def describe(config: RunConfig) -> str:
     compared = ["zero-shot"] + ([f"{baselines.few_shot_k}-shot (seed {baselines.few_shot_seed})"]
                                 if baselines.few_shot_k else [])
     if baselines.reference_model is not None:
-        check_model_files(baselines.reference_model.name, "baselines.reference_model.name")
+        check_model_files(baselines.reference_model.name, "baselines.reference_model.name",
+                          baselines.reference_model.trust_remote_code)
         compared.append(f"reference {baselines.reference_model.name}")
     return "\n".join(
         [
@@ -326,14 +327,6 @@ def run_deploy(config: DeployConfig):
     settings = config.deploy
     name = settings.deployment_name or settings.model_name
     client = Client()
-    version_id = int(settings.version) if settings.version.isdigit() else settings.version
-    try:
-        client.get_model_version(settings.model_name, version_id)
-    except KeyError:
-        raise OneLineError(
-            f"deploy.version: model {settings.model_name!r} has no version {settings.version!r}; "
-            "run the finetune pipeline first (python run.py --config configs/quickstart.yaml)"
-        ) from None
     deployer = client.active_stack.deployer
     options: dict = {
         "on_init": "steps.load_served_model.load_served_model",
@@ -438,16 +431,25 @@ def check_store() -> None:
         ) from None
 
 
+def check_version(model_name: str, version: str, option: str) -> RunConfig:
+    """The run config of a registered version that a finished finetune run made; else one line."""
+    from steps.model_version import find_model_version
+
+    try:
+        return find_model_version(model_name, version, option)[1]
+    except ValueError as exc:
+        raise OneLineError(str(exc)) from None
+
+
 def check_inference_rows(config: InferenceConfig) -> None:
     """Read every input row as the version's training run formats it, before the pipeline starts."""
     from llm_lora.inference import read_inference_rows
-    from steps.model_version import find_model_version
 
     settings = config.inference
+    run_config = check_version(settings.model_name, settings.version, "inference.version")
     try:
-        _, run_config = find_model_version(settings.model_name, settings.version, "inference.version")
         read_inference_rows(settings.input_file, run_config)
-    except (ValueError, DataError) as exc:
+    except DataError as exc:
         raise OneLineError(str(exc)) from None
 
 
@@ -562,18 +564,23 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
             read_input_file(config.inference.input_file)
     except DataError as exc:
         raise OneLineError(str(exc)) from None
-    if stack_name or cron or not dry_run or isinstance(config, InferenceConfig):
-        check_store()
+    if stack_name or cron or not dry_run or not isinstance(config, RunConfig):
+        check_store()  # inference and deploy read the registry
     if stack_name:
         use_stack(stack_name)
     if cron:
         check_schedule_stack()
     if isinstance(config, InferenceConfig):
         check_inference_rows(config)  # with the training run's formatting settings, from the registry
+    if isinstance(config, DeployConfig):
+        check_deployer()
+        check_version(config.deploy.model_name, config.deploy.version, "deploy.version")
     if dry_run:
         checked = ["config", "model files",
                    *(name for name, given in (("stack", stack_name), ("schedule", cron)) if given)]
         hub = isinstance(config, RunConfig) and config.data.hub_id
+        if not isinstance(config, RunConfig):
+            checked[1] = "model version"
         if not hub and not isinstance(config, DeployConfig):
             checked.append("data rows")
         note = "; hub dataset rows are read by the pipeline" if hub else ""
@@ -592,8 +599,6 @@ def main(config_path: Path, no_cache: bool, dry_run: bool, force_promote: bool, 
             check_machine(config)
     except MachineError as exc:
         raise OneLineError(str(exc)) from None
-    if isinstance(config, DeployConfig):
-        check_deployer()
     run_name = f"{'batch_inference' if isinstance(config, InferenceConfig) else 'finetune'}-{unique_suffix()}"
     try:
         if isinstance(config, InferenceConfig):

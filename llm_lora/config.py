@@ -8,6 +8,7 @@ one-line message that names the file and the key's path.
 from __future__ import annotations
 
 import json
+import os
 import reprlib
 import string
 import types
@@ -197,7 +198,7 @@ class TrainingConfig(_Section):
     """Optimizer, schedule and precision."""
 
     method: Literal["lora", "qlora-4bit", "qlora-8bit"] = "lora"
-    learning_rate: float = Field(default=2e-4, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0, le=1.0)  # LoRA uses 1e-5 to 1e-2; above 1 always diverges
     epochs: float = Field(default=1.0, gt=0)
     max_steps: int = Field(default=-1, ge=-1)  # > 0 overrides epochs; -1: train for `epochs`
     batch_size: int = Field(default=8, ge=1)
@@ -318,7 +319,7 @@ class BaselinesConfig(_Section):
     reference_model: ModelConfig | None = None
     # The verdict: a paired bootstrap interval of the per-example gain over the best baseline.
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-    bootstrap_samples: int = Field(default=2000, ge=100)
+    bootstrap_samples: int = Field(default=2000, ge=100, le=1_000_000)
     bootstrap_seed: Seed = 0
     # Gains smaller than this (in per-example score) count as the same quality; then cost decides.
     min_gain: float = Field(default=0.02, ge=0.0)
@@ -411,7 +412,7 @@ class RegistryConfig(_Section):
 
     model_name: ZenMLName = "lora-finetune"
     description: str | None = None
-    tags: list[str] = []
+    tags: list[ZenMLName] = []
 
 
 class RunConfig(_Section):
@@ -627,6 +628,19 @@ def _shape_in_words(tag: str, bound: dict | None = None) -> str:
     return tag
 
 
+def _check_writable(file: Path, where: str) -> None:
+    """The file can be written: it is writable, or its nearest existing folder is (folders are made on write)."""
+    if file.exists():
+        if not os.access(file, os.W_OK):
+            raise ConfigError(f"{where}: {file} is not writable")
+        return
+    folder = file.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{where}: cannot write under {folder} (no permission); name a file in a writable folder")
+
+
 def _find(value: Path, config_path: Path) -> Path | None:
     """A relative path is looked up from the current directory, then from the config's folder; ~ is the home folder."""
     value = value.expanduser()
@@ -685,6 +699,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         raise ConfigError(f"{path}: config file not found")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except OSError as exc:  # no permission, a device
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -733,6 +749,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             log = (Path.cwd() / log).resolve()
         if log is not None and log.is_dir():
             raise ConfigError(f"{path}: deploy.request_log: is a folder ({config.deploy.request_log}); name a file")
+        if log is not None:
+            _check_writable(log, f"{path}: deploy.request_log")
         return config.model_copy(update={"deploy": config.deploy.model_copy(update={"request_log": log})})
     if isinstance(config, InferenceConfig):
         settings = config.inference
@@ -743,6 +761,10 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         output = output if output.is_absolute() else Path.cwd() / output
         if output.is_dir():
             raise ConfigError(f"{path}: inference.output_file: is a folder ({settings.output_file}); name a file")
+        if found is not None and output.resolve() == found.resolve():
+            raise ConfigError(f"{path}: inference.output_file: is the input file ({settings.input_file}); the"
+                              " predictions would overwrite it. Name another file")
+        _check_writable(output, f"{path}: inference.output_file")
         update = {"input_file": (found or settings.input_file).resolve(), "output_file": output.resolve()}
         return config.model_copy(update={"inference": settings.model_copy(update=update)})
     config = config._with_model_names(lambda name: _local_model_name(name, path))
@@ -766,7 +788,18 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
                 f"{path}: data.{key}: is the same file as data.{same} ({resolved[key]}); every evaluation row would"
                 " also be a training row. Name a separate file, or leave the key out to carve the split from train"
             )
+    hub = data.hub_id
+    if hub is not None and hub.startswith((".", "/", "~")) and _find(Path(hub), path) is None:
+        raise ConfigError(f"{path}: data.hub_id: {echo(hub)} looks like a local folder and is not found")
+    if hub is not None and hub.startswith((".", "/", "~")):
+        resolved["hub_id"] = str(_find(Path(hub), path).resolve())
+    if config.remote is not None and not (REPO_ROOT / config.remote.requirements).is_file():
+        raise ConfigError(f"{path}: remote.requirements: {config.remote.requirements} not found in the repository"
+                          f" ({REPO_ROOT})")
     training = config.training
+    if training.checkpoint_dir is not None and not training.checkpoint_dir.strip():
+        raise ConfigError(f"{path}: training.checkpoint_dir: empty; leave the key out to keep checkpoints in the"
+                          " artifact store")
     if training.checkpoint_dir and training.checkpoint_dir.startswith("~"):
         training = training.model_copy(update={"checkpoint_dir": str(Path(training.checkpoint_dir).expanduser())})
     return config.model_copy(update={"data": data.model_copy(update=resolved), "training": training})

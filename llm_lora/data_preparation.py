@@ -142,7 +142,7 @@ def _token_stats(rows: list[dict]) -> dict:
 
 
 @dataclass
-class _Examples:
+class SplitExamples:
     """The rows of each split after reading, converting, carving, de-duplication and the leakage check."""
 
     splits: dict[str, list[Example]]
@@ -159,7 +159,7 @@ class _Examples:
                                        [d for d in self.dropped if d["split"] == split]))
 
 
-def _examples(data: DataConfig) -> _Examples:
+def split_examples(data: DataConfig) -> SplitExamples:
     """Everything before tokenization: no model or tokenizer needed.
 
     Raises:
@@ -202,7 +202,7 @@ def _examples(data: DataConfig) -> _Examples:
                 kept.append(example)
         leakage[split] = len(examples[split]) - len(kept)
         examples[split] = kept
-    return _Examples(examples, raw, source, made, dropped, counts, duplicates, leakage)
+    return SplitExamples(examples, raw, source, made, dropped, counts, duplicates, leakage)
 
 
 def check_rows(data: DataConfig) -> dict[str, int] | None:
@@ -222,7 +222,7 @@ def check_rows(data: DataConfig) -> dict[str, int] | None:
     """
     if data.hub_id:
         return None
-    prepared = _examples(data)
+    prepared = split_examples(data)
     for split in SPLITS:
         if not prepared.splits[split]:
             raise prepared.empty_split_error(split, data)
@@ -268,7 +268,7 @@ def prepare_splits(
     Raises:
         DataError: A bad row with `on_bad_rows: error`, a missing source, or a split left empty.
     """
-    prepared = _examples(data)
+    prepared = split_examples(data)
     examples, raw, source, made, dropped = prepared.splits, prepared.raw, prepared.source, prepared.made, prepared.dropped
     counts, duplicates, leakage = prepared.counts, prepared.duplicates, prepared.leakage
 

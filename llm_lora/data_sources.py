@@ -21,7 +21,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 # File stems that name a split inside a data folder.
 SPLIT_STEMS = {
     "train": ("train", "training"),
@@ -50,11 +50,7 @@ class RawRows:
 def read_jsonl(path: Path) -> RawRows:
     """Read a JSONL file, keeping every bad line's number and reason."""
     result = RawRows()
-    try:
-        data = path.read_bytes()
-        data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors and exports write
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+    data = _bytes_of(path).removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark, as some editors write
     for number, raw in enumerate(data.split(b"\n"), start=1):
         where = f"{path}:{number}"
         try:
@@ -76,9 +72,18 @@ def read_jsonl(path: Path) -> RawRows:
     return result
 
 
+def _bytes_of(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as error:  # no permission, a folder, a device
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
 def _text_of(path: Path) -> str:
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        return _bytes_of(path).decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 (byte {error.start + 1} of the file)") from None
 
@@ -94,7 +99,9 @@ def read_json(path: Path) -> RawRows:
         if error.msg == "Extra data" and text.lstrip().startswith("{"):  # one object per line: JSON Lines
             return read_jsonl(path)
         raise DataError(f"{path}:{error.lineno}: malformed JSON ({error.msg}, column {error.colno})") from None
-    if isinstance(loaded, dict) and loaded and all(isinstance(value, list) for value in loaded.values()):
+    if isinstance(loaded, dict) and len(loaded) == 1 and _is_rows(next(iter(loaded.values()))):
+        loaded = next(iter(loaded.values()))  # rows under one key, e.g. {"data": [{...}, ...]}
+    elif isinstance(loaded, dict) and loaded and all(isinstance(value, list) for value in loaded.values()):
         lengths = {name: len(values) for name, values in loaded.items()}
         if len(set(lengths.values())) > 1:
             raise DataError(f"{path}: columns of different lengths ({', '.join(f'{k}: {v}' for k, v in lengths.items())})")
@@ -114,11 +121,25 @@ def read_json(path: Path) -> RawRows:
     return result
 
 
+def _is_rows(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(row, dict) for row in value)
+
+
+def _delimiter(path: Path, text: str) -> str:
+    """Tab for .tsv; else the comma, unless the header line has none and a semicolon, tab or bar separates it."""
+    if path.suffix.lower() == ".tsv":
+        return "\t"
+    header = text.split("\n", 1)[0]
+    if "," in header:
+        return ","
+    return next((mark for mark in (";", "\t", "|") if mark in header), ",")
+
+
 def read_csv(path: Path) -> RawRows:
-    """A CSV file with a header line; every cell is kept as the text written there."""
+    """A CSV (or TSV) file with a header line; every cell is kept as the text written there."""
     text = _text_of(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # long documents in one cell are rows too
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(path, text), strict=True)
     result = RawRows()
     try:
         header = next(reader, None)
@@ -171,7 +192,7 @@ def read_file(path: Path) -> RawRows:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {', '.join(SUFFIXES)})")
-    reader = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet}[suffix]
+    reader = {".jsonl": read_jsonl, ".json": read_json, ".csv": read_csv, ".tsv": read_csv, ".parquet": read_parquet}[suffix]
     return reader(path)
 
 

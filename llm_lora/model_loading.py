@@ -110,7 +110,7 @@ DAMAGED = "damaged or cut short (an interrupted download or copy?); fetch it aga
 def _json_file(path: Path, key: str) -> dict:
     """A JSON object file of a model folder, or a one-line error naming it."""
     try:
-        loaded = json.loads(path.read_bytes().decode("utf-8-sig"))
+        loaded = json.loads(_read_bytes(path, key).decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise ModelSourceError(f"{key}: {path} is not UTF-8 text; {DAMAGED}") from None
     except json.JSONDecodeError as error:
@@ -120,13 +120,23 @@ def _json_file(path: Path, key: str) -> dict:
     return loaded
 
 
+def _read_bytes(path: Path, key: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ModelSourceError(f"{key}: {path} cannot be read ({error.strerror or error})") from None
+
+
 def _check_safetensors(path: Path, key: str) -> None:
     """A safetensors file whose header parses and whose tensors all lie inside the file."""
     size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else -1
-        header = handle.read(length) if 0 < length <= size - 8 else b""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = handle.read(length) if 0 < length <= size - 8 else b""
+    except OSError as error:
+        raise ModelSourceError(f"{key}: {path} cannot be read ({error.strerror or error})") from None
     try:
         tensors = json.loads(header) if header else None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -140,13 +150,20 @@ def _check_safetensors(path: Path, key: str) -> None:
         raise ModelSourceError(f"{key}: {path} holds {size} bytes of the {needed} its header describes; {DAMAGED}")
 
 
+def _read_head(path: Path, key: str) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4)
+    except OSError as error:
+        raise ModelSourceError(f"{key}: {path} cannot be read ({error.strerror or error})") from None
+
+
 def _check_gguf(path: Path, key: str) -> dict:
     """A GGUF file whose header parses and whose tensors all lie inside the file; returns its shape facts."""
     import gguf
 
-    with path.open("rb") as handle:
-        if handle.read(4) != b"GGUF":
-            raise ModelSourceError(f"{key}: {path} is not a GGUF file (it does not start with GGUF)")
+    if _read_head(path, key) != b"GGUF":
+        raise ModelSourceError(f"{key}: {path} is not a GGUF file (it does not start with GGUF)")
     try:
         reader = gguf.GGUFReader(path)
         end = max((int(tensor.data_offset) + int(tensor.n_bytes) for tensor in reader.tensors), default=0)
@@ -163,11 +180,22 @@ def _check_gguf(path: Path, key: str) -> dict:
         return bytes(part).decode("utf-8", "replace") if field.types and field.types[0] == gguf.GGUFValueType.STRING else part[0]
 
     architecture = value("general.architecture")
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    known = {architecture, (architecture or "").replace("moe", "_moe").replace("-", "_")}
+    if not known & set(GGUF_SUPPORTED_ARCHITECTURES):
+        raise ModelSourceError(
+            f"{key}: {path} is a {architecture!r} GGUF model, which transformers cannot convert for training"
+            f" (it converts {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}); use the model's safetensors release"
+        )
     hidden = value(f"{architecture}.embedding_length") if architecture else None
     return {"hidden_size": int(hidden)} if hidden is not None else {}
 
 
-def check_model_files(name: str, key: str = "model.name") -> dict:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model_files(name: str, key: str = "model.name", trust_remote_code: bool = False) -> dict:
     """Check a local model's files without loading it: config and index JSON, safetensors and GGUF complete.
 
     Hub models are checked when they load (they may not be on this machine yet).
@@ -175,6 +203,7 @@ def check_model_files(name: str, key: str = "model.name") -> dict:
     Args:
         name: A `model.name` value.
         key: The config key that named it, for messages.
+        trust_remote_code: The model's own code may define an architecture transformers does not know.
 
     Returns:
         What the files say of the model's shape without loading it: {"hidden_size": n} where known.
@@ -205,6 +234,21 @@ def check_model_files(name: str, key: str = "model.name") -> dict:
     for tokenizer_file in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if (path / tokenizer_file).is_file():
             _json_file(path / tokenizer_file, key)
+    if not any((path / file).is_file() for file in TOKENIZER_FILES):
+        raise ModelSourceError(f"{key}: {path} has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the model's"
+                               " tokenizer into the same folder (tokenizer.save_pretrained)")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = config.get("model_type")
+    if not trust_remote_code:
+        if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING_NAMES:
+            raise ModelSourceError(
+                f"{key}: {path / 'config.json'} names model_type {model_type!r}, which this transformers does not"
+                " know (a newer transformers, or model.trust_remote_code: true for a model that ships its code)"
+            )
+        if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            raise ModelSourceError(f"{key}: {path} is a {model_type!r} model, not a causal language model (text generation)")
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     hidden = next((text[name] for name in ("hidden_size", "n_embd", "d_model") if isinstance(text.get(name), int)), None)
     return {"hidden_size": hidden} if hidden else {}

@@ -228,6 +228,26 @@ DRY_RUN_CASES = [
      lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "model.safetensors", remove=True)))),
      "has no weights"),
     ("gguf-cut-short", lambda cfg, data: _edit(cfg, _set("model", name=str(_cut_gguf(data)))), "cannot be read as GGUF"),
+    ("model-without-tokenizer",
+     lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "tokenizer.json", remove=True,
+                                                                      also=("tokenizer_config.json",))))),
+     "has no tokenizer (tokenizer.json, tokenizer.model, vocab.json, tokenizer_config.json)"),
+    ("model-type-unknown",
+     lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "config.json", config={"model_type": "wizard"})))),
+     "names model_type 'wizard', which this transformers does not know"),
+    ("model-not-a-language-model",
+     lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "config.json", config={"model_type": "vit"})))),
+     "is a 'vit' model, not a causal language model"),
+    # More keys
+    ("learning-rate-above-one", lambda cfg, data: _edit(cfg, _set("training", learning_rate=10)),
+     "run.yaml: training.learning_rate: Input should be less than or equal to 1"),
+    ("registry-tag-empty", lambda cfg, data: _edit(cfg, _set("registry", tags=["demo", " "])),
+     "run.yaml: registry.tags.1: must not be empty"),
+    ("hub-dataset-folder-missing",
+     lambda cfg, data: _edit(cfg, lambda c: c.update(data={"hub_id": "./no-such-dataset-folder"})),
+     "run.yaml: data.hub_id: './no-such-dataset-folder' looks like a local folder and is not found"),
+    ("checkpoint-dir-empty", lambda cfg, data: _edit(cfg, _set("training", checkpoint_dir="")),
+     "run.yaml: training.checkpoint_dir: empty"),
     # Options
     ("schedule-minute-out-of-range", ["--schedule", "61 * * * *"], "--schedule: minute field: 61 is outside 0-59"),
     ("schedule-weekday-unknown", ["--schedule", "0 3 * * funday"], "--schedule: weekday field: 'funday' is not a number"),
@@ -253,12 +273,15 @@ def _csv_train(config, data, text):
     _edit(config, _set("data", train_file=str(data / "train.csv")))
 
 
-def _model_copy(data, name, content=None, cut=None, remove=False):
-    """A copy of the tiny model with one file damaged."""
+def _model_copy(data, name, content=None, cut=None, remove=False, also=(), config=None):
+    """A copy of the tiny model with one file damaged (or removed, with `also`; or config.json keys changed)."""
     model = data.parent / "model"
     shutil.copytree(_TINY[0], model)
-    if remove:
-        (model / name).unlink()
+    if config is not None:
+        (model / name).write_text(json.dumps({**json.loads((model / name).read_text()), **config}))
+    elif remove:
+        for each in (name, *also):
+            (model / each).unlink()
     elif cut is not None:
         raw = (model / name).read_bytes()
         (model / name).write_bytes(raw[: int(len(raw) * cut)])
@@ -494,7 +517,7 @@ def _valid(result):
 
 def test_valid_input_that_looks_unusual_is_accepted(tmp_path, tiny_model_dir, zenml_env):
     """Numeric answer cells (a classification CSV), ~ in data paths, and split files named in capitals."""
-    from llm_lora.data_preparation import _examples
+    from llm_lora.data_preparation import split_examples
 
     home = tmp_path / "home"
     (home / "labels").mkdir(parents=True)
@@ -514,22 +537,31 @@ def test_valid_input_that_looks_unusual_is_accepted(tmp_path, tiny_model_dir, ze
     _edit(config, lambda c: c.update(data={"path": str(folder)}))
     _valid(_run(["--config", str(config), "--dry-run"], zenml_env))
 
+    # A semicolon-separated CSV, a TSV and JSON rows under one key are rows like any other.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "train.csv").write_text("prompt;completion\n" + "".join(f"text {i};{i % 2}\n" for i in range(10)))
+    (other / "validation.tsv").write_text("prompt\tcompletion\nvalidation text\t1\n")
+    (other / "test.json").write_text(json.dumps({"data": [{"prompt": "test text", "completion": 0}]}))
+    _edit(config, lambda c: c.update(data={"path": str(other)}))
+    _valid(_run(["--config", str(config), "--dry-run"], zenml_env))
+
     # The CSV labels are read as the text written in the file, quoted or not.
     from llm_lora.config import DataConfig
 
-    prepared = _examples(DataConfig(train_file=home / "labels" / "train.csv", test_file=home / "labels" / "test.csv"))
+    prepared = split_examples(DataConfig(train_file=home / "labels" / "train.csv", test_file=home / "labels" / "test.csv"))
     assert [e.completion for e in prepared.splits["test"]] == ["1", "2"]
     assert {e.completion for e in prepared.splits["train"] + prepared.splits["validation"]} == {"0", "1", "2"}
 
 
 def test_numbers_and_booleans_in_json_answers_are_their_text(tmp_path):
     from llm_lora.config import DataConfig
-    from llm_lora.data_preparation import _examples
+    from llm_lora.data_preparation import split_examples
 
     rows = [{"prompt": f"is {i} even?", "completion": i % 2 == 0} for i in range(10)]
     rows += [{"prompt": f"{i} squared?", "completion": i * i} for i in range(10)]
     (tmp_path / "train.json").write_text(json.dumps(rows))
-    prepared = _examples(DataConfig(train_file=tmp_path / "train.json"))
+    prepared = split_examples(DataConfig(train_file=tmp_path / "train.json"))
     answers = {e.prompt: e.completion for split in prepared.splits.values() for e in split}
     assert answers["is 2 even?"] == "true" and answers["is 3 even?"] == "false" and answers["3 squared?"] == "9"
 
@@ -559,6 +591,16 @@ def test_damaged_zenml_store_is_one_line(tmp_path, tiny_model_dir):
         result = _run(["--config", str(config), *args], env)
         _check(result, f"ZenML store {database}: cannot be opened (")
         assert "move it aside" in result.stderr.strip().splitlines()[-1]
+
+
+def test_inference_output_over_its_input_is_refused(tmp_path, zenml_env):
+    rows = tmp_path / "new.jsonl"
+    rows.write_text(_lines([{"prompt": "Order ORD-1 arrived broken."}]))
+    config = tmp_path / "inference.yaml"
+    config.write_text(yaml.safe_dump({"inference": {"model_name": "m", "input_file": str(rows), "output_file": str(rows)}}))
+    _check(_run(["--config", str(config), "--dry-run"], zenml_env),
+           "inference.output_file: is the input file")
+    assert rows.read_text() == _lines([{"prompt": "Order ORD-1 arrived broken."}])
 
 
 def test_inference_for_a_missing_version_is_refused_before_the_pipeline(tmp_path, zenml_env):
