@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Annotated, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -486,6 +489,22 @@ class RunConfig(_Section):
         )
         return self._with_model_names(_model_name_out).model_copy(update={"data": data}).model_dump_json()
 
+    def part(self, **sections: bool | tuple[str, ...]) -> str:
+        """The named sections as JSON, for one step's parameter (`ConfigPart.from_json` reads it back).
+
+        Args:
+            sections: Section name -> True for the whole section, or the keys the step reads of it.
+        """
+        whole = json.loads(self.to_json())
+        part = {}
+        for name, keys in sections.items():
+            value = whole[name]
+            if keys is True or value is None:
+                part[name] = value
+            else:
+                part[name] = {_KEYS: list(keys), **{key: value[key] for key in keys}}
+        return json.dumps(part, sort_keys=True)
+
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
         """Inverse of `to_json` (repository-relative paths made absolute against this checkout)."""
@@ -504,6 +523,72 @@ class RunConfig(_Section):
             reference = reference.model_copy(update={"name": rename(reference.name)})
             baselines = baselines.model_copy(update={"reference_model": reference})
         return self.model_copy(update={"model": model, "baselines": baselines})
+
+
+class _PartialSection:
+    """A section of which a step was given only some keys: reading another is a bug, never a silent default."""
+
+    def __init__(self, section: _Section, keys: tuple[str, ...]) -> None:
+        self.__dict__.update(_section=section, _keys=keys)
+
+    def __getattr__(self, name: str):
+        if name in self.__dict__["_keys"]:
+            return getattr(self.__dict__["_section"], name)
+        section = type(self.__dict__["_section"]).__name__
+        raise AttributeError(f"{section}.{name} was not given to this step (its part of the run config names"
+                             f" only {', '.join(self.__dict__['_keys'])})")
+
+
+class ConfigPart:
+    """The sections of a run config that one step reads, made by `RunConfig.part`.
+
+    A step's cache key covers exactly what it is given: a change elsewhere in the YAML leaves the
+    step cached. Reading a section (or key) that was not given raises, naming it.
+    """
+
+    def __init__(self, sections: dict) -> None:
+        self.__dict__["_sections"] = sections
+
+    def __getattr__(self, name: str):
+        sections = self.__dict__["_sections"]
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"run config section {name!r} was not given to this step (it has {', '.join(sections)})")
+
+    @classmethod
+    def from_json(cls, text: str) -> ConfigPart:
+        """Inverse of `RunConfig.part`: each section validated by its own schema, paths local again."""
+        sections: dict = {}
+        for name, value in json.loads(text).items():
+            if value is None:
+                sections[name] = None
+                continue
+            schema = next(t for t in _leaf_types(RunConfig.model_fields[name].annotation) if t is not type(None))
+            keys = value.pop(_KEYS, None)
+            if keys is None:
+                section = _local_section(name, schema.model_validate(value))
+                sections[name] = section
+            else:  # only these keys travel: each validated by its own field's type
+                values = {key: TypeAdapter(schema.model_fields[key].annotation).validate_python(item)
+                          for key, item in value.items()}
+                sections[name] = _PartialSection(_local_section(name, schema.model_construct(**values)), tuple(keys))
+        return cls(sections)
+
+
+_KEYS = "__keys__"
+
+
+def _local_section(name: str, section: _Section) -> _Section:
+    """A section read from step parameters, with repository-relative paths and model names made local."""
+    if name == "data":
+        return section.model_copy(update={key: _from_repo(getattr(section, key)) for key in DATA_PATH_KEYS})
+    if name == "model":
+        return section.model_copy(update={"name": _model_name_in(section.name)})
+    if name == "baselines" and section.reference_model is not None:
+        reference = section.reference_model
+        return section.model_copy(update={"reference_model": reference.model_copy(
+            update={"name": _model_name_in(reference.name)})})
+    return section
 
 
 DATA_PATH_KEYS = ("train_file", "validation_file", "test_file", "path")

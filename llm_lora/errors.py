@@ -7,14 +7,14 @@ import shutil
 
 import torch
 
-from llm_lora.config import RunConfig
+from llm_lora.config import ConfigPart, RunConfig
 
 
 class MachineError(RuntimeError):
     """The config asks for hardware this machine does not have; the message names the option."""
 
 
-def check_machine(config: RunConfig, cuda_devices: int | None = None) -> None:
+def check_machine(config: RunConfig | ConfigPart, cuda_devices: int | None = None) -> None:
     """Refuse settings this machine cannot run, before anything starts.
 
     Args:
@@ -85,7 +85,7 @@ def explain_hub_error(name: str, error: BaseException) -> str | None:
     return None
 
 
-def explain_training_failure(error: BaseException, config: RunConfig) -> str:
+def explain_training_failure(error: BaseException, config: RunConfig | ConfigPart) -> str:
     """One line for a training failure; out-of-memory gets the settings to change.
 
     Args:

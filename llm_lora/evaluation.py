@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_lora.answer_length import AnswerCap, answer_cap, answer_tokens, cut_short
-from llm_lora.config import AUTO_METRICS_JSON, AUTO_METRICS_TEXT, EvaluationConfig, RunConfig
+from llm_lora.config import AUTO_METRICS_JSON, AUTO_METRICS_TEXT, ConfigPart, EvaluationConfig, RunConfig
 from llm_lora.data_preparation import fingerprint, load_prepared_completions
 from llm_lora.generation import Generation, generate
 from llm_lora.metrics import (
@@ -216,7 +216,7 @@ def evaluate_model(
     return score_generations(rows, generations, settings.metrics, expected, max_new_tokens)
 
 
-def evaluation_fingerprint(config: RunConfig, rows: list[dict], max_new_tokens: int) -> str:
+def evaluation_fingerprint(config: RunConfig | ConfigPart, rows: list[dict], max_new_tokens: int) -> str:
     """What makes two evaluations comparable: same rows, base model, prompt and generation settings.
 
     Greedy decoding is deterministic, so two evaluations of the same adapter

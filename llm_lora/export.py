@@ -6,7 +6,7 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from llm_lora.config import ModelConfig, RunConfig
+from llm_lora.config import ConfigPart, ModelConfig, RunConfig
 from llm_lora.generation import generate
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 
@@ -35,7 +35,7 @@ def merge_adapter(model: ModelConfig, adapter_dir: Path, output_dir: Path, dtype
 
 
 def compare_merged_with_adapter(
-    config: RunConfig, adapter_dir: Path, merged_dir: Path, rows: list[dict], max_new_tokens: int
+    config: RunConfig | ConfigPart, adapter_dir: Path, merged_dir: Path, rows: list[dict], max_new_tokens: int
 ) -> dict:
     """Greedy answers of the merged model and of base + adapter, in the merged dtype, on the same rows.
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_lora.answer_length import answer_cap
-from llm_lora.config import RunConfig
+from llm_lora.config import ConfigPart, RunConfig
 from llm_lora.data_preparation import expand_counts
 
 BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
@@ -34,7 +34,7 @@ def measured_throughput(model_name: str, device: str) -> tuple[float, str] | Non
     return None
 
 
-def estimate_run(summary: dict, config: RunConfig, device: str) -> dict:
+def estimate_run(summary: dict, config: RunConfig | ConfigPart, device: str) -> dict:
     """Optimizer steps, training tokens, and (when a throughput is known) time and cost.
 
     Args:
@@ -94,7 +94,7 @@ class SettingCheck:
     warning: bool = False
 
 
-def check_settings(summary: dict, config: RunConfig, estimate: dict) -> list[SettingCheck]:
+def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: dict) -> list[SettingCheck]:
     """Every setting whose right value depends on the data, checked against this run's data.
 
     The values a config carries from another task (an answer cap, a row length, a

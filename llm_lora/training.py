@@ -35,7 +35,7 @@ from transformers import (
 from llm_lora import attention
 from llm_lora.answer_length import answer_tokens
 from llm_lora.checkpoints import CheckpointStore
-from llm_lora.config import GENERATION_FACTS, LoraSettings, RunConfig, TrainingConfig
+from llm_lora.config import GENERATION_FACTS, ConfigPart, LoraSettings, RunConfig, TrainingConfig
 from llm_lora.evaluation import generation_cap, score_generations
 from llm_lora.generation import generate
 from llm_lora.model_loading import load_model, load_tokenizer
@@ -226,7 +226,7 @@ class GenerationMetrics(TrainerCallback):
     """
 
     def __init__(
-        self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, config: RunConfig, max_new_tokens: int
+        self, rows: list[dict], tokenizer: PreTrainedTokenizerBase, config: RunConfig | ConfigPart, max_new_tokens: int
     ) -> None:
         self.rows = rows
         self.tokenizer = tokenizer
@@ -359,7 +359,7 @@ def _as_dataset(rows: list[dict]) -> Dataset:
     return Dataset.from_dict({name: [row[name] for row in rows] for name in TRAINING_COLUMNS})
 
 
-def attach_lora(model: PreTrainedModel, config: RunConfig) -> PeftModel:
+def attach_lora(model: PreTrainedModel, config: RunConfig | ConfigPart) -> PeftModel:
     """Wrap the base model with fresh LoRA adapters; the base weights stay frozen and as loaded.
 
     PEFT's prepare_model_for_kbit_training is not used for QLoRA: besides freezing,
@@ -413,7 +413,7 @@ def compile_layers(model: torch.nn.Module) -> int:
 
 
 def train_lora(
-    config: RunConfig,
+    config: RunConfig | ConfigPart,
     train_rows: list[dict],
     validation_rows: list[dict],
     output_dir: Path,

@@ -67,39 +67,48 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         force_promote: Put the new version into production whatever its scores.
     """
     config = RunConfig.from_json(config_json)
-    prepared_data, data_summary = prepare_data(config_json=config_json)
-    preflight_report(data_summary=data_summary, config_json=config_json)
+    # Each step is given only the parts of the config it reads (RunConfig.part): its cache key changes
+    # when they do, and a change elsewhere (a price, a promotion threshold) leaves it cached.
+    generation = {"model": True, "data": ("system_prompt", "plain_template"), "evaluation": True}
+    prepared_data, data_summary = prepare_data(settings=config.part(model=True, data=True))
+    preflight_report(data_summary=data_summary, settings=config.part(
+        model=True, data=True, training=True, evaluation=True, baselines=("few_shot_k",), preflight=True))
     base_metrics, base_predictions = evaluate_model(
-        id="evaluate_base", prepared_data=prepared_data, config_json=config_json, label="base"
+        id="evaluate_base", prepared_data=prepared_data, settings=config.part(**generation), label="base"
     )
     baselines = {}
     if config.baselines.few_shot_k:
         few_shot_metrics, few_shot_predictions = evaluate_model(
-            id="evaluate_few_shot", prepared_data=prepared_data, config_json=config_json, label="few_shot",
-            few_shot=True,
+            id="evaluate_few_shot", prepared_data=prepared_data, label="few_shot", few_shot=True,
+            settings=config.part(**generation, baselines=("few_shot_k", "few_shot_seed")),
         )
         baselines.update(few_shot_metrics=few_shot_metrics, few_shot_predictions=few_shot_predictions)
     if config.baselines.reference_model is not None:
         reference_metrics, reference_predictions = evaluate_model(
-            id="evaluate_reference", prepared_data=prepared_data, config_json=config_json, label="reference",
-            reference=True,
+            id="evaluate_reference", prepared_data=prepared_data, label="reference", reference=True,
+            settings=config.part(**generation, baselines=("reference_model",)),
         )
         baselines.update(reference_metrics=reference_metrics, reference_predictions=reference_predictions)
+    # Validation answers during training are generated and scored like the evaluation's.
+    scoring = ({"evaluation": ("batch_size", "metrics", "max_new_tokens"), "promotion": ("metric",)}
+               if config.training.eval_generation_rows else {})
+    training_settings = config.part(model=True, lora=True, training=True, data=True, registry=("model_name",), **scoring)
     # Training waits for the base model to answer: a base model that cannot load or generate fails there,
     # before any GPU time is spent.
-    adapter, training_metrics, loss_history = train_lora(prepared_data=prepared_data, config_json=config_json,
+    adapter, training_metrics, loss_history = train_lora(prepared_data=prepared_data, settings=training_settings,
                                                          after="evaluate_base")
     finetuned_metrics, finetuned_predictions = evaluate_model(
         id="evaluate_finetuned",
         prepared_data=prepared_data,
-        config_json=config_json,
+        settings=config.part(**generation),
         label="finetuned",
         adapter=adapter,
     )
     compare_models(base_predictions=base_predictions, finetuned_predictions=finetuned_predictions,
                    metric=config.promotion.metric)
     worth_it, _ = worth_it_report(
-        config_json=config_json,
+        settings=config.part(baselines=True, promotion=("metric",), preflight=("price_per_gpu_hour",), cost=True,
+                             evaluation=("max_cut_short",)),
         base_metrics=base_metrics,
         base_predictions=base_predictions,
         finetuned_metrics=finetuned_metrics,
@@ -110,11 +119,14 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
     # Promotion is the last step: a run that fails anywhere else never changes a stage.
     before_promotion = ["compare_models"]
     if config.export.merge:
-        export_merged(adapter=adapter, prepared_data=prepared_data, config_json=config_json)
+        export_merged(adapter=adapter, prepared_data=prepared_data,
+                      settings=config.part(model=True, export=True, evaluation=("batch_size", "max_new_tokens")))
         before_promotion.append("export_merged")
     promote_model(
         prepared_data=prepared_data,
-        config_json=config_json,
+        settings=config.part(model=True, data=("system_prompt", "plain_template"), evaluation=True, promotion=True,
+                             registry=("model_name",), lora=True, training=True),
+        run_config_json=config_json,
         base_metrics=base_metrics,
         finetuned_metrics=finetuned_metrics,
         training_metrics=training_metrics,

@@ -9,7 +9,7 @@ from zenml.logger import get_logger
 
 from llm_lora.adapter import LoraAdapter
 from llm_lora.baselines import choose_few_shot_examples
-from llm_lora.config import RunConfig
+from llm_lora.config import ConfigPart
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluate_model as run_evaluation
 from llm_lora.evaluation import evaluation_fingerprint, prepared_cap
@@ -23,7 +23,7 @@ logger = get_logger(__name__)
 @step
 def evaluate_model(
     prepared_data: Path,
-    config_json: str,
+    settings: str,
     label: str,
     adapter: Optional[LoraAdapter] = None,
     few_shot: bool = False,
@@ -42,7 +42,7 @@ def evaluate_model(
 
     Args:
         prepared_data: Output of prepare_data.
-        config_json: The run configuration (RunConfig as JSON).
+        settings: The parts of the run config this step reads (RunConfig.part; the pipeline names them).
         label: "base", "finetuned", "few_shot" or "reference": the metadata key the metrics go under.
         adapter: LoRA adapter to put on the base model; None scores the base model.
         few_shot: Put solved examples from the train split before every test input.
@@ -51,7 +51,7 @@ def evaluate_model(
     Returns:
         The metrics and one row per test example (output, correctness, latency).
     """
-    config = RunConfig.from_json(config_json)
+    config = ConfigPart.from_json(settings)
     apply_hub_token(config.model)
     rows = load_prepared_split(prepared_data, "test")
     examples = []

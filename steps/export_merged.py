@@ -7,7 +7,7 @@ from zenml import ArtifactConfig, log_metadata, step
 from zenml.logger import get_logger
 
 from llm_lora.adapter import LoraAdapter
-from llm_lora.config import RunConfig
+from llm_lora.config import ConfigPart
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import prepared_cap
 from llm_lora.export import compare_merged_with_adapter, merge_adapter
@@ -20,19 +20,19 @@ logger = get_logger(__name__)
 
 @step
 def export_merged(
-    adapter: LoraAdapter, prepared_data: Path, config_json: str
+    adapter: LoraAdapter, prepared_data: Path, settings: str
 ) -> Annotated[Path, ArtifactConfig(name="merged_model")]:
     """Merge the adapter into the unquantized base model and check it answers the same.
 
     Args:
         adapter: train_lora's adapter.
         prepared_data: Output of prepare_data (test rows for the check).
-        config_json: The run configuration (RunConfig as JSON).
+        settings: The parts of the run config this step reads (RunConfig.part; the pipeline names them).
 
     Returns:
         A folder with the merged model's safetensors, config and tokenizer.
     """
-    config = RunConfig.from_json(config_json)
+    config = ConfigPart.from_json(settings)
     apply_hub_token(config.model)
     target = merge_adapter(
         config.model, adapter.directory, scratch_folder("merged-model-"), config.export.dtype

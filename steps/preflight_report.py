@@ -7,7 +7,7 @@ from zenml import ArtifactConfig, log_metadata, step
 from zenml.logger import get_logger
 from zenml.types import HTMLString
 
-from llm_lora.config import RunConfig
+from llm_lora.config import ConfigPart
 from llm_lora.preflight import check_settings, estimate_run, findings, render_html, render_text
 
 logger = get_logger(__name__)
@@ -15,7 +15,7 @@ logger = get_logger(__name__)
 
 @step
 def preflight_report(
-    data_summary: dict, config_json: str
+    data_summary: dict, settings: str
 ) -> Tuple[
     Annotated[HTMLString, ArtifactConfig(name="preflight_report")],
     Annotated[dict, ArtifactConfig(name="run_estimate")],
@@ -24,13 +24,13 @@ def preflight_report(
 
     Args:
         data_summary: prepare_data's summary (counts, drops, token statistics, answer lengths).
-        config_json: The run configuration (RunConfig as JSON).
+        settings: The parts of the run config this step reads (RunConfig.part; the pipeline names them).
 
     Returns:
         The report as HTML (rendered in the dashboard), and the estimate with each checked
         setting ("key: value: note") and every warning as one line.
     """
-    config = RunConfig.from_json(config_json)
+    config = ConfigPart.from_json(settings)
     device = "cuda" if torch.cuda.is_available() and not config.training.use_cpu else "cpu"
     estimate = estimate_run(data_summary, config, device)
     checks = check_settings(data_summary, config, estimate)

@@ -5,7 +5,7 @@ from typing import Annotated, Tuple
 
 from zenml import ArtifactConfig, log_metadata, step
 
-from llm_lora.config import RunConfig
+from llm_lora.config import ConfigPart
 from llm_lora.data_preparation import prepare_splits, save_prepared
 from llm_lora.model_loading import context_window, load_tokenizer
 from steps.hub_token import apply_hub_token
@@ -14,7 +14,7 @@ from steps.scratch import scratch_folder
 
 @step
 def prepare_data(
-    config_json: str,
+    settings: str,
 ) -> Tuple[
     Annotated[Path, ArtifactConfig(name="prepared_data")],
     Annotated[dict, ArtifactConfig(name="data_summary")],
@@ -22,13 +22,13 @@ def prepare_data(
     """Turn the configured JSONL files into tokenized train/validation/test splits.
 
     Args:
-        config_json: The run configuration (RunConfig as JSON).
+        settings: The parts of the run config this step reads (RunConfig.part; the pipeline names them).
 
     Returns:
         A folder with one JSONL file per split (prompt, completion, formatted
         prompt, input ids, labels) and a summary of counts and drops.
     """
-    config = RunConfig.from_json(config_json)
+    config = ConfigPart.from_json(settings)
     token_source = apply_hub_token(config.model)
     prepared = prepare_splits(config.data, load_tokenizer(config.model), context_window(config.model))
     directory = save_prepared(prepared, scratch_folder("prepared-data-"))

@@ -14,7 +14,7 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from llm_lora.answer_length import cut_short_problem
-from llm_lora.config import PromotionConfig, RunConfig
+from llm_lora.config import ConfigPart, PromotionConfig, RunConfig
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluate_model, evaluation_fingerprint, prepared_cap
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
@@ -152,7 +152,8 @@ def gate(
 @step
 def promote_model(
     prepared_data: Path,
-    config_json: str,
+    settings: str,
+    run_config_json: str,
     base_metrics: dict,
     finetuned_metrics: dict,
     training_metrics: dict,
@@ -167,7 +168,9 @@ def promote_model(
 
     Args:
         prepared_data: Output of prepare_data (test rows, for re-evaluating production).
-        config_json: The run configuration (RunConfig as JSON).
+        settings: The parts of the run config this step reads (RunConfig.part; the pipeline names them).
+        run_config_json: The whole run config, only recorded on the model version, so that batch inference
+            and deployment format inputs exactly as training did.
         base_metrics: evaluate_base's metrics.
         finetuned_metrics: evaluate_finetuned's metrics.
         training_metrics: train_lora's metrics, recorded on the model version.
@@ -179,7 +182,7 @@ def promote_model(
         The decision with its numbers and reason, and the run report (loss curves,
         base vs finetuned table, the decision) for the dashboard.
     """
-    config = RunConfig.from_json(config_json)
+    config = ConfigPart.from_json(settings)
     apply_hub_token(config.model)
     metric = resolve_metric(config.promotion.metric, finetuned_metrics)
     for name, metrics in (("base", base_metrics), ("finetuned", finetuned_metrics)):
@@ -239,7 +242,7 @@ def promote_model(
                 str(entry["step"]): entry[PRIMARY_METRIC_KEY] for entry in loss_history if PRIMARY_METRIC_KEY in entry
             },
             # The whole config, so inference can format inputs exactly as training did.
-            "run_config_json": config_json,
+            "run_config_json": run_config_json,
             "hyperparameters": {
                 "model": config.model.model_dump(mode="json"),
                 "lora": config.lora.model_dump(mode="json"),

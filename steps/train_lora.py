@@ -18,7 +18,7 @@ from zenml.steps import BaseStep
 
 from llm_lora.adapter import LoraAdapter
 from llm_lora.checkpoints import CheckpointStore, checkpoint_key
-from llm_lora.config import RunConfig, TrainingConfig
+from llm_lora.config import ConfigPart, TrainingConfig
 from llm_lora.data_preparation import fingerprint, load_prepared_split
 from llm_lora.evaluation import prepared_cap
 from llm_lora.errors import explain_training_failure
@@ -33,7 +33,7 @@ from steps.scratch import scratch_folder
 @step(output_materializers={"lora_adapter": LoraAdapterMaterializer})
 def train_lora(
     prepared_data: Path,
-    config_json: str,
+    settings: str,
 ) -> Tuple[
     Annotated[LoraAdapter, ArtifactConfig(name="lora_adapter")],
     Annotated[dict, ArtifactConfig(name="training_metrics")],
@@ -43,13 +43,13 @@ def train_lora(
 
     Args:
         prepared_data: Output of prepare_data (a str when launched by Accelerate).
-        config_json: The run configuration (RunConfig as JSON).
+        settings: The parts of the run config this step reads (RunConfig.part; the pipeline names them).
 
     Returns:
         The adapter, the training metrics (loss, runtime, tokens/s) and the
         logged loss by step.
     """
-    config = RunConfig.from_json(config_json)
+    config = ConfigPart.from_json(settings)
     apply_hub_token(config.model)
     # One scratch folder for all processes (see train_lora's output_dir): made by the launching step
     # process (launch_with_accelerate), or here when the function runs without a launcher.
@@ -83,7 +83,7 @@ ERROR_FILE_ENV = "LLM_LORA_ERROR_FILE"
 SCRATCH_ENV = "LLM_LORA_TRAINING_DIR"
 
 
-def report_training_failure(error: Exception, config: RunConfig) -> None:
+def report_training_failure(error: Exception, config: ConfigPart) -> None:
     """Tell run.py, across the Accelerate process boundary, why training failed, in one line.
 
     run.py sets LLM_LORA_ERROR_FILE; the launched process writes the reason
@@ -98,7 +98,7 @@ def report_training_failure(error: Exception, config: RunConfig) -> None:
         raise SystemExit(1)
 
 
-def checkpoint_store(config: RunConfig, train_rows: list[dict]) -> CheckpointStore | None:
+def checkpoint_store(config: ConfigPart, train_rows: list[dict]) -> CheckpointStore | None:
     """The durable checkpoint folder of this model, these settings and these training rows.
 
     Under `training.checkpoint_dir` when set, else inside the active stack's

@@ -8,7 +8,7 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from llm_lora.baselines import baseline_label
-from llm_lora.config import RunConfig
+from llm_lora.config import ConfigPart
 from llm_lora.promotion import resolve_metric
 from llm_lora.worth_it import Evaluated, assess, render_worth_it_html
 
@@ -17,7 +17,7 @@ logger = get_logger(__name__)
 
 @step
 def worth_it_report(
-    config_json: str,
+    settings: str,
     base_metrics: dict,
     base_predictions: pd.DataFrame,
     finetuned_metrics: dict,
@@ -34,7 +34,7 @@ def worth_it_report(
     """Compare the finetuned model with the best baseline on the same rows; price the difference.
 
     Args:
-        config_json: The run configuration (RunConfig as JSON).
+        settings: The parts of the run config this step reads (RunConfig.part; the pipeline names them).
         base_metrics: evaluate_base's metrics (the base model, zero-shot).
         base_predictions: Its per-example records.
         finetuned_metrics: evaluate_finetuned's metrics.
@@ -49,7 +49,7 @@ def worth_it_report(
         The report (per-model numbers, gain and interval, savings, costs, payback,
         verdict) and its HTML page for the dashboard.
     """
-    config = RunConfig.from_json(config_json)
+    config = ConfigPart.from_json(settings)
     settings = config.baselines
     baselines = [Evaluated("base", baseline_label("base"), base_metrics, base_predictions.to_dict("records"))]
     if few_shot_metrics is not None:

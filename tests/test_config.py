@@ -375,3 +375,26 @@ def test_a_yaml_boolean_for_a_number_is_refused(tmp_path, monkeypatch, section, 
     assert f"run.yaml: {section}.{key}:" in str(quoted.value) and "YAML reads" not in str(quoted.value)
     # Booleans stay booleans where a key is one.
     assert load_config(_quickstart(tmp_path, lambda c: c["training"].update(gradient_checkpointing=True))).training.gradient_checkpointing
+
+
+def test_a_step_part_holds_only_what_it_names(monkeypatch):
+    """RunConfig.part -> ConfigPart: named sections whole or by key; anything else raises, naming it."""
+    from llm_lora.config import ConfigPart
+
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "quickstart.yaml")
+    config = config.model_copy(update={"baselines": config.baselines.model_copy(update={"reference_model": config.model})})
+    part = ConfigPart.from_json(config.part(model=True, data=True, promotion=("metric",), baselines=("reference_model",)))
+    assert part.model == config.model and part.data == config.data  # local paths again
+    assert part.promotion.metric == config.promotion.metric
+    assert part.baselines.reference_model == config.model
+    with pytest.raises(AttributeError, match=r"PromotionConfig\.min_gain_over_base was not given to this step"):
+        part.promotion.min_gain_over_base
+    with pytest.raises(AttributeError, match=r"run config section 'cost' was not given to this step"):
+        part.cost
+    # Only what is named travels: a change elsewhere leaves the JSON, and so a step's cache key, as it was.
+    cheaper = config.model_copy(update={"cost": config.cost.model_copy(update={"price_per_million_prompt_tokens": 9.0}),
+                                        "promotion": config.promotion.model_copy(update={"min_gain_over_base": 0.3})})
+    assert cheaper.part(model=True, data=True, promotion=("metric",)) == config.part(
+        model=True, data=True, promotion=("metric",))
+    assert cheaper.part(promotion=True) != config.part(promotion=True)

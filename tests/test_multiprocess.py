@@ -87,13 +87,15 @@ from llm_lora.config import load_config
 from steps import launch_with_accelerate, prepare_data, train_lora
 
 @pipeline(enable_cache=False)
-def train_only(config_json: str) -> None:
-    prepared_data, _ = prepare_data(config_json=config_json)
-    train_lora(prepared_data=prepared_data, config_json=config_json)
+def train_only(data_settings: str, training_settings: str) -> None:
+    prepared_data, _ = prepare_data(settings=data_settings)
+    train_lora(prepared_data=prepared_data, settings=training_settings)
 
 config = load_config(sys.argv[1])
 launch_with_accelerate(config.training)  # as run.py does
-train_only.with_options(model=Model(name=config.registry.model_name))(config_json=config.to_json())
+train_only.with_options(model=Model(name=config.registry.model_name))(
+    data_settings=config.part(model=True, data=True),
+    training_settings=config.part(model=True, lora=True, training=True, data=True, registry=("model_name",)))
 outputs = Client().get_pipeline("train_only").last_run.steps["train_lora"].outputs
 adapter = outputs["lora_adapter"][0]
 print(json.dumps({
