@@ -509,10 +509,8 @@ class RunConfig(_Section):
     def from_json(cls, text: str) -> RunConfig:
         """Inverse of `to_json` (repository-relative paths made absolute against this checkout)."""
         config = cls.model_validate(json.loads(text))
-        data = config.data.model_copy(
-            update={key: _from_repo(getattr(config.data, key)) for key in DATA_PATH_KEYS}
-        )
-        return config._with_model_names(_model_name_in).model_copy(update={"data": data})
+        return config.model_copy(update={name: _local_section(name, getattr(config, name))
+                                         for name in ("model", "data", "baselines")})
 
     def _with_model_names(self, rename) -> RunConfig:
         """This config with `rename` applied to model.name and baselines.reference_model.name."""
@@ -873,11 +871,11 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
                 f"{path}: data.{key}: is the same file as data.{same} ({resolved[key]}); every evaluation row would"
                 " also be a training row. Name a separate file, or leave the key out to carve the split from train"
             )
-    hub = data.hub_id
-    if hub is not None and hub.startswith((".", "/", "~")) and _find(Path(hub), path) is None:
-        raise ConfigError(f"{path}: data.hub_id: {echo(hub)} looks like a local folder and is not found")
-    if hub is not None and hub.startswith((".", "/", "~")):
-        resolved["hub_id"] = str(_find(Path(hub), path).resolve())
+    if data.hub_id is not None and data.hub_id.startswith((".", "/", "~")):  # a local dataset folder
+        folder = _find(Path(data.hub_id), path)
+        if folder is None:
+            raise ConfigError(f"{path}: data.hub_id: {echo(data.hub_id)} looks like a local folder and is not found")
+        resolved["hub_id"] = str(folder.resolve())
     if config.remote is not None and not (REPO_ROOT / config.remote.requirements).is_file():
         raise ConfigError(f"{path}: remote.requirements: {config.remote.requirements} not found in the repository"
                           f" ({REPO_ROOT})")

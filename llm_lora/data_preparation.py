@@ -205,6 +205,11 @@ def split_examples(data: DataConfig) -> SplitExamples:
     return SplitExamples(examples, raw, source, made, dropped, counts, duplicates, leakage)
 
 
+def _row_limits(data: DataConfig) -> dict[str, int | None]:
+    """data.max_*_rows by split (None: all rows)."""
+    return {"train": data.max_train_rows, "validation": data.max_validation_rows, "test": data.max_test_rows}
+
+
 def check_rows(data: DataConfig) -> dict[str, int] | None:
     """Read local sources and prepare every split up to tokenization: the checks that need no model.
 
@@ -226,7 +231,7 @@ def check_rows(data: DataConfig) -> dict[str, int] | None:
     for split in SPLITS:
         if not prepared.splits[split]:
             raise prepared.empty_split_error(split, data)
-    limits = {"train": data.max_train_rows, "validation": data.max_validation_rows, "test": data.max_test_rows}
+    limits = _row_limits(data)
     return {split: min(len(rows), limits[split] or len(rows)) for split, rows in prepared.splits.items()}
 
 
@@ -272,7 +277,7 @@ def prepare_splits(
     examples, raw, source, made, dropped = prepared.splits, prepared.raw, prepared.source, prepared.made, prepared.dropped
     counts, duplicates, leakage = prepared.counts, prepared.duplicates, prepared.leakage
 
-    limits = {"train": data.max_train_rows, "validation": data.max_validation_rows, "test": data.max_test_rows}
+    limits = _row_limits(data)
     window = context_window or tokenizer_context(tokenizer)
     max_seq_length = window if data.max_seq_length == "auto" else data.max_seq_length
     splits: dict[str, list[dict]] = {}

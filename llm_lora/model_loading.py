@@ -120,23 +120,27 @@ def _json_file(path: Path, key: str) -> dict:
     return loaded
 
 
-def _read_bytes(path: Path, key: str) -> bytes:
+@contextmanager
+def _readable(path: Path, key: str):
+    """Reading a model file: an OSError (no permission, a device) becomes one line naming the file."""
     try:
-        return path.read_bytes()
+        yield
     except OSError as error:
         raise ModelSourceError(f"{key}: {path} cannot be read ({error.strerror or error})") from None
+
+
+def _read_bytes(path: Path, key: str) -> bytes:
+    with _readable(path, key):
+        return path.read_bytes()
 
 
 def _check_safetensors(path: Path, key: str) -> None:
     """A safetensors file whose header parses and whose tensors all lie inside the file."""
     size = path.stat().st_size
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(8)
-            length = int.from_bytes(head, "little") if len(head) == 8 else -1
-            header = handle.read(length) if 0 < length <= size - 8 else b""
-    except OSError as error:
-        raise ModelSourceError(f"{key}: {path} cannot be read ({error.strerror or error})") from None
+    with _readable(path, key), path.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = handle.read(length) if 0 < length <= size - 8 else b""
     try:
         tensors = json.loads(header) if header else None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -151,11 +155,8 @@ def _check_safetensors(path: Path, key: str) -> None:
 
 
 def _read_head(path: Path, key: str) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            return handle.read(4)
-    except OSError as error:
-        raise ModelSourceError(f"{key}: {path} cannot be read ({error.strerror or error})") from None
+    with _readable(path, key), path.open("rb") as handle:
+        return handle.read(4)
 
 
 def _check_gguf(path: Path, key: str) -> dict:
