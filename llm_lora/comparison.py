@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import html
 import math
 
-from llm_lora.config import SCORES_BY_METRIC
+from llm_lora.html_pages import escape, number, page, table
+from llm_lora.metric_registry import SCORES_BY_METRIC
 
 FIELD_PREFIX = "correct_"
 ROUGE_SCORES = SCORES_BY_METRIC["rouge"]  # scored per row too (evaluation's records carry them)
@@ -157,14 +157,14 @@ def comparison_summary(rows: list[dict]) -> dict:
 
 
 def _cell(text) -> str:
-    return f"<td><pre>{html.escape(str(text))}</pre></td>"
+    return f"<td><pre>{escape(text)}</pre></td>"
 
 
 def _output_cell(row: dict, side: str) -> str:
     """An answer, marked when the generation cap stopped it."""
-    note = ("<br><span class='cap'>cut short by the cap</span>" if row.get(f"{side}_cut_short") else
-            "<br><span class='cap'>stopped at the cap</span>" if row.get(f"{side}_hit_cap") else "")
-    return f"<td><pre>{html.escape(str(row[f'{side}_output']))}</pre>{note}</td>"
+    note = ("<br><small class='warn'>cut short by the cap</small>" if row.get(f"{side}_cut_short") else
+            "<br><small class='warn'>stopped at the cap</small>" if row.get(f"{side}_hit_cap") else "")
+    return f"<td><pre>{escape(row[f'{side}_output'])}</pre>{note}</td>"
 
 
 def _mark(value) -> str:
@@ -187,10 +187,8 @@ def render_comparison_html(rows: list[dict], score: str | None = None) -> str:
     fields = field_names(rows)
     order = {"worse": 0, "better": 1, "same": 2}
     ordered = sorted(rows, key=lambda row: (order[row["change"]], row["finetuned_score"], row["index"]))
-    field_table = "".join(
-        f"<tr><td>{html.escape(field)}</td><td>{summary[f'fixed/{field}']}</td><td>{summary[f'broken/{field}']}</td></tr>"
-        for field in fields
-    )
+    field_table = table([[field, summary[f"fixed/{field}"], summary[f"broken/{field}"]] for field in fields],
+                        ["field", "fixed", "broken"])
     body = []
     for row in ordered:
         marks = "".join(_mark(row.get(f"base_{field}")) + _mark(row.get(f"finetuned_{field}")) for field in fields)
@@ -198,29 +196,18 @@ def render_comparison_html(rows: list[dict], score: str | None = None) -> str:
             f"<tr class='{row['change']}'><td>{row['index']}</td><td>{row['change']}</td>"
             f"<td>{row['base_score']:.2f} &rarr; {row['finetuned_score']:.2f}</td>"
             f"{_cell(row['prompt'])}{_cell(row['expected'])}{_output_cell(row, 'base')}{_output_cell(row, 'finetuned')}"
-            f"{marks}<td>{_latency(row['base_latency_s'])} / {_latency(row['finetuned_latency_s'])}</td></tr>"
+            f"{marks}<td>{number(row['base_latency_s'], 2)} / {number(row['finetuned_latency_s'], 2)}</td></tr>"
         )
-    field_colspan = "".join(f"<th colspan='2'>{html.escape(field)}</th>" for field in fields)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Base vs finetuned</title><style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0 1.5em}}
-td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}} th{{background:#f3f3f3}}
-pre{{white-space:pre-wrap;max-width:28em;margin:0;font-size:.85em}} .ok{{color:#067647}} .bad{{color:#b42318}}
-tr.worse{{background:#fef3f2}} tr.better{{background:#ecfdf3}} .cap{{color:#b54708;font-size:.8em}}
-</style></head><body>
-<h2>Base vs finetuned, per example</h2>
+    field_colspan = "".join(f"<th colspan='2'>{escape(field)}</th>" for field in fields)
+    header = ("<tr><th>#</th><th>change</th><th>score</th><th>input</th><th>expected</th><th>base output</th>"
+              f"<th>finetuned output</th>{field_colspan}<th>latency s<br>base / tuned</th></tr>")
+    return page("Base vs finetuned", f"""<h2>Base vs finetuned, per example</h2>
 <p>{summary['examples']} test rows: <b>{summary['better']} better</b>, <b>{summary['worse']} worse</b>,
 {summary['same']} unchanged. Mean score {summary['mean_base_score']:.3f} &rarr; {summary['mean_finetuned_score']:.3f}
-({html.escape(score or "per-example score: share of fields right for JSON answers, exact match otherwise")}).</p>
+({escape(score or "per-example score: share of fields right for JSON answers, exact match otherwise")}).</p>
 <p id="at-cap">Answers stopped by the generation cap: base {summary['base_hit_cap']}, finetuned
 {summary['finetuned_hit_cap']}; cut short before the expected answer could fit: base {summary['base_cut_short']},
 finetuned {summary['finetuned_cut_short']}{' &mdash; <b>those scores measure the cap, not the model: raise evaluation.max_new_tokens</b>' if summary['base_cut_short'] or summary['finetuned_cut_short'] else ''}.</p>
-{f"<h3>Fields fixed and broken</h3><table><thead><tr><th>field</th><th>fixed</th><th>broken</th></tr></thead><tbody>{field_table}</tbody></table>" if fields else ""}
+{f"<h3>Fields fixed and broken</h3>{field_table}" if fields else ""}
 <h3>Rows (regressions first)</h3>
-<table><thead><tr><th>#</th><th>change</th><th>score</th><th>input</th><th>expected</th><th>base output</th>
-<th>finetuned output</th>{field_colspan}<th>latency s<br>base / tuned</th></tr></thead>
-<tbody>{''.join(body)}</tbody></table>
-</body></html>"""
-
-
-def _latency(value) -> str:
-    return "–" if _is_missing(value) else f"{value:.2f}"
+{table(body, header)}""")

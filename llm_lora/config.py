@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from llm_lora import metric_registry
+
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message is one line."""
@@ -269,25 +271,14 @@ class TrainingConfig(_Section):
         return self
 
 
-# The scores each metric module reports, all higher-is-better: what promotion.metric may name.
-# (json_fields also reports field_accuracy/<field> for each field of the expected objects.)
-SCORES_BY_METRIC = {
-    "json_fields": ("mean_field_accuracy", "exact_match", "valid_json_rate"),
-    "exact_match": ("exact_match",),
-    "rouge": ("rouge1", "rouge2", "rougeL"),
-    "classification_accuracy": ("classification_accuracy", "classification_macro_f1"),
-}
-# What an evaluation reports beside its scores: sizes, times and how the answers ended. Never
-# compared as quality, never a promotion metric.
-GENERATION_FACTS = (
-    "num_examples", "mean_latency_s", "mean_new_tokens", "mean_prompt_tokens", "max_new_tokens", "hit_cap_rate",
-    "cut_short_rate", "evaluation_fingerprint",
-)
+# Which scores exist, which way is better and which may promote: llm_lora/metric_registry.py. These
+# names stay importable from here for the modules that read them from the config.
+SCORES_BY_METRIC = metric_registry.SCORES_BY_METRIC
+GENERATION_FACTS = metric_registry.GENERATION_FACTS
+AUTO_PROMOTION_METRICS = metric_registry.AUTO_PROMOTION_METRICS
 # evaluation.metrics: auto computes these for JSON answers, and these for any other answers.
 AUTO_METRICS_JSON = ("json_fields",)
 AUTO_METRICS_TEXT = ("exact_match", "rouge")
-# promotion.metric: auto takes the first of these that the evaluation computed.
-AUTO_PROMOTION_METRICS = ("mean_field_accuracy", "classification_accuracy", "exact_match")
 
 
 class EvaluationConfig(_Section):
@@ -447,18 +438,18 @@ class RunConfig(_Section):
         """promotion.metric must be a score the evaluation computes: a typo would only surface after training."""
         metric, chosen = self.promotion.metric, self.evaluation.metrics
         modules = [*AUTO_METRICS_JSON, *AUTO_METRICS_TEXT] if chosen == "auto" else chosen
-        scores = [score for module in modules for score in SCORES_BY_METRIC[module]]
+        scores = metric_registry.promotable_scores(modules)
         listed = f"evaluation.metrics: {chosen if chosen == 'auto' else ', '.join(chosen)}"
         if metric == "auto":
-            if not set(AUTO_PROMOTION_METRICS) & set(scores):
+            if metric_registry.auto_promotion_metric(scores) is None:
                 raise ValueError(
                     f"promotion.metric: auto needs one of {', '.join(AUTO_PROMOTION_METRICS)}, which {listed} does"
-                    f" not compute; name one of {', '.join(dict.fromkeys(scores))}"
+                    f" not compute; name one of {', '.join(scores)}"
                 )
             return
-        if metric in scores or (metric.startswith("field_accuracy/") and "json_fields" in modules):
+        if metric_registry.is_promotable(metric, modules):
             return
-        known = list(dict.fromkeys(scores)) + (["field_accuracy/<field>"] if "json_fields" in modules else [])
+        known = scores + ([f"{metric_registry.FIELD_ACCURACY_PREFIX}<field>"] if "json_fields" in modules else [])
         raise ValueError(
             f"promotion.metric: {echo(metric)} is not a score that {listed} computes; use auto or one of {', '.join(known)}"
         )
@@ -504,6 +495,15 @@ class RunConfig(_Section):
             else:
                 part[name] = {_KEYS: list(keys), **{key: value[key] for key in keys}}
         return json.dumps(part, sort_keys=True)
+
+    def sections(self) -> dict[str, dict]:
+        """The sections steps read, each as a JSON-ready mapping (as `to_json`), for pipeline parameters."""
+        return {name: value for name, value in json.loads(self.to_json()).items() if name != "remote"}
+
+    @classmethod
+    def from_sections(cls, **sections: dict) -> RunConfig:
+        """Inverse of `sections`."""
+        return cls.from_json(json.dumps(sections))
 
     @classmethod
     def from_json(cls, text: str) -> RunConfig:
@@ -571,6 +571,18 @@ class ConfigPart:
                           for key, item in value.items()}
                 sections[name] = _PartialSection(_local_section(name, schema.model_construct(**values)), tuple(keys))
         return cls(sections)
+
+    def serving_config(self) -> RunConfig:
+        """What answering with the trained model needs: the whole model, data and evaluation sections.
+
+        Recorded with the model version (batch inference and deployment format inputs as training did);
+        the other sections keep their defaults and are not read there.
+        """
+        whole = {name: self._sections.get(name) for name in ("model", "data", "evaluation")}
+        partial = [name for name, section in whole.items() if not isinstance(section, _Section)]
+        if partial:
+            raise AttributeError(f"serving_config needs the whole {', '.join(partial)} section(s)")
+        return RunConfig(**{name: section.model_dump() for name, section in whole.items()})
 
 
 _KEYS = "__keys__"
@@ -653,6 +665,10 @@ class DeployConfig(_Section):
     """A deploy YAML: a single `deploy` section."""
 
     deploy: DeploySettings
+
+
+# A config's optional top-level `kind:`: which job it is for, and so which schema it is read with.
+CONFIG_KINDS = {"finetune": RunConfig, "predict": InferenceConfig, "deploy": DeployConfig}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -768,9 +784,9 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         check_files: Also require the data files to exist.
 
     Returns:
-        The validated configuration (a RunConfig, an InferenceConfig for a YAML
-        with an `inference` section, a DeployConfig for one with a `deploy`
-        section), paths made absolute.
+        The validated configuration, paths made absolute: a RunConfig, an InferenceConfig or a
+        DeployConfig as its `kind:` says (finetune, predict, deploy), or without it, an InferenceConfig
+        for a YAML with only an `inference` section, a DeployConfig for one with only a `deploy` section.
 
     Raises:
         ConfigError: With a one-line message naming the file and the key.
@@ -793,8 +809,14 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         raise ConfigError(f"{path}: not UTF-8 text") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model, data, ...), got {type(raw).__name__}")
-    # A file with a run's sections is a run config: a stray `inference:`/`deploy:` there is an unknown key.
-    if {"model", "data"} & set(raw):
+    kind = raw.pop("kind", None)
+    if kind is not None:
+        if kind not in CONFIG_KINDS:
+            raise ConfigError(f"{path}: kind: {echo(kind)} is not one of {', '.join(CONFIG_KINDS)}")
+        schema = CONFIG_KINDS[kind]
+    # Without `kind:`, a file with a run's sections is a run config (a stray `inference:`/`deploy:` there is
+    # an unknown key); else its one section says what it is.
+    elif {"model", "data"} & set(raw):
         schema = RunConfig
     else:
         schema = InferenceConfig if "inference" in raw else DeployConfig if "deploy" in raw else RunConfig

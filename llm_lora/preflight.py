@@ -2,45 +2,53 @@
 
 from __future__ import annotations
 
-import html
-import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 from llm_lora.answer_length import answer_cap
 from llm_lora.config import ConfigPart, RunConfig
 from llm_lora.data_preparation import expand_counts
+from llm_lora.html_pages import bar, escape, page, table
 
-BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 
+@dataclass(frozen=True)
+class MeasuredThroughput:
+    """A training speed measured for one model on one kind of device.
 
-def measured_throughput(model_name: str, device: str) -> tuple[float, str] | None:
-    """A training tokens/s figure measured by `bench/` for this model on this kind of device.
+    The caller gathers these (the preflight step reads `bench/results/`), so the estimate does not
+    depend on where measurements are kept.
 
-    Returns:
-        (tokens per second, the results file it came from), or None when nothing matches.
+    Attributes:
+        model: The model name as a config gives it (model.name).
+        device: "cpu" or "cuda".
+        tokens_per_s: Training tokens per second.
+        source: Where it was measured (a results file's name); the estimate names it.
     """
-    for path in sorted(BENCH_RESULTS.glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(record, dict):  # a list of runs (a sweep) carries no single throughput
-            continue
-        training = record.get("training", {})
-        if record.get("model") == model_name and str(training.get("device", "")).split(":")[0] == device:
-            return float(training["train_tokens_per_s"]), path.name
-    return None
+
+    model: str
+    device: str
+    tokens_per_s: float
+    source: str
 
 
-def estimate_run(summary: dict, config: RunConfig | ConfigPart, device: str) -> dict:
+def measured_throughput(
+    model_name: str, device: str, measured: Iterable[MeasuredThroughput]
+) -> MeasuredThroughput | None:
+    """The first of the measured speeds for this model on this kind of device, or None."""
+    return next((m for m in measured if m.model == model_name and m.device == device), None)
+
+
+def estimate_run(
+    summary: dict, config: RunConfig | ConfigPart, device: str, measured: Iterable[MeasuredThroughput] = ()
+) -> dict:
     """Optimizer steps, training tokens, and (when a throughput is known) time and cost.
 
     Args:
         summary: `PreparedData.summary`.
         config: The run configuration.
         device: "cpu" or "cuda": which measured throughput applies.
+        measured: Training speeds measured before; used when preflight.tokens_per_s is not set.
 
     Returns:
         A flat dict; time and cost keys are present only when they can be estimated.
@@ -61,8 +69,8 @@ def estimate_run(summary: dict, config: RunConfig | ConfigPart, device: str) -> 
     if config.preflight.tokens_per_s:
         rate, origin = config.preflight.tokens_per_s, "preflight.tokens_per_s"
     else:
-        found = measured_throughput(config.model.name, device)
-        rate, origin = found if found else (None, None)
+        found = measured_throughput(config.model.name, device, measured)
+        rate, origin = (found.tokens_per_s, found.source) if found else (None, None)
     if rate:
         seconds = tokens / rate
         estimate.update(tokens_per_s=rate, throughput_from=origin, training_minutes=round(seconds / 60, 1))
@@ -243,14 +251,6 @@ def findings(summary: dict, checks: list[SettingCheck]) -> list[str]:
     return [f"{check.key}: {check.value}: {check.note}" for check in checks if check.warning] + problems(summary)
 
 
-def _table(rows: list[list], header: list[str]) -> str:
-    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def render_html(summary: dict, estimate: dict, checks: list[SettingCheck] = ()) -> str:
     """A self-contained HTML page for the ZenML dashboard."""
     splits = ("train", "validation", "test")
@@ -263,33 +263,29 @@ def render_html(summary: dict, estimate: dict, checks: list[SettingCheck] = ()) 
     split_rows = [[label, *(summary[s].get(key, "") for s in splits)] for key, label in keys]
     bins = sorted({b for s in splits for b in summary[s]["length_histogram"]}, key=lambda b: int(b.split("-")[0].lstrip(">")))
     peak = max(n for s in splits for n in summary[s]["length_histogram"].values())
-    bars = "".join(
-        f"<tr><td>{html.escape(b)}</td>"
+    bars = [
+        f"<tr><td>{escape(b)}</td>"
         + "".join(
-            f"<td><div class='bar' style='width:{160 * summary[s]['length_histogram'].get(b, 0) / peak:.0f}px'></div>"
+            f"<td>{bar(160 * summary[s]['length_histogram'].get(b, 0) / peak)}"
             f"{summary[s]['length_histogram'].get(b, 0)}</td>"
             for s in splits
         )
         + "</tr>"
         for b in bins
-    )
+    ]
     issues = findings(summary, list(checks))
     dropped = [[row["split"], row["source"], row["reason"]] for row in summary["dropped"]]
-    settings = _table([[("! " if c.warning else "") + c.key, c.value, c.note] for c in checks], ["setting", "value", "against the data"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Preflight report</title><style>
-body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0 1.5em}}
-td,th{{border:1px solid #ccc;padding:.25em .6em;text-align:left}} th{{background:#f3f3f3}}
-.bar{{display:inline-block;height:.8em;background:#7a5af8;margin-right:.4em}} .warn{{color:#b54708}}
-</style></head><body>
-<h2>Preflight report</h2>
-<p>Source: <code>{html.escape(summary['source'])}</code>{' &middot; splits made from train: ' + ', '.join(summary['splits_made']) if summary['splits_made'] else ''}
-&middot; max_seq_length {summary.get('max_seq_length_setting', summary['max_seq_length'])} &middot; loss on {html.escape(summary['loss_on'])}
+    settings = table([[("! " if c.warning else "") + c.key, c.value, c.note] for c in checks],
+                     ["setting", "value", "against the data"])
+    made = summary["splits_made"]
+    return page("Preflight report", f"""<h2>Preflight report</h2>
+<p>Source: <code>{escape(summary['source'])}</code>{' &middot; splits made from train: ' + escape(', '.join(made)) if made else ''}
+&middot; max_seq_length {escape(summary.get('max_seq_length_setting', summary['max_seq_length']))} &middot; loss on {escape(summary['loss_on'])}
 &middot; packing {'on' if summary['packing'] else 'off'}</p>
 <h3>Findings</h3>
-{''.join(f"<p class='warn'>&#9888; {html.escape(line)}</p>" for line in issues) or '<p>No problems found.</p>'}
+{''.join(f"<p class='warn'>&#9888; {escape(line)}</p>" for line in issues) or '<p>No problems found.</p>'}
 <h3>Settings against the data</h3>{settings if checks else '<p>Not checked.</p>'}
-<h3>Splits</h3>{_table(split_rows, ['', *splits])}
-<h3>Token lengths (model tokenizer)</h3><table><thead><tr><th>tokens</th>{''.join(f'<th>{s}</th>' for s in splits)}</tr></thead><tbody>{bars}</tbody></table>
-<h3>Run estimate</h3>{_table([[key, value] for key, value in estimate.items()], ['', 'value'])}
-<h3>Dropped rows ({len(dropped)})</h3>{_table(dropped, ['split', 'where', 'why']) if dropped else '<p>None.</p>'}
-</body></html>"""
+<h3>Splits</h3>{table(split_rows, ['', *splits], css="figures")}
+<h3>Token lengths (model tokenizer)</h3>{table(bars, ['tokens', *splits])}
+<h3>Run estimate</h3>{table([[key, value] for key, value in estimate.items()], ['', 'value'], css="figures")}
+<h3>Dropped rows ({len(dropped)})</h3>{table(dropped, ['split', 'where', 'why']) if dropped else '<p>None.</p>'}""")

@@ -6,18 +6,10 @@ plotting libraries or scripts.
 
 from __future__ import annotations
 
-import html
+import math
 
-from llm_lora.config import GENERATION_FACTS
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f3f3f3} td:first-child{text-align:left}
-.better{color:#067647;font-weight:600} .worse{color:#b42318;font-weight:600} .decision{padding:.6em 1em;border-radius:6px}
-.promoted{background:#ecfdf3;border:1px solid #abefc6} .held{background:#fffaeb;border:1px solid #fedf89}
-.side-by-side{display:flex;flex-wrap:wrap;gap:0 2.5em;align-items:flex-start} h3{margin:.6em 0 .3em}
-.legend span{display:inline-block;width:1.2em;height:.25em;margin:0 .3em .2em 1em;vertical-align:middle}
-"""
+from llm_lora.html_pages import escape, number, page, table
+from llm_lora.metric_registry import lower_is_better, ordered_scores
 
 TRAIN_COLOR = "#7a5af8"
 VALIDATION_COLOR = "#f79009"
@@ -86,20 +78,14 @@ def loss_curve_svg(loss_history: list[dict], width: int = 640, height: int = 280
     )
 
 
+# The facts that end the metric table: how answers ended, and their cost.
+TAIL_FACTS = ("hit_cap_rate", "cut_short_rate", "mean_latency_s")
+
+
 def metric_rows(base: dict, finetuned: dict) -> list[tuple[str, float, float]]:
-    """The scores worth a table row, in a stable order: headline metrics, then per-field."""
-    tail = ("hit_cap_rate", "cut_short_rate", "mean_latency_s")  # how answers ended, and their cost
-    skip = set(GENERATION_FACTS) - set(tail)
-    names = [name for name in finetuned if name not in skip and isinstance(finetuned[name], (int, float))]
-    headline = [n for n in names if not n.startswith("field_accuracy/") and n not in tail]
-    fields = [n for n in names if n.startswith("field_accuracy/")]
-    ordered = headline + fields + [n for n in tail if n in names]
+    """The scores worth a table row, in a stable order: headline metrics, then per-field, then TAIL_FACTS."""
+    ordered = ordered_scores(finetuned) + [name for name in TAIL_FACTS if name in finetuned]
     return [(name, float(base.get(name, float("nan"))), float(finetuned[name])) for name in ordered]
-
-
-# Metrics where a fall is the improvement (answers outside the label set, answers stopped by the
-# generation cap, seconds per answer).
-LOWER_IS_BETTER = ("mean_latency_s", "classification_out_of_set_rate", "hit_cap_rate", "cut_short_rate")
 
 
 def render_run_report(
@@ -124,13 +110,13 @@ def render_run_report(
     """
     rows = []
     for name, before, after in metric_rows(base, finetuned):
-        lower_is_better = name in LOWER_IS_BETTER
         delta = after - before
-        better = delta < 0 if lower_is_better else delta > 0
-        css = "" if abs(delta) < 1e-12 else ("better" if better else "worse")
+        better = delta < 0 if lower_is_better(name) else delta > 0
+        # No mark without a change, nor without a base figure to change from.
+        css = "" if math.isnan(delta) or abs(delta) < 1e-12 else ("better" if better else "worse")
         rows.append(
-            f"<tr><td>{html.escape(name)}</td><td>{before:.3f}</td><td>{after:.3f}</td>"
-            f"<td class='{css}'>{delta:+.3f}</td></tr>"
+            f"<tr><td>{escape(name)}</td><td>{number(before)}</td><td>{number(after)}</td>"
+            f"<td class='{css}'>{number(delta, signed=True)}</td></tr>"
         )
     stage = decision.get("new_stage", "none")
     promoted = bool(decision.get("promote"))
@@ -143,18 +129,15 @@ def render_run_report(
         ("kept step", training.get("best_step", "last")),
         ("resumed from step", training.get("resumed_from_step") or "–"),
     ]
-    fact_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Run report</title><style>{_STYLE}</style></head>
-<body><h2>Run report: {html.escape(model_label)}</h2>
-<div class="decision {'promoted' if promoted else 'held'}" id="decision"><b>Stage: {html.escape(str(stage))}</b>
-({'promoted to production' if promoted else 'not promoted to production'}) &mdash; {html.escape(str(decision.get('reason', '')))}
-{f"<br>Production compared: {html.escape(str(decision['production_source']))}" if decision.get('production_source') else ''}</div>
-{f"<p id='worth-it'><b>Worth it? {html.escape(worth_it['verdict'])}</b> &mdash; {html.escape(worth_it['reason'])} (worth_it_report artifact)</p>" if worth_it else ''}
+    metrics = table(rows, ["metric", "base", "finetuned", "change"], element_id="metrics", css="figures")
+    return page("Run report", f"""<h2>Run report: {escape(model_label)}</h2>
+<div class="decision {'promoted' if promoted else 'held'}" id="decision"><b>Stage: {escape(stage)}</b>
+({'promoted to production' if promoted else 'not promoted to production'}) &mdash; {escape(decision.get('reason', ''))}
+{f"<br>Production compared: {escape(decision['production_source'])}" if decision.get('production_source') else ''}</div>
+{f"<p id='worth-it'><b>Worth it? {escape(worth_it['verdict'])}</b> &mdash; {escape(worth_it['reason'])} (worth_it_report artifact)</p>" if worth_it else ''}
 <div class="side-by-side"><section><h3>Loss</h3>
 <p class="legend"><span style="background:{TRAIN_COLOR}"></span>training<span style="background:{VALIDATION_COLOR}"></span>validation</p>
 {loss_curve_svg(loss_history, width=520)}</section>
 <section><h3>Base vs finetuned (test rows)</h3>
-<table id="metrics"><thead><tr><th>metric</th><th>base</th><th>finetuned</th><th>change</th></tr></thead>
-<tbody>{''.join(rows)}</tbody></table></section></div>
-<h3>Training</h3><table><tbody>{fact_rows}</tbody></table>
-</body></html>"""
+{metrics}</section></div>
+<h3>Training</h3>{table(facts, css="figures")}""")

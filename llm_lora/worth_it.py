@@ -15,7 +15,6 @@ difference is recomputed for every resample, and the interval is the middle
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,13 +23,12 @@ import numpy as np
 
 from llm_lora.answer_length import cut_short_problem
 from llm_lora.comparison import example_score, score_meaning
-from llm_lora.config import GENERATION_FACTS
+from llm_lora.html_pages import bar, escape, number, page, table
+from llm_lora.metric_registry import is_quality, ordered_scores
 
 # Below this many test rows the verdict is inconclusive whatever the interval says: a
 # bootstrap only sees the variation the sample happens to contain.
 MIN_ROWS = 10
-
-_NOT_QUALITY = {*GENERATION_FACTS, "valid_json_rate", "classification_out_of_set_rate"}
 
 
 @dataclass(frozen=True)
@@ -139,10 +137,12 @@ def valid_output_rate(metrics: dict, records: list[dict]) -> float:
 
 
 def quality_metrics(metrics: dict, primary: str) -> dict[str, float]:
-    """The primary metric first, then the other scores (headline, then per field)."""
-    names = [n for n, v in metrics.items() if n not in _NOT_QUALITY and isinstance(v, (int, float)) and n != primary]
-    ordered = [primary] + [n for n in names if "/" not in n] + [n for n in names if "/" in n]
-    return {name: float(metrics[name]) for name in ordered if name in metrics}
+    """The primary metric first, then the other quality scores (headline, then per field).
+
+    The form of the answers (valid JSON, labels from the set) is the report's valid output rate instead.
+    """
+    names = [primary] + [name for name in ordered_scores(metrics) if is_quality(name) and name != primary]
+    return {name: float(metrics[name]) for name in names if name in metrics}
 
 
 def summarize_model(evaluated: Evaluated, primary: str) -> dict:
@@ -358,25 +358,11 @@ def summary_lines(report: dict) -> list[str]:
     ]
 
 
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} table{border-collapse:collapse;margin:.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right} th{background:#f3f3f3} td:first-child{text-align:left}
-.verdict{padding:.6em 1em;border-radius:6px;margin:.5em 0 1em} .yes{background:#ecfdf3;border:1px solid #abefc6}
-.no{background:#fef3f2;border:1px solid #fecdca} .unsure{background:#fffaeb;border:1px solid #fedf89}
-tr.finetuned{font-weight:600} tr.best td:first-child::after{content:" (best baseline)";font-weight:400;color:#666}
-.bar{display:inline-block;height:.7em;background:#7a5af8;vertical-align:middle;margin-right:.4em}
-"""
-
-
 def _at_cap(model: dict) -> str:
     """One model's answers stopped by the cap, those cut short, and the cap: "12 (3 cut short), cap 68"."""
     cut = f" ({model['cut_short']} cut short)" if model.get("cut_short") else ""
     cap = f", cap {model['max_new_tokens']}" if model.get("max_new_tokens") else ""
-    return html.escape(f"{model.get('hit_cap', 0)}{cut}{cap}")
-
-
-def _number(value, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return escape(f"{model.get('hit_cap', 0)}{cut}{cap}")
 
 
 def render_worth_it_html(report: dict) -> str:
@@ -386,24 +372,26 @@ def render_worth_it_html(report: dict) -> str:
         report: Output of `assess`.
 
     Returns:
-        The HTML page (no scripts; bars are plain divs).
+        The HTML page (no scripts; bars are plain spans).
     """
     models = report["models"]
     names = list(models[-1]["quality"])
-    header = "".join(f"<th>{html.escape(name)}</th>" for name in names)
+    header = ["model", *names, "valid output rate", "prompt tokens / request", "generated tokens / request",
+              "answers at the cap", "latency s / example"]
     rows = []
     for model in models:
         css = "finetuned" if model["name"] == "finetuned" else ("best" if model["name"] == report["best_baseline"] else "")
         primary = model["primary_metric"]
         quality = "".join(
-            f"<td>{_number(model['quality'].get(name))}</td>" if name != report["metric"] else
-            f"<td><span class='bar' style='width:{max(primary, 0) * 80:.0f}px'></span>{primary:.3f}</td>"
+            f"<td>{number(model['quality'].get(name))}</td>" if name != report["metric"] else
+            f"<td>{bar(primary * 80)}{number(primary)}</td>"
             for name in names
         )
         rows.append(
-            f"<tr class='{css}'><td>{html.escape(model['label'])}</td>{quality}"
-            f"<td>{model['valid_output_rate']:.3f}</td><td>{model['prompt_tokens']:.1f}</td>"
-            f"<td>{model['generated_tokens']:.1f}</td><td>{_at_cap(model)}</td><td>{model['latency_s']:.3f}</td></tr>"
+            f"<tr class='{css}'><td>{escape(model['label'])}</td>{quality}"
+            f"<td>{number(model['valid_output_rate'])}</td><td>{number(model['prompt_tokens'], 1)}</td>"
+            f"<td>{number(model['generated_tokens'], 1)}</td><td>{_at_cap(model)}</td>"
+            f"<td>{number(model['latency_s'])}</td></tr>"
         )
     css = {"worth it": "yes", "not worth it": "no"}.get(report["verdict"], "unsure")
     cost = report["training_cost"]
@@ -420,20 +408,15 @@ def render_worth_it_html(report: dict) -> str:
         ("saving per request", "– (set cost.price_per_million_prompt_tokens)" if saving is None else f"{saving:.3g}"),
         ("pays back", report["payback"]),
     ]
-    fact_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Was finetuning worth it?</title>
-<style>{_STYLE}</style></head><body>
-<h2>Was finetuning worth it?</h2>
-<div class="verdict {css}" id="verdict"><b>{html.escape(report['verdict'].capitalize())}</b> &mdash;
-{html.escape(report['reason'])}</div>
+    return page("Was finetuning worth it?", f"""<h2>Was finetuning worth it?</h2>
+<div class="verdict {css}" id="verdict"><b>{escape(report['verdict'].capitalize())}</b> &mdash;
+{escape(report['reason'])}</div>
 <h3>Every model on the same {report['test_rows']} test rows</h3>
-<table id="models"><thead><tr><th>model</th>{header}<th>valid output rate</th><th>prompt tokens / request</th>
-<th>generated tokens / request</th><th>answers at the cap</th><th>latency s / example</th></tr></thead>
-<tbody>{''.join(rows)}</tbody></table>
-<h3>Finetuned vs the best baseline ({html.escape(report['best_baseline_label'])})</h3>
-<table id="facts"><tbody>{fact_rows}</tbody></table>
+{table(rows, header, element_id="models", css="figures")}
+<h3>Finetuned vs the best baseline ({escape(report['best_baseline_label'])})</h3>
+{table(facts, element_id="facts", css="figures")}
 <h3>How this is decided</h3>
-<p>The interval: {html.escape(report['interval_method'])}. Test rows are drawn with replacement, each keeping
+<p>The interval: {escape(report['interval_method'])}. Test rows are drawn with replacement, each keeping
 both models' scores, and the mean difference is recomputed for every draw.</p>
 <p>Worth it: the interval lies above zero and the gain is at least {report['min_gain']:g}. Not worth it: the
 interval lies below zero. Same quality (the interval within &plusmn;{report['min_gain']:g}): the cost decides &mdash;
@@ -442,5 +425,4 @@ the noise of this many test rows. Latency is the batch's wall time per example o
 <p>Answers at the cap: answers stopped by evaluation.max_new_tokens instead of ending. An answer whose expected
 answer would have fitted with room to spare ran on past any right answer and scores as wrong; one whose expected
 answer needed that room was cut short and its score measures nothing. When more than
-evaluation.max_cut_short of a model's answers were cut short, the verdict is inconclusive.</p>
-</body></html>"""
+evaluation.max_cut_short of a model's answers were cut short, the verdict is inconclusive.</p>""")

@@ -1,7 +1,21 @@
-"""ZenML pipelines."""
+"""ZenML pipelines, and the commands of run.py that start them.
 
-from pipelines.batch_inference import batch_inference
-from pipelines.finetune import finetune
-from pipelines.online_inference import online_inference
+The pipelines load on first use: run.py's commands check a config (and answer --help) without
+importing ZenML's steps and the training stack.
+"""
 
-__all__ = ["batch_inference", "finetune", "online_inference"]
+import importlib
+
+_PIPELINES = {"batch_inference": "pipelines.batch_inference", "finetune": "pipelines.finetune",
+              "online_inference": "pipelines.online_inference"}
+
+__all__ = list(_PIPELINES)
+
+
+def __getattr__(name: str):
+    if name not in _PIPELINES:
+        raise AttributeError(f"module 'pipelines' has no attribute {name!r}")
+    pipeline = getattr(importlib.import_module(_PIPELINES[name]), name)
+    # Importing the module set `pipelines.<name>` to it; the package's name is the pipeline.
+    globals()[name] = pipeline
+    return pipeline

@@ -40,7 +40,10 @@ def mark_version_failed(exception: BaseException) -> None:
 
 
 @pipeline(on_failure=mark_version_failed)
-def finetune(config_json: str, force_promote: bool = False) -> None:
+def finetune(
+    model: dict, data: dict, lora: dict, training: dict, evaluation: dict, baselines: dict, cost: dict,
+    promotion: dict, preflight: dict, export: dict, registry: dict, force_promote: bool = False,
+) -> None:
     """Finetune a base model with LoRA, weigh it against prompting alone, and promote it if it is better.
 
     Steps:
@@ -63,10 +66,14 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
             Last, so that a run failing anywhere before never changes a stage.
 
     Args:
-        config_json: The run configuration (RunConfig as JSON).
+        model, data, lora, training, evaluation, baselines, cost, promotion, preflight, export, registry:
+            The run config's sections (`RunConfig.sections`), one parameter each, as the dashboard shows them.
         force_promote: Put the new version into production whatever its scores.
     """
-    config = RunConfig.from_json(config_json)
+    config = RunConfig.from_sections(
+        model=model, data=data, lora=lora, training=training, evaluation=evaluation, baselines=baselines, cost=cost,
+        promotion=promotion, preflight=preflight, export=export, registry=registry,
+    )
     # Each step is given only the parts of the config it reads (RunConfig.part): its cache key changes
     # when they do, and a change elsewhere (a price, a promotion threshold) leaves it cached.
     generation = {"model": True, "data": ("system_prompt", "plain_template"), "evaluation": True}
@@ -124,9 +131,8 @@ def finetune(config_json: str, force_promote: bool = False) -> None:
         before_promotion.append("export_merged")
     promote_model(
         prepared_data=prepared_data,
-        settings=config.part(model=True, data=("system_prompt", "plain_template"), evaluation=True, promotion=True,
-                             registry=("model_name",), lora=True, training=True),
-        run_config_json=config_json,
+        settings=config.part(model=True, data=True, evaluation=True, promotion=True, registry=("model_name",),
+                             lora=True, training=True),
         base_metrics=base_metrics,
         finetuned_metrics=finetuned_metrics,
         training_metrics=training_metrics,

@@ -7,7 +7,7 @@ from zenml import ArtifactConfig, log_metadata, step
 
 from llm_lora.config import InferenceConfig
 from llm_lora.inference import predict, read_inference_rows, write_predictions
-from steps.model_version import load_model_version
+from steps.support.model_version import load_model_version
 
 
 @step

@@ -15,7 +15,7 @@ from llm_lora.evaluation import evaluate_model as run_evaluation
 from llm_lora.evaluation import evaluation_fingerprint, prepared_cap
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.training import load_adapter
-from steps.hub_token import apply_hub_token
+from steps.support.hub_token import apply_hub_token
 
 logger = get_logger(__name__)
 

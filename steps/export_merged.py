@@ -12,8 +12,8 @@ from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import prepared_cap
 from llm_lora.export import compare_merged_with_adapter, merge_adapter
 from llm_lora.model_loading import load_tokenizer
-from steps.hub_token import apply_hub_token
-from steps.scratch import scratch_folder
+from steps.support.hub_token import apply_hub_token
+from steps.support.scratch import scratch_folder
 
 logger = get_logger(__name__)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from zenml.logger import get_logger
 
 from llm_lora.serving import ServedModel
-from steps.model_version import load_model_version
+from steps.support.model_version import load_model_version
 
 logger = get_logger(__name__)
 

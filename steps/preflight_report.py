@@ -1,5 +1,7 @@
 """Step: the preflight report, before any training time is spent."""
 
+import json
+from pathlib import Path
 from typing import Annotated, Tuple
 
 import torch
@@ -8,9 +10,33 @@ from zenml.logger import get_logger
 from zenml.types import HTMLString
 
 from llm_lora.config import ConfigPart
-from llm_lora.preflight import check_settings, estimate_run, findings, render_html, render_text
+from llm_lora.preflight import (
+    MeasuredThroughput, check_settings, estimate_run, findings, render_html, render_text,
+)
 
 logger = get_logger(__name__)
+
+# Where bench/ writes its measurements; the estimate uses their training speeds.
+BENCH_RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
+
+
+def bench_throughputs(folder: Path = BENCH_RESULTS) -> list[MeasuredThroughput]:
+    """The training speeds in bench/'s results files, in file-name order.
+
+    A file counts when it records one run of a model with its training tokens/s; a list of runs
+    (a sweep) and an unreadable file do not.
+    """
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        training = record.get("training") if isinstance(record, dict) else None
+        if isinstance(training, dict) and "model" in record and "train_tokens_per_s" in training:
+            device = str(training.get("device", "")).split(":")[0]  # "cuda:0" was measured on "cuda"
+            found.append(MeasuredThroughput(str(record["model"]), device, float(training["train_tokens_per_s"]), path.name))
+    return found
 
 
 @step
@@ -32,7 +58,7 @@ def preflight_report(
     """
     config = ConfigPart.from_json(settings)
     device = "cuda" if torch.cuda.is_available() and not config.training.use_cpu else "cpu"
-    estimate = estimate_run(data_summary, config, device)
+    estimate = estimate_run(data_summary, config, device, bench_throughputs())
     checks = check_settings(data_summary, config, estimate)
     logger.info("\n%s", render_text(data_summary, estimate, checks))
     page = HTMLString(render_html(data_summary, estimate, checks))

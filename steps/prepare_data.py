@@ -8,8 +8,8 @@ from zenml import ArtifactConfig, log_metadata, step
 from llm_lora.config import ConfigPart
 from llm_lora.data_preparation import prepare_splits, save_prepared
 from llm_lora.model_loading import context_window, load_tokenizer
-from steps.hub_token import apply_hub_token
-from steps.scratch import scratch_folder
+from steps.support.hub_token import apply_hub_token
+from steps.support.scratch import scratch_folder
 
 
 @step

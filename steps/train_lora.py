@@ -26,8 +26,8 @@ from llm_lora.model_loading import load_tokenizer
 from llm_lora.training import computed_on_main_process, is_main_process
 from llm_lora.training import train_lora as run_training
 from materializers.lora_adapter_materializer import LoraAdapterMaterializer
-from steps.hub_token import apply_hub_token
-from steps.scratch import scratch_folder
+from steps.support.hub_token import apply_hub_token
+from steps.support.scratch import scratch_folder
 
 
 @step(output_materializers={"lora_adapter": LoraAdapterMaterializer})
@@ -80,21 +80,35 @@ def train_lora(
 
 
 ERROR_FILE_ENV = "LLM_LORA_ERROR_FILE"
+DEBUG_ENV = "LLM_LORA_DEBUG"
 SCRATCH_ENV = "LLM_LORA_TRAINING_DIR"
+
+
+def hand_off_training_errors(folder: Path, debug: bool) -> Path:
+    """Have the Accelerate-launched training write why it failed into a file in `folder`; returns the file.
+
+    Accelerate reports only that the launched process failed; this file carries the reason back (one line,
+    see `report_training_failure`). With `debug`, the launched process also prints its traceback.
+    """
+    error_file = folder / "training_error.txt"
+    os.environ[ERROR_FILE_ENV] = str(error_file)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+    return error_file
 
 
 def report_training_failure(error: Exception, config: ConfigPart) -> None:
     """Tell run.py, across the Accelerate process boundary, why training failed, in one line.
 
-    run.py sets LLM_LORA_ERROR_FILE; the launched process writes the reason
-    there and, unless LLM_LORA_DEBUG=1, exits without a traceback (Accelerate
-    then reports the failure to the step). Without the variable, nothing changes.
+    `hand_off_training_errors` names the file; the launched process writes the reason
+    there and, unless debugging, exits without a traceback (Accelerate then reports
+    the failure to the step). Without the file named, nothing changes.
     """
     error_file = os.environ.get(ERROR_FILE_ENV)
     if not error_file:
         return
     Path(error_file).write_text(explain_training_failure(error, config))
-    if os.environ.get("LLM_LORA_DEBUG") != "1":
+    if os.environ.get(DEBUG_ENV) != "1":
         raise SystemExit(1)
 
 

@@ -135,6 +135,8 @@ def test_killed_training_resumes_from_the_last_checkpoint(tmp_path, tiny_model_d
     # Resumed from the newest complete checkpoint: at most one interval of work lost.
     assert resumed["metrics"]["resumed_from_step"] == last_complete
     assert resumed["metrics"]["optimizer_steps"] == uninterrupted["metrics"]["optimizer_steps"] == 36
+    # Tokens/s counts only the batches trained since resuming, as the runtime only times those.
+    assert 0 < resumed["metrics"]["train_tokens"] < uninterrupted["metrics"]["train_tokens"]
     # Optimizer, scheduler, RNG and data position restored: the loss curve continues the uninterrupted one.
     whole_losses = {r["step"]: r["loss"] for r in uninterrupted["history"] if "loss" in r}
     resumed_losses = {r["step"]: r["loss"] for r in resumed["history"] if "loss" in r}

@@ -8,7 +8,7 @@ import pytest
 from llm_lora.config import DataConfig, RunConfig
 from llm_lora.data_preparation import check_rows, prepare_splits
 from llm_lora.data_sources import DataError
-from llm_lora.preflight import estimate_run, problems, render_html, render_text
+from llm_lora.preflight import MeasuredThroughput, estimate_run, problems, render_html, render_text
 
 
 def rows(count, start=0):
@@ -220,3 +220,16 @@ def test_estimate_counts_steps_and_uses_a_given_throughput(tmp_path, tokenizer):
     assert estimate["training_minutes"] == round(seconds / 60, 1)
     assert estimate["training_cost"] == round(seconds / 3600 * 3.0, 2)
     assert "22 optimizer steps" in render_text(prepared.summary, estimate)
+
+
+def test_estimate_falls_back_on_a_measured_throughput_of_the_same_model_and_device(tmp_path, tokenizer):
+    prepared = prepare_splits(data(path=write_jsonl(tmp_path / "all.jsonl", rows(100))), tokenizer)
+    settings = {"model": {"name": "org/model"}, "data": {"path": str(tmp_path / "all.jsonl")}}
+    measured = [MeasuredThroughput("org/other", "cpu", 50.0, "other.json"),
+                MeasuredThroughput("org/model", "cuda", 900.0, "gpu.json"),
+                MeasuredThroughput("org/model", "cpu", 200.0, "cpu.json")]
+    estimate = estimate_run(prepared.summary, RunConfig.model_validate(settings), "cpu", measured)
+    assert (estimate["tokens_per_s"], estimate["throughput_from"]) == (200.0, "cpu.json")
+    assert "training_minutes" not in estimate_run(prepared.summary, RunConfig.model_validate(settings), "cpu")
+    given = RunConfig.model_validate({**settings, "preflight": {"tokens_per_s": 1000}})
+    assert estimate_run(prepared.summary, given, "cpu", measured)["throughput_from"] == "preflight.tokens_per_s"

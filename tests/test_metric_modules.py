@@ -98,17 +98,45 @@ def test_json_fields_on_free_text_references_is_refused():
         score_generations(rows, _generations(["{}"]), ["json_fields"])
 
 
-def test_the_config_knows_the_scores_each_metric_module_reports():
-    """promotion.metric is checked against config.SCORES_BY_METRIC before training: it must match what scoring
-    reports, or a valid metric would be refused (or a missing one let through)."""
-    from llm_lora.config import SCORES_BY_METRIC
+def test_the_registry_knows_the_scores_each_metric_module_reports():
+    """promotion.metric is checked against the registry's SCORES_BY_METRIC before training: it must match what
+    scoring reports, or a valid metric would be refused (or a missing one let through)."""
+    from llm_lora.metric_registry import SCORES_BY_METRIC
 
-    json_rows = [{"prompt": "p", "completion": '{"a": 1}'}]
-    text_rows = [{"prompt": "p", "completion": "spam"}]
     for module, scores in SCORES_BY_METRIC.items():
-        rows = json_rows if module == "json_fields" else text_rows
-        reported = score_generations(rows, _generations(['{"a": 1}' if module == "json_fields" else "spam"]), [module])
+        reported = _reported(module)
         assert set(scores) <= set(reported.metrics), (module, sorted(reported.metrics))
+
+
+def test_the_registry_describes_every_number_an_evaluation_reports():
+    """A key missing from the registry would count as a higher-is-better quality score in every report."""
+    from llm_lora.metric_registry import FIELD_ACCURACY_PREFIX, METRIC_MODULES, METRICS
+
+    for module in METRIC_MODULES:
+        unknown = [name for name in _reported(module).metrics
+                   if name not in METRICS and not name.startswith(FIELD_ACCURACY_PREFIX)]
+        assert not unknown, (module, unknown)
+
+
+def test_the_registry_lists_the_metric_modules_that_exist_and_the_config_accepts():
+    from typing import get_args
+
+    from llm_lora.config import EvaluationConfig
+    from llm_lora.metric_registry import METRIC_MODULES
+    from llm_lora.metrics import METRICS_DIR
+
+    assert sorted(METRIC_MODULES) == sorted(path.name for path in METRICS_DIR.iterdir() if path.is_dir()
+                                            and (path / f"{path.name}.py").is_file())
+    [auto, listed] = get_args(EvaluationConfig.model_fields["metrics"].annotation)
+    assert set(get_args(get_args(listed)[0])) == set(METRIC_MODULES)
+
+
+def _reported(module: str):
+    """The metrics an evaluation with this one metric module reports on a one-row set."""
+    structured = module == "json_fields"
+    rows = [{"prompt": "p", "completion": '{"a": 1}' if structured else "spam"}]
+    return score_generations(rows, _generations(['{"a": 1}' if structured else "spam"]), [module],
+                             expected_tokens=[3], max_new_tokens=8)
 
 
 def test_free_text_records_carry_each_rows_rouge_and_they_average_to_the_metric():

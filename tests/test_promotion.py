@@ -1,8 +1,11 @@
-"""The promotion gate on hand-made scores."""
+"""The promotion gate on hand-made scores, and against an in-memory registry (no ZenML)."""
+
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from llm_lora.promotion import decide_promotion
+from llm_lora.config import PromotionConfig
+from llm_lora.promotion import GateScores, LockEntry, RegisteredVersion, decide_promotion, gate_scores, run_gate
 
 GATE = dict(metric="mean_field_accuracy", min_gain_over_base=0.05, min_gain_over_production=0.0)
 
@@ -97,3 +100,117 @@ def test_a_score_that_is_not_a_number_promotes_nothing():
     # A production version scored NaN is not replaced on that number: the candidate is staged.
     decision = decide_promotion(candidate=0.6, base=0.4, production=nan, **GATE)
     assert not decision.promote and decision.stage == "staging"
+
+
+class MemoryRegistry:
+    """The `Registry` interface over a dict: what a store must do for the gate, nothing more."""
+
+    def __init__(self, versions: dict[int, dict], production: int | None = None):
+        self.versions = versions
+        self.stages: dict[str, int] = {"production": production} if production is not None else {}
+        self.lock: LockEntry | None = None
+        self.lock_log: list[str] = []
+
+    def version(self, number: int) -> RegisteredVersion:
+        return RegisteredVersion(id=number, number=number, metrics=self.versions[number])
+
+    def production(self):
+        number = self.stages.get("production")
+        return None if number is None else self.version(number)
+
+    def set_stage(self, version, stage):
+        self.stages[stage] = version.id
+
+    def try_lock(self, holder):
+        if self.lock is not None:
+            return None
+        self.lock = LockEntry(token=holder, created=datetime.now(timezone.utc), holder=holder)
+        self.lock_log.append(f"take {holder}")
+        return holder
+
+    def lock_entry(self):
+        return self.lock
+
+    def unlock(self, token):
+        if self.lock is not None and self.lock.token == token:
+            self.lock_log.append(f"release {token}")
+            self.lock = None
+
+
+def _gate(registry, number, score, fingerprint="rows", reevaluate=None, **options):
+    def never(production):
+        raise AssertionError("production's stored score on the same rows counts: no re-scoring")
+
+    return run_gate(registry, registry.version(number), "mean_field_accuracy", score, base=0.10,
+                    fingerprint=fingerprint, reevaluate=reevaluate or never,
+                    promotion=PromotionConfig(min_gain_over_base=0.05), **options)
+
+
+def test_gate_promotes_the_first_version_and_releases_the_lock():
+    registry = MemoryRegistry({1: {}})
+    record = _gate(registry, 1, 0.9)
+    assert record["new_stage"] == "production" and record["production_source"] == "no production version"
+    assert registry.stages == {"production": 1}
+    assert registry.lock is None and registry.lock_log == ["take version 1", "release version 1"]
+
+
+def test_gate_uses_productions_stored_score_on_identical_rows():
+    registry = MemoryRegistry({1: {"mean_field_accuracy": 0.95, "evaluation_fingerprint": "rows"}, 2: {}},
+                              production=1)
+    record = _gate(registry, 2, 0.9)
+    assert record["new_stage"] == "staging" and record["production"] == 0.95
+    assert record["production_source"] == "version 1, stored score on identical test rows"
+    assert registry.stages == {"production": 1, "staging": 2}
+
+
+def test_gate_re_scores_production_on_other_rows():
+    registry = MemoryRegistry({1: {"mean_field_accuracy": 0.99, "evaluation_fingerprint": "old rows"}, 2: {}},
+                              production=1)
+    asked = []
+
+    def reevaluate(production):
+        asked.append(production.number)
+        return {"mean_field_accuracy": 0.5, "num_examples": 10}
+
+    record = _gate(registry, 2, 0.9, reevaluate=reevaluate)
+    assert asked == [1]
+    assert record["new_stage"] == "production" and record["production"] == 0.5
+    assert record["production_source"] == "version 1, re-evaluated on this run's test rows"
+    assert registry.stages == {"production": 2}
+
+
+def test_gate_never_compares_a_version_with_itself():
+    registry = MemoryRegistry({1: {"mean_field_accuracy": 0.9, "evaluation_fingerprint": "rows"}}, production=1)
+    assert _gate(registry, 1, 0.9)["production_source"] == "no production version"
+
+
+def test_gate_promotes_nothing_when_the_scores_measure_nothing():
+    registry = MemoryRegistry({1: {}})
+    record = _gate(registry, 1, 0.9, unmeasured="answers cut short by the cap")
+    assert record["new_stage"] == "none" and record["reason"].startswith("inconclusive")
+    assert registry.stages == {}
+
+
+def test_gate_waits_for_a_held_lock_and_gives_up_after_its_timeout():
+    registry = MemoryRegistry({1: {}})
+    registry.lock = LockEntry(token="other", created=datetime.now(timezone.utc), holder="version 7")
+    with pytest.raises(TimeoutError, match=r"locked by another run \(version 7\)"):
+        _gate(registry, 1, 0.9, lock_timeout_s=0.2)
+    assert registry.stages == {} and registry.lock.holder == "version 7"
+
+
+def test_gate_breaks_an_abandoned_lock():
+    registry = MemoryRegistry({1: {}})
+    registry.lock = LockEntry(token="dead", created=datetime.now(timezone.utc) - timedelta(hours=2), holder="gone")
+    assert _gate(registry, 1, 0.9)["new_stage"] == "production"
+    assert registry.lock is None
+
+
+def test_gate_scores_against_the_best_baseline():
+    worth_it = {"best_baseline": "few_shot",
+                "models": [{"name": "few_shot", "label": "base model, 3-shot", "primary_metric": 0.4}]}
+    promotion = PromotionConfig(must_beat="best_baseline")
+    scores = gate_scores(promotion, {"mean_field_accuracy": 0.1}, {"mean_field_accuracy": 0.8}, worth_it)
+    assert scores == GateScores("mean_field_accuracy", 0.8, 0.4, "base model, 3-shot")
+    with pytest.raises(ValueError, match="promotion.metric: 'rouge_l' not among the finetuned metrics"):
+        gate_scores(PromotionConfig(metric="rouge_l"), {"rouge_l": 0.1}, {"exact_match": 0.8}, worth_it)

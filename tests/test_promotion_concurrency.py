@@ -26,21 +26,22 @@ client.get_model_version("race", "old").set_stage("production")
 
 RACER = """
 import json, sys, time
-from zenml.client import Client
 from llm_lora.config import PromotionConfig
-from steps.promote_model import gate
+from llm_lora.promotion import run_gate
+from steps.support.registry import ZenMLRegistry
 
 name, score, start_at = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
-version = Client().get_model_version("race", name)
+registry = ZenMLRegistry("race")
+version = registry.version(name)
 
 def reevaluate(production):
     # Production was scored on other rows: re-scoring it takes a while (here: 2 s).
     time.sleep(2)
-    return production.run_metadata["finetuned"]
+    return production.metrics
 
 time.sleep(max(0.0, start_at - time.time()))
-record = gate("race", version, "mean_field_accuracy", candidate=score, base=0.0, fingerprint="rows",
-              reevaluate=reevaluate, promotion=PromotionConfig(min_gain_over_base=0.05))
+record = run_gate(registry, version, "mean_field_accuracy", score, base=0.0, fingerprint="rows",
+                  reevaluate=reevaluate, promotion=PromotionConfig(min_gain_over_base=0.05))
 print(json.dumps(record))
 """
 

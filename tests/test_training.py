@@ -45,6 +45,32 @@ def test_loss_falls_and_metrics_are_reported(trained):
     assert 0 < result.metrics["trainable_parameters"] < result.metrics["total_parameters"]
 
 
+@pytest.mark.parametrize("packing, accumulation", [(False, 1), (True, 2)])
+def test_tokens_per_second_counts_the_tokens_trained(tmp_path, tiny_model_dir, tokenizer, support_rows, packing,
+                                                     accumulation):
+    """One epoch of ten rows in batches of four (the last one short): the tokens counted are the rows' own
+    tokens, each row once, whatever the padding, packing or accumulation; not a mean length times rows."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split, rows in (("train", support_rows["train"][:10]), ("validation", support_rows["validation"][:2]),
+                        ("test", support_rows["test"][:2])):
+        (data_dir / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    path = write_config(
+        tmp_path / "run.yaml", tiny_model_dir, data_dir,
+        training={"max_steps": -1, "epochs": 1, "batch_size": 4, "gradient_accumulation_steps": accumulation,
+                  "precision": "fp32"},
+        data={"packing": packing},
+        lora={"rank": 4, "dropout": 0.0},
+    )
+    config = load_config(path)
+    rows = prepare_splits(config.data, tokenizer).splits["train"]
+    assert len(rows) == 10 and len({len(row["input_ids"]) for row in rows}) > 1  # padded batches have padding
+    metrics = train_lora(config, rows, [], tmp_path / "out", tokenizer).metrics
+    assert metrics["optimizer_steps"] == (3 if accumulation == 1 else 2)
+    assert metrics["train_tokens"] == sum(sum(row["attention_mask"]) for row in rows)
+    assert metrics["train_tokens_per_s"] == pytest.approx(metrics["train_tokens"] / metrics["train_runtime_s"], rel=0.05)
+
+
 def test_adapter_files_are_small_and_plain_peft_loads_them(trained, tiny_model_dir):
     config, _, result = trained
     files = {path.name for path in result.adapter_dir.iterdir()}
@@ -276,12 +302,13 @@ def test_adapter_materializer_round_trip(trained, tiny_model_dir, tmp_path):
 def test_auto_precision_follows_the_cpu(monkeypatch, caplog):
     from llm_lora import training as training_module
     from llm_lora.config import TrainingConfig
+    from llm_lora.training import precision
 
     cpu = TrainingConfig(use_cpu=True)
     assert cpu.precision == "auto"
     native = training_module.cpu_has_native_bf16()
     assert training_module.resolve_precision(cpu) == ("bf16" if native else "fp32")
-    monkeypatch.setattr(training_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert training_module.resolve_precision(cpu) == "fp32"
     args = training_module.build_training_arguments(cpu, Path("unused"))
     assert not args.bf16 and not args.fp16
@@ -290,7 +317,7 @@ def test_auto_precision_follows_the_cpu(monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         assert training_module.resolve_precision(explicit) == "bf16"
     assert "training.precision: bf16" in caplog.text
-    monkeypatch.setattr(training_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert training_module.resolve_precision(cpu) == "bf16"
 
 

@@ -17,8 +17,8 @@ yet not solvable by a regex or a keyword table:
 
 Generation is deterministic: the same seed gives byte-identical files.
 
-Regenerate the shipped files with:
-    python -m llm_lora.support_emails --out data/support_emails
+Regenerate the shipped files, which lie beside this script, with:
+    python data/support_emails/generate.py --out data/support_emails
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ import hashlib
 import json
 import random
 from pathlib import Path
+
+# The shipped files lie beside the generator.
+HERE = Path(__file__).resolve().parent
 
 FIELDS = ("order_id", "issue_type", "priority", "product", "action")
 ISSUE_TYPES = (
@@ -596,7 +599,7 @@ def write_splits(
 def main(argv: list[str] | None = None) -> None:
     """Command line: write the three splits and print their row counts."""
     parser = argparse.ArgumentParser(description="Generate the synthetic support-email extraction dataset.")
-    parser.add_argument("--out", type=Path, default=Path("data/support_emails"), help="output directory")
+    parser.add_argument("--out", type=Path, default=HERE, help="output directory (default: this script's folder)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--train", type=int, default=1200, help="rows in train.jsonl")
     parser.add_argument("--validation", type=int, default=150, help="rows in validation.jsonl")

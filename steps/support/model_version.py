@@ -9,7 +9,7 @@ from zenml.models import ModelVersionResponse
 from llm_lora.config import RunConfig
 from llm_lora.model_loading import default_device, load_model, load_tokenizer
 from llm_lora.training import load_adapter
-from steps.hub_token import apply_hub_token
+from steps.support.hub_token import apply_hub_token
 
 
 @dataclass

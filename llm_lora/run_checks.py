@@ -1,0 +1,50 @@
+"""Checks of a finetune config against its model files and rows: what fails in a second, before any run."""
+
+from __future__ import annotations
+
+from llm_lora.config import ConfigError, RunConfig
+from llm_lora.data_preparation import check_rows
+from llm_lora.model_loading import check_model_files
+
+
+def check_models(config: RunConfig) -> dict:
+    """The model files (and the reference model's), and the LoRA rank against the model's hidden size.
+
+    Returns:
+        What the local files say about the model (`check_model_files`).
+
+    Raises:
+        ModelSourceError: A model path that is missing or a model file that is damaged.
+        ConfigError: lora.rank above the model's hidden size.
+    """
+    facts = check_model_files(config.model.name, trust_remote_code=config.model.trust_remote_code)
+    hidden = facts.get("hidden_size")
+    if hidden and config.lora.rank > hidden:
+        raise ConfigError(
+            f"lora.rank: {config.lora.rank} is above the model's hidden size ({hidden}), the most a LoRA update"
+            f" of its layers can use; choose at most {hidden} (8 to 64 is usual)"
+        )
+    reference = config.baselines.reference_model
+    if reference is not None:
+        check_model_files(reference.name, "baselines.reference_model.name", reference.trust_remote_code)
+    return facts
+
+
+def check_data(config: RunConfig) -> dict[str, int] | None:
+    """Every local row read, converted and split as the pipeline will (`check_rows`), and enough for few-shot.
+
+    Returns:
+        Rows per split, or None for a hub dataset (read by the pipeline).
+
+    Raises:
+        DataError: A row or file the pipeline would refuse.
+        ConfigError: baselines.few_shot_k above the train rows.
+    """
+    rows = check_rows(config.data)
+    few_shot = config.baselines.few_shot_k
+    if rows is not None and few_shot > rows["train"]:
+        raise ConfigError(
+            f"baselines.few_shot_k: {few_shot} examples asked for, but the train split has {rows['train']} rows;"
+            " lower it (0 turns the few-shot baseline off)"
+        )
+    return rows
