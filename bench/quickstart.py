@@ -106,6 +106,7 @@ def cpu_has_native_bf16() -> bool:
 
 def read_last_run() -> None:
     """Print the last finetune run's outputs as one JSON line (run in the benchmark's store)."""
+    sys.path.insert(0, str(REPO))  # the typed reports load as the project's classes
     from zenml.client import Client
 
     run = Client().get_pipeline("finetune").last_run
@@ -117,10 +118,11 @@ def read_last_run() -> None:
         "base": output("evaluate_base", "metrics"),
         "finetuned": output("evaluate_finetuned", "metrics"),
         "training": output("train_lora", "training_metrics"),
-        "promotion": output("promote_model", "promotion_decision"),
-        "comparison": output("compare_models", "comparison_summary"),
+        "promotion": output("promote_model", "promotion_decision").as_metadata(),
+        "comparison": output("compare_models", "comparison_summary").as_metadata(),
         "few_shot": output("evaluate_few_shot", "metrics") if "evaluate_few_shot" in run.steps else None,
-        "worth_it": output("worth_it_report", "worth_it") if "worth_it_report" in run.steps else None,
+        "worth_it": output("worth_it_report", "worth_it").model_dump(mode="json")
+        if "worth_it_report" in run.steps else None,
         "step_seconds": {
             name: round((step.end_time - step.start_time).total_seconds(), 1) for name, step in run.steps.items()
         },

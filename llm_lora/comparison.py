@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from pydantic import BaseModel, ConfigDict
+
 from llm_lora.html_pages import escape, number, page, table
 from llm_lora.metric_registry import SCORES_BY_METRIC
 
@@ -125,35 +127,75 @@ def field_names(rows: list[dict]) -> list[str]:
         "finetuned_output", "finetuned_score", "finetuned_latency_s", "finetuned_hit_cap", "finetuned_cut_short")]
 
 
-def comparison_summary(rows: list[dict]) -> dict:
+class ComparisonSummary(BaseModel):
     """Counts of better/worse/same rows, per-field fixes and breaks, and mean scores.
+
+    A pydantic model so that ZenML stores it as JSON, readable in the dashboard.
+
+    Attributes:
+        examples: Test rows compared.
+        better: Rows the finetuned model scores higher on.
+        worse: Rows it scores lower on.
+        same: Rows it scores the same on.
+        mean_base_score: The base model's mean per-example score.
+        mean_finetuned_score: The finetuned model's.
+        base_hit_cap: Base answers stopped by the generation cap.
+        finetuned_hit_cap: Finetuned answers stopped by it.
+        base_cut_short: Base answers stopped before the expected answer could fit.
+        finetuned_cut_short: Finetuned answers stopped before it could fit.
+        fixed: Per answer field, rows the base model got wrong and the finetuned model right.
+        broken: Per answer field, rows the base model got right and the finetuned model wrong.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    examples: int
+    better: int
+    worse: int
+    same: int
+    mean_base_score: float
+    mean_finetuned_score: float
+    base_hit_cap: int
+    finetuned_hit_cap: int
+    base_cut_short: int
+    finetuned_cut_short: int
+    fixed: dict[str, int]
+    broken: dict[str, int]
+
+    def as_metadata(self) -> dict:
+        """One flat dict of numbers for model-version metadata: "fixed/<field>" and "broken/<field>" per field."""
+        flat = self.model_dump(mode="json", exclude={"fixed", "broken"})
+        for field in self.fixed:
+            flat[f"fixed/{field}"] = self.fixed[field]
+            flat[f"broken/{field}"] = self.broken[field]
+        return flat
+
+
+def comparison_summary(rows: list[dict]) -> ComparisonSummary:
+    """Count better/worse/same rows, per-field fixes and breaks, and mean scores.
 
     Args:
         rows: Output of compare_examples.
-
-    Returns:
-        A flat dict of numbers, fit for model-version metadata.
     """
     count = len(rows)
-    summary: dict = {
-        "examples": count,
-        "better": sum(row["change"] == "better" for row in rows),
-        "worse": sum(row["change"] == "worse" for row in rows),
-        "same": sum(row["change"] == "same" for row in rows),
-        "mean_base_score": round(sum(row["base_score"] for row in rows) / count, 4) if count else 0.0,
-        "mean_finetuned_score": round(sum(row["finetuned_score"] for row in rows) / count, 4) if count else 0.0,
-        "base_hit_cap": sum(row.get("base_hit_cap", False) for row in rows),
-        "finetuned_hit_cap": sum(row.get("finetuned_hit_cap", False) for row in rows),
-        "base_cut_short": sum(row.get("base_cut_short", False) for row in rows),
-        "finetuned_cut_short": sum(row.get("finetuned_cut_short", False) for row in rows),
-    }
-    for field in field_names(rows):
+    fields = field_names(rows)
+    return ComparisonSummary(
+        examples=count,
+        better=sum(row["change"] == "better" for row in rows),
+        worse=sum(row["change"] == "worse" for row in rows),
+        same=sum(row["change"] == "same" for row in rows),
+        mean_base_score=round(sum(row["base_score"] for row in rows) / count, 4) if count else 0.0,
+        mean_finetuned_score=round(sum(row["finetuned_score"] for row in rows) / count, 4) if count else 0.0,
+        base_hit_cap=sum(row.get("base_hit_cap", False) for row in rows),
+        finetuned_hit_cap=sum(row.get("finetuned_hit_cap", False) for row in rows),
+        base_cut_short=sum(row.get("base_cut_short", False) for row in rows),
+        finetuned_cut_short=sum(row.get("finetuned_cut_short", False) for row in rows),
         # Only rows that have the field on both sides: a missing one is neither fixed nor broken.
-        summary[f"fixed/{field}"] = sum(row.get(f"base_{field}") is False and row.get(f"finetuned_{field}") is True
-                                        for row in rows)
-        summary[f"broken/{field}"] = sum(row.get(f"base_{field}") is True and row.get(f"finetuned_{field}") is False
-                                         for row in rows)
-    return summary
+        fixed={field: sum(row.get(f"base_{field}") is False and row.get(f"finetuned_{field}") is True
+                          for row in rows) for field in fields},
+        broken={field: sum(row.get(f"base_{field}") is True and row.get(f"finetuned_{field}") is False
+                           for row in rows) for field in fields},
+    )
 
 
 def _cell(text) -> str:
@@ -187,7 +229,7 @@ def render_comparison_html(rows: list[dict], score: str | None = None) -> str:
     fields = field_names(rows)
     order = {"worse": 0, "better": 1, "same": 2}
     ordered = sorted(rows, key=lambda row: (order[row["change"]], row["finetuned_score"], row["index"]))
-    field_table = table([[field, summary[f"fixed/{field}"], summary[f"broken/{field}"]] for field in fields],
+    field_table = table([[field, summary.fixed[field], summary.broken[field]] for field in fields],
                         ["field", "fixed", "broken"])
     body = []
     for row in ordered:
@@ -202,12 +244,12 @@ def render_comparison_html(rows: list[dict], score: str | None = None) -> str:
     header = ("<tr><th>#</th><th>change</th><th>score</th><th>input</th><th>expected</th><th>base output</th>"
               f"<th>finetuned output</th>{field_colspan}<th>latency s<br>base / tuned</th></tr>")
     return page("Base vs finetuned", f"""<h2>Base vs finetuned, per example</h2>
-<p>{summary['examples']} test rows: <b>{summary['better']} better</b>, <b>{summary['worse']} worse</b>,
-{summary['same']} unchanged. Mean score {summary['mean_base_score']:.3f} &rarr; {summary['mean_finetuned_score']:.3f}
+<p>{summary.examples} test rows: <b>{summary.better} better</b>, <b>{summary.worse} worse</b>,
+{summary.same} unchanged. Mean score {summary.mean_base_score:.3f} &rarr; {summary.mean_finetuned_score:.3f}
 ({escape(score or "per-example score: share of fields right for JSON answers, exact match otherwise")}).</p>
-<p id="at-cap">Answers stopped by the generation cap: base {summary['base_hit_cap']}, finetuned
-{summary['finetuned_hit_cap']}; cut short before the expected answer could fit: base {summary['base_cut_short']},
-finetuned {summary['finetuned_cut_short']}{' &mdash; <b>those scores measure the cap, not the model: raise evaluation.max_new_tokens</b>' if summary['base_cut_short'] or summary['finetuned_cut_short'] else ''}.</p>
+<p id="at-cap">Answers stopped by the generation cap: base {summary.base_hit_cap}, finetuned
+{summary.finetuned_hit_cap}; cut short before the expected answer could fit: base {summary.base_cut_short},
+finetuned {summary.finetuned_cut_short}{' &mdash; <b>those scores measure the cap, not the model: raise evaluation.max_new_tokens</b>' if summary.base_cut_short or summary.finetuned_cut_short else ''}.</p>
 {f"<h3>Fields fixed and broken</h3>{field_table}" if fields else ""}
 <h3>Rows (regressions first)</h3>
 {table(body, header)}""")

@@ -6,6 +6,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pydantic import BaseModel, ConfigDict
+
 from llm_lora.answer_length import answer_cap
 from llm_lora.config import ConfigPart, RunConfig
 from llm_lora.data_preparation import expand_counts
@@ -39,9 +41,49 @@ def measured_throughput(
     return next((m for m in measured if m.model == model_name and m.device == device), None)
 
 
+class RunEstimate(BaseModel):
+    """What the training run will take, and the preflight's checks of the settings against the data.
+
+    A pydantic model so that ZenML stores it as JSON, readable in the dashboard.
+
+    Attributes:
+        optimizer_steps: Optimizer steps the run will take.
+        epochs: Passes over the training rows those steps make.
+        training_tokens: Tokens the model sees in training.
+        trained_tokens: Of those, the tokens the loss is computed on.
+        tokens_per_s: The training speed the estimate assumes; None when unknown.
+        throughput_from: Where that speed comes from (preflight.tokens_per_s or a bench results file).
+        training_minutes: Estimated training time; None without a speed.
+        training_cost: Estimated training cost; None without a speed or a price per GPU hour.
+        settings: Each checked setting as "key: value: note" (see `check_settings`).
+        findings: Every warning of the report, one line each (see `findings`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    optimizer_steps: int
+    epochs: float
+    training_tokens: int
+    trained_tokens: int
+    tokens_per_s: float | None = None
+    throughput_from: str | None = None
+    training_minutes: float | None = None
+    training_cost: float | None = None
+    settings: list[str] = []
+    findings: list[str] = []
+
+    def figures(self) -> dict:
+        """The estimate's numbers that are known, by name, for the report's table."""
+        return self.model_dump(exclude={"settings", "findings"}, exclude_none=True)
+
+    def as_metadata(self) -> dict:
+        """A flat dict for ZenML metadata (None left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 def estimate_run(
     summary: dict, config: RunConfig | ConfigPart, device: str, measured: Iterable[MeasuredThroughput] = ()
-) -> dict:
+) -> RunEstimate:
     """Optimizer steps, training tokens, and (when a throughput is known) time and cost.
 
     Args:
@@ -51,7 +93,8 @@ def estimate_run(
         measured: Training speeds measured before; used when preflight.tokens_per_s is not set.
 
     Returns:
-        A flat dict; time and cost keys are present only when they can be estimated.
+        The estimate; time and cost are None when they cannot be estimated. Settings and findings
+        are left empty (the preflight step adds them).
     """
     training = config.training
     train = summary["train"]
@@ -60,24 +103,21 @@ def estimate_run(
     steps = training.max_steps if training.max_steps > 0 else math.ceil(steps_per_epoch * training.epochs)
     epochs = steps / steps_per_epoch
     tokens = round(train["tokens"] * epochs)
-    estimate = {
-        "optimizer_steps": steps,
-        "epochs": round(epochs, 3),
-        "training_tokens": tokens,
-        "trained_tokens": round(train["trained_tokens"] * epochs),
-    }
+    counts = dict(optimizer_steps=steps, epochs=round(epochs, 3), training_tokens=tokens,
+                  trained_tokens=round(train["trained_tokens"] * epochs))
     if config.preflight.tokens_per_s:
         rate, origin = config.preflight.tokens_per_s, "preflight.tokens_per_s"
     else:
         found = measured_throughput(config.model.name, device, measured)
         rate, origin = (found.tokens_per_s, found.source) if found else (None, None)
-    if rate:
-        seconds = tokens / rate
-        estimate.update(tokens_per_s=rate, throughput_from=origin, training_minutes=round(seconds / 60, 1))
-        if config.preflight.price_per_gpu_hour is not None:
-            gpus = training.num_processes
-            estimate["training_cost"] = round(seconds / 3600 * gpus * config.preflight.price_per_gpu_hour, 2)
-    return estimate
+    if not rate:
+        return RunEstimate(**counts)
+    seconds = tokens / rate
+    cost = None
+    if config.preflight.price_per_gpu_hour is not None:
+        cost = round(seconds / 3600 * training.num_processes * config.preflight.price_per_gpu_hour, 2)
+    return RunEstimate(**counts, tokens_per_s=rate, throughput_from=origin, training_minutes=round(seconds / 60, 1),
+                       training_cost=cost)
 
 
 # Fewer optimizer steps than this rarely teach an adapter a new output format: the learning rate
@@ -102,7 +142,7 @@ class SettingCheck:
     warning: bool = False
 
 
-def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: dict) -> list[SettingCheck]:
+def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: RunEstimate) -> list[SettingCheck]:
     """Every setting whose right value depends on the data, checked against this run's data.
 
     The values a config carries from another task (an answer cap, a row length, a
@@ -167,10 +207,10 @@ def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: dict
     data = config.data
     rows = summary["train"]["rows"]
     rows_note = f"{rows} training rows" + (f" of {summary['train']['rows_read']} read" if data.max_train_rows else "")
-    if "training_minutes" in estimate:
+    if estimate.training_minutes is not None:
         budget = config.preflight.max_training_minutes
-        minutes = estimate["training_minutes"]
-        note = f"{rows_note}: about {minutes} min of training at {estimate['tokens_per_s']:.0f} tokens/s"
+        minutes = estimate.training_minutes
+        note = f"{rows_note}: about {minutes} min of training at {estimate.tokens_per_s:.0f} tokens/s"
         if budget is not None and minutes > budget:
             fitting = max(1, math.floor(rows * budget / minutes))
             checks.append(SettingCheck(
@@ -184,9 +224,9 @@ def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: dict
                                    f"{rows_note}; training time unknown (set preflight.tokens_per_s)"))
 
     training = config.training
-    steps = estimate["optimizer_steps"]
+    steps = estimate.optimizer_steps
     rows_per_step = training.batch_size * training.gradient_accumulation_steps * training.num_processes
-    epochs = estimate["epochs"]
+    epochs = estimate.epochs
     schedule = (f"{steps} optimizer steps ({rows} rows, {rows_per_step} per step,"
                 f" {epochs:g} epoch{'' if epochs == 1 else 's'})"
                 f" at learning rate {training.learning_rate:g}")
@@ -196,7 +236,7 @@ def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: dict
         if training.max_steps > 0:
             fix = f"raise training.max_steps to at least {MIN_OPTIMIZER_STEPS}"
         else:
-            per_epoch = max(steps / max(estimate["epochs"], 1e-9), 1)
+            per_epoch = max(steps / max(estimate.epochs, 1e-9), 1)
             fix = (f"raise training.epochs to about {math.ceil(MIN_OPTIMIZER_STEPS / per_epoch)}"
                    " or lower training.batch_size")
         checks.append(SettingCheck(key, value, f"{schedule}: too few updates to learn a task; {fix}", warning=True))
@@ -226,7 +266,7 @@ def problems(summary: dict) -> list[str]:
     return lines
 
 
-def render_text(summary: dict, estimate: dict, checks: list[SettingCheck] = ()) -> str:
+def render_text(summary: dict, estimate: RunEstimate, checks: list[SettingCheck] = ()) -> str:
     """The short printout."""
     rows = ", ".join(f"{split} {summary[split]['rows']}" for split in ("train", "validation", "test"))
     lines = [f"Preflight: {summary['source']}: rows {rows}; {len(summary['dropped'])} rows dropped"]
@@ -234,13 +274,13 @@ def render_text(summary: dict, estimate: dict, checks: list[SettingCheck] = ()) 
         f"  train tokens {summary['train']['tokens']} (mean {summary['train']['mean_tokens']}, "
         f"max {summary['train']['max_tokens']}), completion share {summary['train']['completion_token_share']:.0%}"
     )
-    cost = f", cost {estimate['training_cost']}" if "training_cost" in estimate else ""
+    cost = f", cost {estimate.training_cost}" if estimate.training_cost is not None else ""
     timing = (
-        f", about {estimate['training_minutes']} min at {estimate['tokens_per_s']:.0f} tokens/s{cost}"
-        if "training_minutes" in estimate
+        f", about {estimate.training_minutes} min at {estimate.tokens_per_s:.0f} tokens/s{cost}"
+        if estimate.training_minutes is not None
         else ", time unknown (set preflight.tokens_per_s)"
     )
-    lines.append(f"  {estimate['optimizer_steps']} optimizer steps, {estimate['training_tokens']} training tokens{timing}")
+    lines.append(f"  {estimate.optimizer_steps} optimizer steps, {estimate.training_tokens} training tokens{timing}")
     lines += [f"  {'!' if check.warning else '-'} {check.key}: {check.value}: {check.note}" for check in checks]
     lines += [f"  ! {line}" for line in problems(summary)]
     return "\n".join(lines)
@@ -251,7 +291,7 @@ def findings(summary: dict, checks: list[SettingCheck]) -> list[str]:
     return [f"{check.key}: {check.value}: {check.note}" for check in checks if check.warning] + problems(summary)
 
 
-def render_html(summary: dict, estimate: dict, checks: list[SettingCheck] = ()) -> str:
+def render_html(summary: dict, estimate: RunEstimate, checks: list[SettingCheck] = ()) -> str:
     """A self-contained HTML page for the ZenML dashboard."""
     splits = ("train", "validation", "test")
     keys = [
@@ -287,5 +327,5 @@ def render_html(summary: dict, estimate: dict, checks: list[SettingCheck] = ()) 
 <h3>Settings against the data</h3>{settings if checks else '<p>Not checked.</p>'}
 <h3>Splits</h3>{table(split_rows, ['', *splits], css="figures")}
 <h3>Token lengths (model tokenizer)</h3>{table(bars, ['tokens', *splits])}
-<h3>Run estimate</h3>{table([[key, value] for key, value in estimate.items()], ['', 'value'], css="figures")}
+<h3>Run estimate</h3>{table([[key, value] for key, value in estimate.figures().items()], ['', 'value'], css="figures")}
 <h3>Dropped rows ({len(dropped)})</h3>{table(dropped, ['split', 'where', 'why']) if dropped else '<p>None.</p>'}""")

@@ -16,9 +16,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from pydantic import BaseModel, ConfigDict
+
 from llm_lora.answer_length import cut_short_problem
 from llm_lora.config import ConfigPart, PromotionConfig, RunConfig
 from llm_lora.metric_registry import auto_promotion_metric
+from llm_lora.worth_it import WorthItReport
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,42 @@ class PromotionDecision:
     def as_metadata(self) -> dict:
         """A flat dict for ZenML metadata (None left out)."""
         return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+class PromotionRecord(BaseModel):
+    """What the gate decided for a model version, and the numbers behind it (see `PromotionDecision`).
+
+    A pydantic model so that ZenML stores it as JSON, readable in the dashboard.
+
+    Attributes:
+        promote: Whether the candidate went to production.
+        stage: The stage the candidate got: "production", "staging" or None.
+        reason: One sentence with the numbers.
+        metric: The metric compared.
+        candidate: The candidate's score.
+        base: The base model's (or the best baseline's) score on the same rows.
+        production: The production version's score on the same rows, if there was one.
+        baseline: The best baseline's name when the gate compared with it, not the base model.
+        production_source: Where production's score came from (stored or re-evaluated), or "no production version".
+        new_stage: The stage the candidate got, "none" for none.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    promote: bool
+    stage: str | None
+    reason: str
+    metric: str
+    candidate: float
+    base: float
+    production: float | None
+    baseline: str | None
+    production_source: str
+    new_stage: str
+
+    def as_metadata(self) -> dict:
+        """A flat dict for ZenML metadata (None left out), the "promotion" entry of the model version."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 def decide_promotion(
@@ -272,7 +311,7 @@ def run_gate(
     unmeasured: str | None = None,
     max_cut_short: float = 0.02,
     lock_timeout_s: float = 1800,
-) -> dict:
+) -> PromotionRecord:
     """Under the promotion lock: compare with the current production version, decide, set the stage.
 
     Args:
@@ -312,7 +351,7 @@ def run_gate(
         )
         if decision.stage is not None:
             registry.set_stage(candidate, decision.stage)
-    return {**decision.as_metadata(), "production_source": source, "new_stage": decision.stage or "none"}
+    return PromotionRecord(**asdict(decision), production_source=source, new_stage=decision.stage or "none")
 
 
 def rescore(own: RunConfig, adapter_dir: Path, current: RunConfig | ConfigPart, rows: list[dict],
@@ -356,7 +395,9 @@ class GateScores:
     baseline: str | None = None
 
 
-def gate_scores(promotion: PromotionConfig, base_metrics: dict, finetuned_metrics: dict, worth_it: dict) -> GateScores:
+def gate_scores(
+    promotion: PromotionConfig, base_metrics: dict, finetuned_metrics: dict, worth_it: WorthItReport
+) -> GateScores:
     """The candidate's score and the one it must beat: the base model's, or the best baseline's (must_beat).
 
     Raises:
@@ -368,6 +409,6 @@ def gate_scores(promotion: PromotionConfig, base_metrics: dict, finetuned_metric
             raise ValueError(f"promotion.metric: {metric!r} not among the {name} metrics {sorted(metrics)}")
     candidate = float(finetuned_metrics[metric])
     if promotion.must_beat == "best_baseline":
-        best = next(row for row in worth_it["models"] if row["name"] == worth_it["best_baseline"])
-        return GateScores(metric, candidate, float(best["primary_metric"]), best["label"])
+        best = worth_it.best_row()
+        return GateScores(metric, candidate, best.primary_metric, best.label)
     return GateScores(metric, candidate, float(base_metrics[metric]))

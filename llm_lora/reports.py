@@ -10,6 +10,8 @@ import math
 
 from llm_lora.html_pages import escape, number, page, table
 from llm_lora.metric_registry import lower_is_better, ordered_scores
+from llm_lora.promotion import PromotionRecord
+from llm_lora.worth_it import WorthItReport
 
 TRAIN_COLOR = "#7a5af8"
 VALIDATION_COLOR = "#f79009"
@@ -91,11 +93,11 @@ def metric_rows(base: dict, finetuned: dict) -> list[tuple[str, float, float]]:
 def render_run_report(
     base: dict,
     finetuned: dict,
-    decision: dict,
+    decision: PromotionRecord,
     training: dict,
     loss_history: list[dict],
     model_label: str,
-    worth_it: dict | None = None,
+    worth_it: WorthItReport | None = None,
 ) -> str:
     """One page telling the run's story: did it learn, is it better, what happened to it.
 
@@ -118,8 +120,7 @@ def render_run_report(
             f"<tr><td>{escape(name)}</td><td>{number(before)}</td><td>{number(after)}</td>"
             f"<td class='{css}'>{number(delta, signed=True)}</td></tr>"
         )
-    stage = decision.get("new_stage", "none")
-    promoted = bool(decision.get("promote"))
+    stage, promoted = decision.new_stage, decision.promote
     facts = [
         ("optimizer steps", training.get("optimizer_steps")),
         ("runtime", f"{training.get('train_runtime_s', 0):.0f} s"),
@@ -132,9 +133,9 @@ def render_run_report(
     metrics = table(rows, ["metric", "base", "finetuned", "change"], element_id="metrics", css="figures")
     return page("Run report", f"""<h2>Run report: {escape(model_label)}</h2>
 <div class="decision {'promoted' if promoted else 'held'}" id="decision"><b>Stage: {escape(stage)}</b>
-({'promoted to production' if promoted else 'not promoted to production'}) &mdash; {escape(decision.get('reason', ''))}
-{f"<br>Production compared: {escape(decision['production_source'])}" if decision.get('production_source') else ''}</div>
-{f"<p id='worth-it'><b>Worth it? {escape(worth_it['verdict'])}</b> &mdash; {escape(worth_it['reason'])} (worth_it_report artifact)</p>" if worth_it else ''}
+({'promoted to production' if promoted else 'not promoted to production'}) &mdash; {escape(decision.reason)}
+{f"<br>Production compared: {escape(decision.production_source)}" if decision.production_source else ''}</div>
+{f"<p id='worth-it'><b>Worth it? {escape(worth_it.verdict)}</b> &mdash; {escape(worth_it.reason)} (worth_it_report artifact)</p>" if worth_it else ''}
 <div class="side-by-side"><section><h3>Loss</h3>
 <p class="legend"><span style="background:{TRAIN_COLOR}"></span>training<span style="background:{VALIDATION_COLOR}"></span>validation</p>
 {loss_curve_svg(loss_history, width=520)}</section>

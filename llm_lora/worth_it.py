@@ -18,8 +18,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from llm_lora.answer_length import cut_short_problem
 from llm_lora.comparison import example_score, score_meaning
@@ -145,23 +147,128 @@ def quality_metrics(metrics: dict, primary: str) -> dict[str, float]:
     return {name: float(metrics[name]) for name in names if name in metrics}
 
 
-def summarize_model(evaluated: Evaluated, primary: str) -> dict:
+class ModelSummary(BaseModel):
+    """One model's row of the report.
+
+    Attributes:
+        name: "base", "few_shot", "reference" or "finetuned".
+        label: How reports name it ("base model, 3-shot").
+        primary_metric: Its score on the report's metric.
+        quality: The primary metric first, then the other quality scores (see `quality_metrics`).
+        valid_output_rate: Share of answers of the expected form (see `valid_output_rate`).
+        prompt_tokens: Mean prompt tokens per request.
+        generated_tokens: Mean generated tokens per request.
+        latency_s: Mean latency per example.
+        hit_cap: Answers stopped by the generation cap.
+        cut_short: Of those, answers stopped before the expected answer could fit.
+        max_new_tokens: The generation cap (0: not recorded).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    label: str
+    primary_metric: float
+    quality: dict[str, float]
+    valid_output_rate: float
+    prompt_tokens: float
+    generated_tokens: float
+    latency_s: float
+    hit_cap: int
+    cut_short: int
+    max_new_tokens: int
+
+
+Verdict = Literal["worth it", "not worth it", "inconclusive"]
+
+
+class WorthItReport(BaseModel):
+    """The whole "worth it" report: every model on the same rows, the gain, the costs and the verdict.
+
+    A pydantic model so that ZenML stores it as JSON, readable in the dashboard.
+
+    Attributes:
+        metric: The primary metric (the promotion metric).
+        models: One row per model: the baselines in order, the finetuned model last.
+        best_baseline: The best baseline's name ("few_shot").
+        best_baseline_label: Its label ("base model, 3-shot").
+        test_rows: Test rows behind the comparison.
+        score: What the per-example score measures, in words (None without records).
+        gain: Mean per-example gain of the finetuned model over the best baseline.
+        gain_low: Low end of its confidence interval.
+        gain_high: High end of its confidence interval.
+        confidence: The interval's level.
+        interval_method: How the interval was computed, in words.
+        min_gain: Smallest gain that counts as better quality.
+        prompt_tokens_saved: Per request, against the best baseline.
+        latency_saved_s: Per request, against the best baseline.
+        training_runtime_s: Training wall time.
+        training_device: Where training ran.
+        training_processes: Training processes (one GPU each).
+        training_cost: What training cost; None without a price per GPU hour.
+        saving_per_request: What the saved prompt tokens are worth per request; None without their price.
+        payback_requests: Requests until the savings pay for training; None: never or unknown.
+        payback: The same in words ("after 800 requests", "unknown: set ...").
+        expected_requests: Requests the model is expected to serve, if known.
+        verdict: "worth it", "not worth it" or "inconclusive".
+        reason: One sentence with the numbers behind the verdict.
+        unmeasured: Why no score here decides anything (answers cut short by the cap), else None.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: str
+    models: list[ModelSummary]
+    best_baseline: str
+    best_baseline_label: str
+    test_rows: int
+    score: str | None
+    gain: float
+    gain_low: float
+    gain_high: float
+    confidence: float
+    interval_method: str
+    min_gain: float
+    prompt_tokens_saved: float
+    latency_saved_s: float
+    training_runtime_s: float
+    training_device: str
+    training_processes: int
+    training_cost: float | None
+    saving_per_request: float | None
+    payback_requests: int | None
+    payback: str
+    expected_requests: int | None
+    verdict: Verdict
+    reason: str
+    unmeasured: str | None
+
+    def best_row(self) -> ModelSummary:
+        """The best baseline's row."""
+        return next(model for model in self.models if model.name == self.best_baseline)
+
+    def as_metadata(self) -> dict:
+        """The report without its per-model rows and without None values, for model-version metadata."""
+        return self.model_dump(mode="json", exclude={"models"}, exclude_none=True)
+
+
+def summarize_model(evaluated: Evaluated, primary: str) -> ModelSummary:
     """One model's row of the report: quality, valid outputs, tokens and latency per request."""
     metrics = evaluated.metrics
-    return {
-        "name": evaluated.name,
-        "label": evaluated.label,
-        "primary_metric": float(metrics[primary]),
-        "quality": quality_metrics(metrics, primary),
-        "valid_output_rate": valid_output_rate(metrics, evaluated.records),
-        "prompt_tokens": float(metrics["mean_prompt_tokens"]),
-        "generated_tokens": float(metrics["mean_new_tokens"]),
-        "latency_s": float(metrics["mean_latency_s"]),
+    return ModelSummary(
+        name=evaluated.name,
+        label=evaluated.label,
+        primary_metric=float(metrics[primary]),
+        quality=quality_metrics(metrics, primary),
+        valid_output_rate=valid_output_rate(metrics, evaluated.records),
+        prompt_tokens=float(metrics["mean_prompt_tokens"]),
+        generated_tokens=float(metrics["mean_new_tokens"]),
+        latency_s=float(metrics["mean_latency_s"]),
         # How answers ended: stopped by the cap at all, and cut before the expected answer could fit.
-        "hit_cap": round(float(metrics.get("hit_cap_rate", 0.0)) * len(evaluated.records)),
-        "cut_short": round(float(metrics.get("cut_short_rate", 0.0)) * len(evaluated.records)),
-        "max_new_tokens": int(metrics.get("max_new_tokens", 0)),
-    }
+        hit_cap=round(float(metrics.get("hit_cap_rate", 0.0)) * len(evaluated.records)),
+        cut_short=round(float(metrics.get("cut_short_rate", 0.0)) * len(evaluated.records)),
+        max_new_tokens=int(metrics.get("max_new_tokens", 0)),
+    )
 
 
 def paired_scores(
@@ -261,8 +368,8 @@ def assess(
     bootstrap_samples: int = 2000,
     bootstrap_seed: int = 0,
     max_cut_short: float = 0.02,
-) -> dict:
-    """The whole "worth it" report as a flat, JSON-friendly dict.
+) -> WorthItReport:
+    """The whole "worth it" report.
 
     Args:
         metric: The primary metric (the promotion metric); the best baseline is the one scoring highest on it.
@@ -287,11 +394,11 @@ def assess(
             raise ValueError(f"promotion.metric: {metric!r} not among the {evaluated.name} metrics")
     models = [summarize_model(evaluated, metric) for evaluated in (*baselines, finetuned)]
     # Highest score wins; on a tie the cheaper prompt, since that is what one would deploy.
-    best_index = max(range(len(baselines)), key=lambda i: (models[i]["primary_metric"], -models[i]["prompt_tokens"]))
+    best_index = max(range(len(baselines)), key=lambda i: (models[i].primary_metric, -models[i].prompt_tokens))
     best, best_row, tuned_row = baselines[best_index], models[best_index], models[-1]
     candidate_scores, baseline_scores = paired_scores(finetuned.records, best.records, metric)
     gain = paired_bootstrap(candidate_scores, baseline_scores, bootstrap_samples, confidence, bootstrap_seed)
-    tokens_saved = best_row["prompt_tokens"] - tuned_row["prompt_tokens"]
+    tokens_saved = best_row.prompt_tokens - tuned_row.prompt_tokens
     cost = training_cost(training_metrics, price_per_gpu_hour)
     priced = cost is not None and price_per_million_prompt_tokens is not None
     payback = payback_requests(cost, tokens_saved, price_per_million_prompt_tokens) if priced else None
@@ -311,61 +418,59 @@ def assess(
     unmeasured = cut_short_problem(((e.label, e.metrics) for e in (*baselines, finetuned)), max_cut_short)
     if unmeasured:
         verdict, reason = "inconclusive", unmeasured
-    return {
-        "metric": metric,
-        "models": models,
-        "best_baseline": best.name,
-        "best_baseline_label": best.label,
-        "test_rows": len(candidate_scores),
-        "score": score_meaning(finetuned.records[0], metric) if finetuned.records else None,
-        "gain": gain.mean,
-        "gain_low": gain.low,
-        "gain_high": gain.high,
-        "confidence": confidence,
-        "interval_method": (
+    return WorthItReport(
+        metric=metric,
+        models=models,
+        best_baseline=best.name,
+        best_baseline_label=best.label,
+        test_rows=len(candidate_scores),
+        score=score_meaning(finetuned.records[0], metric) if finetuned.records else None,
+        gain=gain.mean,
+        gain_low=gain.low,
+        gain_high=gain.high,
+        confidence=confidence,
+        interval_method=(
             f"paired bootstrap over per-example scores, {bootstrap_samples} resamples, seed {bootstrap_seed},"
             " percentile interval"
         ),
-        "min_gain": min_gain,
-        "prompt_tokens_saved": round(tokens_saved, 2),
-        "latency_saved_s": round(best_row["latency_s"] - tuned_row["latency_s"], 4),
-        "training_runtime_s": float(training_metrics["train_runtime_s"]),
-        "training_device": str(training_metrics.get("device", "")),
-        "training_processes": int(training_metrics.get("num_processes", 1)),
-        "training_cost": None if cost is None else round(cost, 6),
-        "saving_per_request": (
+        min_gain=min_gain,
+        prompt_tokens_saved=round(tokens_saved, 2),
+        latency_saved_s=round(best_row.latency_s - tuned_row.latency_s, 4),
+        training_runtime_s=float(training_metrics["train_runtime_s"]),
+        training_device=str(training_metrics.get("device", "")),
+        training_processes=int(training_metrics.get("num_processes", 1)),
+        training_cost=None if cost is None else round(cost, 6),
+        saving_per_request=(
             None if price_per_million_prompt_tokens is None else tokens_saved * price_per_million_prompt_tokens / 1e6
         ),
-        "payback_requests": payback,
-        "payback": payback_text,
-        "expected_requests": expected_requests,
-        "verdict": verdict,
-        "reason": reason,
-        # Why no score here decides anything (answers cut short by the cap), else None.
-        "unmeasured": unmeasured,
-    }
+        payback_requests=payback,
+        payback=payback_text,
+        expected_requests=expected_requests,
+        verdict=verdict,
+        reason=reason,
+        unmeasured=unmeasured,
+    )
 
 
-def summary_lines(report: dict) -> list[str]:
+def summary_lines(report: WorthItReport) -> list[str]:
     """The verdict and the savings, as the run summary prints them."""
-    best = report["best_baseline_label"]
-    cost = f", cost {report['training_cost']:.4g}" if report["training_cost"] is not None else ""
+    cost = f", cost {report.training_cost:.4g}" if report.training_cost is not None else ""
     return [
-        f"verdict:  {report['verdict']}: {report['reason']}",
-        f"savings:  vs {best}: {report['prompt_tokens_saved']:.0f} prompt tokens and"
-        f" {report['latency_saved_s']:.3f} s per request; training {report['training_runtime_s']:.0f} s{cost};"
-        f" payback {report['payback']} (worth_it_report artifact)",
+        f"verdict:  {report.verdict}: {report.reason}",
+        f"savings:  vs {report.best_baseline_label}: {report.prompt_tokens_saved:.0f} prompt tokens and"
+        f" {report.latency_saved_s:.3f} s per request; training {report.training_runtime_s:.0f} s{cost};"
+        f" payback {report.payback} (worth_it_report artifact)",
     ]
 
 
-def _at_cap(model: dict) -> str:
+def _at_cap(model: ModelSummary) -> str:
     """One model's answers stopped by the cap, those cut short, and the cap: "12 (3 cut short), cap 68"."""
-    cut = f" ({model['cut_short']} cut short)" if model.get("cut_short") else ""
-    cap = f", cap {model['max_new_tokens']}" if model.get("max_new_tokens") else ""
-    return escape(f"{model.get('hit_cap', 0)}{cut}{cap}")
+    cut = f" ({model.cut_short} cut short)" if model.cut_short else ""
+    cap = f", cap {model.max_new_tokens}" if model.max_new_tokens else ""
+    return escape(f"{model.hit_cap}{cut}{cap}")
 
 
-def render_worth_it_html(report: dict) -> str:
+def render_worth_it_html(report: WorthItReport) -> str:
     """A self-contained page for the dashboard: verdict, per-model table, gain, savings, costs, method.
 
     Args:
@@ -374,52 +479,53 @@ def render_worth_it_html(report: dict) -> str:
     Returns:
         The HTML page (no scripts; bars are plain spans).
     """
-    models = report["models"]
-    names = list(models[-1]["quality"])
+    models = report.models
+    names = list(models[-1].quality)
     header = ["model", *names, "valid output rate", "prompt tokens / request", "generated tokens / request",
               "answers at the cap", "latency s / example"]
     rows = []
     for model in models:
-        css = "finetuned" if model["name"] == "finetuned" else ("best" if model["name"] == report["best_baseline"] else "")
-        primary = model["primary_metric"]
+        css = "finetuned" if model.name == "finetuned" else ("best" if model.name == report.best_baseline else "")
+        primary = model.primary_metric
         quality = "".join(
-            f"<td>{number(model['quality'].get(name))}</td>" if name != report["metric"] else
+            f"<td>{number(model.quality.get(name))}</td>" if name != report.metric else
             f"<td>{bar(primary * 80)}{number(primary)}</td>"
             for name in names
         )
         rows.append(
-            f"<tr class='{css}'><td>{escape(model['label'])}</td>{quality}"
-            f"<td>{number(model['valid_output_rate'])}</td><td>{number(model['prompt_tokens'], 1)}</td>"
-            f"<td>{number(model['generated_tokens'], 1)}</td><td>{_at_cap(model)}</td>"
-            f"<td>{number(model['latency_s'])}</td></tr>"
+            f"<tr class='{css}'><td>{escape(model.label)}</td>{quality}"
+            f"<td>{number(model.valid_output_rate)}</td><td>{number(model.prompt_tokens, 1)}</td>"
+            f"<td>{number(model.generated_tokens, 1)}</td><td>{_at_cap(model)}</td>"
+            f"<td>{number(model.latency_s)}</td></tr>"
         )
-    css = {"worth it": "yes", "not worth it": "no"}.get(report["verdict"], "unsure")
-    cost = report["training_cost"]
-    saving = report["saving_per_request"]
+    css = {"worth it": "yes", "not worth it": "no"}.get(report.verdict, "unsure")
+    cost = report.training_cost
+    saving = report.saving_per_request
+    processes = report.training_processes
     facts = [
-        ("quality gain over the best baseline", f"{report['gain']:+.3f} ({report['score']})"),
-        (f"{report['confidence']:.0%} confidence interval", f"{report['gain_low']:+.3f} to {report['gain_high']:+.3f}"),
-        ("test rows", report["test_rows"]),
-        ("prompt tokens saved per request", f"{report['prompt_tokens_saved']:.1f}"),
-        ("latency saved per request", f"{report['latency_saved_s']:.3f} s"),
-        ("training time", f"{report['training_runtime_s']:.0f} s on {report['training_device']}"
-                          f" ({report['training_processes']} process{'es' if report['training_processes'] > 1 else ''})"),
+        ("quality gain over the best baseline", f"{report.gain:+.3f} ({report.score})"),
+        (f"{report.confidence:.0%} confidence interval", f"{report.gain_low:+.3f} to {report.gain_high:+.3f}"),
+        ("test rows", report.test_rows),
+        ("prompt tokens saved per request", f"{report.prompt_tokens_saved:.1f}"),
+        ("latency saved per request", f"{report.latency_saved_s:.3f} s"),
+        ("training time", f"{report.training_runtime_s:.0f} s on {report.training_device}"
+                          f" ({processes} process{'es' if processes > 1 else ''})"),
         ("training cost", "– (set preflight.price_per_gpu_hour)" if cost is None else f"{cost:.4g}"),
         ("saving per request", "– (set cost.price_per_million_prompt_tokens)" if saving is None else f"{saving:.3g}"),
-        ("pays back", report["payback"]),
+        ("pays back", report.payback),
     ]
     return page("Was finetuning worth it?", f"""<h2>Was finetuning worth it?</h2>
-<div class="verdict {css}" id="verdict"><b>{escape(report['verdict'].capitalize())}</b> &mdash;
-{escape(report['reason'])}</div>
-<h3>Every model on the same {report['test_rows']} test rows</h3>
+<div class="verdict {css}" id="verdict"><b>{escape(report.verdict.capitalize())}</b> &mdash;
+{escape(report.reason)}</div>
+<h3>Every model on the same {report.test_rows} test rows</h3>
 {table(rows, header, element_id="models", css="figures")}
-<h3>Finetuned vs the best baseline ({escape(report['best_baseline_label'])})</h3>
+<h3>Finetuned vs the best baseline ({escape(report.best_baseline_label)})</h3>
 {table(facts, element_id="facts", css="figures")}
 <h3>How this is decided</h3>
-<p>The interval: {escape(report['interval_method'])}. Test rows are drawn with replacement, each keeping
+<p>The interval: {escape(report.interval_method)}. Test rows are drawn with replacement, each keeping
 both models' scores, and the mean difference is recomputed for every draw.</p>
-<p>Worth it: the interval lies above zero and the gain is at least {report['min_gain']:g}. Not worth it: the
-interval lies below zero. Same quality (the interval within &plusmn;{report['min_gain']:g}): the cost decides &mdash;
+<p>Worth it: the interval lies above zero and the gain is at least {report.min_gain:g}. Not worth it: the
+interval lies below zero. Same quality (the interval within &plusmn;{report.min_gain:g}): the cost decides &mdash;
 fewer prompt tokens that pay for training within the expected requests. Otherwise inconclusive: the gain is within
 the noise of this many test rows. Latency is the batch's wall time per example on the evaluation machine.</p>
 <p>Answers at the cap: answers stopped by evaluation.max_new_tokens instead of ending. An answer whose expected

@@ -211,14 +211,14 @@ def print_summary(run, config: RunConfig) -> None:
                    for _, metrics in columns))
     row("max_new_tokens", (f"{metrics.get('max_new_tokens', 0):.0f}" for _, metrics in columns))
     preflight = output("preflight_report", "run_estimate")
-    for line in preflight.get("settings", []):
+    for line in preflight.settings:
         if line.startswith("evaluation.max_new_tokens:"):  # the cap behind the answers counted above, and why
             click.echo(f"cap:      {line}")
-    for line in preflight.get("findings", []):
+    for line in preflight.findings:
         click.echo(f"preflight: {line}")
     comparison = output("compare_models", "comparison_summary")
-    click.echo(f"\nexamples: {comparison['better']} better, {comparison['worse']} worse,"
-               f" {comparison['same']} unchanged (model_comparison artifact: regressions first)")
+    click.echo(f"\nexamples: {comparison.better} better, {comparison.worse} worse,"
+               f" {comparison.same} unchanged (model_comparison artifact: regressions first)")
     click.echo(
         f"training: {training['optimizer_steps']} steps, {training['train_runtime_s']:.0f} s,"
         f" {training['train_tokens_per_s']:.0f} tokens/s, mean loss {training['train_loss']:.3f}"
@@ -230,11 +230,11 @@ def print_summary(run, config: RunConfig) -> None:
         click.echo(line)
     model_name = config.registry.model_name
     stage = Client().get_model_version(model_name, run.model_version.id).stage
-    verdict = "promoted" if decision["promote"] else "not promoted to production"
+    verdict = "promoted" if decision.promote else "not promoted to production"
     click.echo(f"model:    {model_name} version {run.model_version.name}, stage {stage or 'none'} ({verdict})")
-    click.echo(f"why:      {decision['reason']}")
-    if "production" in decision:
-        click.echo(f"compared: production {decision['production_source']}")
+    click.echo(f"why:      {decision.reason}")
+    if decision.production is not None:
+        click.echo(f"compared: production {decision.production_source}")
     click.echo(f"run:      {run.name}")
     click.echo(where_to_look(run, model_name))
 

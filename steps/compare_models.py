@@ -6,7 +6,9 @@ import pandas as pd
 from zenml import ArtifactConfig, log_metadata, step
 from zenml.types import HTMLString
 
-from llm_lora.comparison import compare_examples, comparison_summary, render_comparison_html, score_meaning
+from llm_lora.comparison import (
+    ComparisonSummary, compare_examples, comparison_summary, render_comparison_html, score_meaning,
+)
 
 
 @step
@@ -14,7 +16,7 @@ def compare_models(
     base_predictions: pd.DataFrame, finetuned_predictions: pd.DataFrame, metric: str = "auto"
 ) -> Tuple[
     Annotated[HTMLString, ArtifactConfig(name="model_comparison")],
-    Annotated[dict, ArtifactConfig(name="comparison_summary")],
+    Annotated[ComparisonSummary, ArtifactConfig(name="comparison_summary")],
     Annotated[pd.DataFrame, ArtifactConfig(name="per_example_results")],
 ]:
     """Pair the two evaluations row by row.
@@ -32,6 +34,6 @@ def compare_models(
     finetuned_records = finetuned_predictions.to_dict("records")
     rows = compare_examples(base_predictions.to_dict("records"), finetuned_records, metric)
     summary = comparison_summary(rows)
-    log_metadata(metadata={"comparison": summary}, infer_model=True)
+    log_metadata(metadata={"comparison": summary.as_metadata()}, infer_model=True)
     score = score_meaning(finetuned_records[0], metric) if finetuned_records else None
     return HTMLString(render_comparison_html(rows, score)), summary, pd.DataFrame(rows)

@@ -11,7 +11,7 @@ from zenml.types import HTMLString
 
 from llm_lora.config import ConfigPart
 from llm_lora.preflight import (
-    MeasuredThroughput, check_settings, estimate_run, findings, render_html, render_text,
+    MeasuredThroughput, RunEstimate, check_settings, estimate_run, findings, render_html, render_text,
 )
 
 logger = get_logger(__name__)
@@ -44,7 +44,7 @@ def preflight_report(
     data_summary: dict, settings: str
 ) -> Tuple[
     Annotated[HTMLString, ArtifactConfig(name="preflight_report")],
-    Annotated[dict, ArtifactConfig(name="run_estimate")],
+    Annotated[RunEstimate, ArtifactConfig(name="run_estimate")],
 ]:
     """Summarize the prepared data, check the data-dependent settings and estimate the training run.
 
@@ -62,9 +62,9 @@ def preflight_report(
     checks = check_settings(data_summary, config, estimate)
     logger.info("\n%s", render_text(data_summary, estimate, checks))
     page = HTMLString(render_html(data_summary, estimate, checks))
-    estimate.update(
-        settings=[f"{check.key}: {check.value}: {check.note}" for check in checks],
-        findings=findings(data_summary, checks),
-    )
-    log_metadata(metadata={"preflight": estimate}, infer_model=True)
+    estimate = estimate.model_copy(update={
+        "settings": [f"{check.key}: {check.value}: {check.note}" for check in checks],
+        "findings": findings(data_summary, checks),
+    })
+    log_metadata(metadata={"preflight": estimate.as_metadata()}, infer_model=True)
     return page, estimate

@@ -11,9 +11,10 @@ from llm_lora.config import ConfigPart, RunConfig
 from llm_lora.data_preparation import load_prepared_split
 from llm_lora.evaluation import evaluation_fingerprint, prepared_cap
 from llm_lora.model_loading import load_tokenizer
-from llm_lora.promotion import RegisteredVersion, gate_scores, rescore, run_gate
+from llm_lora.promotion import PromotionRecord, RegisteredVersion, gate_scores, rescore, run_gate
 from llm_lora.reports import render_run_report
 from llm_lora.training import PRIMARY_METRIC_KEY
+from llm_lora.worth_it import WorthItReport
 from steps.support.hub_token import apply_hub_token
 from steps.support.registry import ZenMLRegistry
 
@@ -28,10 +29,10 @@ def promote_model(
     finetuned_metrics: dict,
     training_metrics: dict,
     loss_history: list,
-    worth_it: dict,
+    worth_it: WorthItReport,
     force_promote: bool = False,
 ) -> Tuple[
-    Annotated[dict, ArtifactConfig(name="promotion_decision")],
+    Annotated[PromotionRecord, ArtifactConfig(name="promotion_decision")],
     Annotated[HTMLString, ArtifactConfig(name="run_report")],
 ]:
     """Move this run's model version to production when it beats the base model and production.
@@ -69,11 +70,11 @@ def promote_model(
         registry, registry.version(model.id), scores.metric, scores.candidate, scores.base,
         fingerprint=evaluation_fingerprint(config, rows, cap.tokens), reevaluate=reevaluate,
         promotion=config.promotion, force=force_promote, baseline=scores.baseline,
-        unmeasured=worth_it.get("unmeasured"), max_cut_short=config.evaluation.max_cut_short,
+        unmeasured=worth_it.unmeasured, max_cut_short=config.evaluation.max_cut_short,
     )
-    logger.info("Promotion: stage %s. %s", record["new_stage"], record["reason"])
+    logger.info("Promotion: stage %s. %s", record.new_stage, record.reason)
     log_metadata(metadata={
-        "promotion": record,
+        "promotion": record.as_metadata(),
         "training": training_metrics,
         "validation_loss_by_step": {str(row["step"]): row["eval_loss"] for row in loss_history if "eval_loss" in row},
         # With training.eval_generation_rows: the promotion metric on the validation slice.

@@ -10,7 +10,7 @@ from zenml.types import HTMLString
 from llm_lora.baselines import baseline_label
 from llm_lora.config import ConfigPart
 from llm_lora.promotion import resolve_metric
-from llm_lora.worth_it import Evaluated, assess, render_worth_it_html
+from llm_lora.worth_it import Evaluated, WorthItReport, assess, render_worth_it_html
 
 logger = get_logger(__name__)
 
@@ -28,7 +28,7 @@ def worth_it_report(
     reference_metrics: Optional[dict] = None,
     reference_predictions: Optional[pd.DataFrame] = None,
 ) -> Tuple[
-    Annotated[dict, ArtifactConfig(name="worth_it")],
+    Annotated[WorthItReport, ArtifactConfig(name="worth_it")],
     Annotated[HTMLString, ArtifactConfig(name="worth_it_report")],
 ]:
     """Compare the finetuned model with the best baseline on the same rows; price the difference.
@@ -73,10 +73,7 @@ def worth_it_report(
         bootstrap_seed=settings.bootstrap_seed,
         max_cut_short=config.evaluation.max_cut_short,
     )
-    logger.info("Worth it? %s: %s", report["verdict"], report["reason"])
+    logger.info("Worth it? %s: %s", report.verdict, report.reason)
     # Metadata takes no None values; the artifact keeps them.
-    log_metadata(
-        metadata={"worth_it": {key: value for key, value in report.items() if value is not None and key != "models"}},
-        infer_model=True,
-    )
+    log_metadata(metadata={"worth_it": report.as_metadata()}, infer_model=True)
     return report, HTMLString(render_worth_it_html(report))

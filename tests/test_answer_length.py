@@ -78,13 +78,13 @@ def test_a_verdict_on_answers_cut_short_is_inconclusive_with_the_counts():
     models = (Evaluated("base", "base model, zero-shot", base.metrics, base.examples),
               Evaluated("finetuned", "finetuned", tuned.metrics, tuned.examples))
     measured = assess("mean_field_accuracy", [models[0]], models[1], TRAINING, max_cut_short=0.2)
-    assert measured["verdict"] == "worth it" and measured["unmeasured"] is None
+    assert measured.verdict == "worth it" and measured.unmeasured is None
     report = assess("mean_field_accuracy", [models[0]], models[1], TRAINING, max_cut_short=0.02)
-    assert report["verdict"] == "inconclusive"
-    assert report["reason"].startswith("evaluation cut answers short; raise evaluation.max_new_tokens")
-    assert "finetuned: 3 of 20 answers stopped at the 24-token cap" in report["reason"]
-    assert report["unmeasured"] == report["reason"]
-    assert [(m["hit_cap"], m["cut_short"]) for m in report["models"]] == [(0, 0), (3, 3)]
+    assert report.verdict == "inconclusive"
+    assert report.reason.startswith("evaluation cut answers short; raise evaluation.max_new_tokens")
+    assert "finetuned: 3 of 20 answers stopped at the 24-token cap" in report.reason
+    assert report.unmeasured == report.reason
+    assert [(m.hit_cap, m.cut_short) for m in report.models] == [(0, 0), (3, 3)]
 
 
 def test_a_base_model_rambling_past_a_fitting_cap_still_gets_a_verdict():
@@ -93,7 +93,7 @@ def test_a_base_model_rambling_past_a_fitting_cap_still_gets_a_verdict():
     tuned = _scored([json.dumps(EXPECTED)] * 20, [False] * 20, expected_tokens=30, cap=cap)
     report = assess("mean_field_accuracy", [Evaluated("base", "base model, zero-shot", base.metrics, base.examples)],
                     Evaluated("finetuned", "finetuned", tuned.metrics, tuned.examples), TRAINING)
-    assert report["verdict"] == "worth it" and report["models"][0]["hit_cap"] == 20
+    assert report.verdict == "worth it" and report.models[0].hit_cap == 20
 
 
 def test_nothing_is_promoted_on_scores_the_cap_cut():

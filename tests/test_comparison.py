@@ -44,10 +44,12 @@ def test_better_worse_and_same_rows_with_field_fixes_and_breaks():
     assert rows[0]["base_output"].startswith("Sure!") and rows[0]["finetuned_output"] == EXPECTED
     assert rows[1]["base_priority"] is True and rows[1]["finetuned_priority"] is False
     summary = comparison_summary(rows)
-    assert (summary["better"], summary["worse"], summary["same"]) == (1, 1, 1)
+    assert (summary.better, summary.worse, summary.same) == (1, 1, 1)
     # row 0: base invalid JSON counts every field wrong, so all three are fixed there.
-    assert summary["fixed/order_id"] == 1 and summary["fixed/priority"] == 1
-    assert summary["broken/priority"] == 1 and summary["broken/order_id"] == 0
+    assert summary.fixed["order_id"] == 1 and summary.fixed["priority"] == 1
+    assert summary.broken["priority"] == 1 and summary.broken["order_id"] == 0
+    # Model-version metadata keeps one flat dict: "fixed/<field>", "broken/<field>".
+    assert summary.as_metadata()["fixed/order_id"] == 1 and summary.as_metadata()["broken/priority"] == 1
 
 
 def test_html_lists_regressions_first_and_escapes_outputs():
@@ -82,13 +84,13 @@ def test_fields_a_row_does_not_have_count_neither_way_even_after_a_dataframe():
     for base_records, tuned_records in ((base, tuned), through_pandas):
         assert [example_score(record) for record in tuned_records] == [1.0, pytest.approx(1 / 3)]
         summary = comparison_summary(compare_examples(base_records, tuned_records))
-        assert summary["mean_finetuned_score"] == pytest.approx((1 + 1 / 3) / 2, abs=1e-4)
-        assert (summary["fixed/a"], summary["fixed/b"], summary["fixed/c"]) == (2, 0, 0)
+        assert summary.mean_finetuned_score == pytest.approx((1 + 1 / 3) / 2, abs=1e-4)
+        assert (summary.fixed["a"], summary.fixed["b"], summary.fixed["c"]) == (2, 0, 0)
     # Records scored on each row's own fields (stored by earlier versions) hold NaN in a DataFrame's gaps.
     assert example_score({"valid_json": True, "correct_a": False, "correct_b": float("nan")}) == 0.0
     gap = compare_examples([{"prompt": "p", "expected": "e", "output": "{}", "correct_b": float("nan")}],
                            [{"prompt": "p", "expected": "e", "output": "{}", "correct_b": float("nan")}])
-    assert comparison_summary(gap)["fixed/b"] == 0 and gap[0]["finetuned_b"] is None
+    assert comparison_summary(gap).fixed["b"] == 0 and gap[0]["finetuned_b"] is None
 
 
 def test_classification_rows_score_as_the_aggregate_counts_them():

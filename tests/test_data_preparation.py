@@ -8,7 +8,7 @@ import pytest
 from llm_lora.config import DataConfig, RunConfig
 from llm_lora.data_preparation import check_rows, prepare_splits
 from llm_lora.data_sources import DataError
-from llm_lora.preflight import MeasuredThroughput, estimate_run, problems, render_html, render_text
+from llm_lora.preflight import MeasuredThroughput, RunEstimate, estimate_run, problems, render_html, render_text
 
 
 def rows(count, start=0):
@@ -152,7 +152,7 @@ def test_planted_problems_all_named_in_the_report(planted, tokenizer):
     assert any("1 exact duplicates" in line for line in findings)
     assert any("input is also in train" in line for line in findings)
     assert any("6 bad rows dropped" in line for line in findings)
-    page = render_html(summary, {"optimizer_steps": 2})
+    page = render_html(summary, RunEstimate(optimizer_steps=2, epochs=1.0, training_tokens=0, trained_tokens=0))
     for line in range(13, 21):
         assert f"{train}:{line}" in page
     assert f"{test}:5" in page and "Preflight report" in page
@@ -214,11 +214,11 @@ def test_estimate_counts_steps_and_uses_a_given_throughput(tmp_path, tokenizer):
     estimate = estimate_run(prepared.summary, config, "cuda")
     train_rows = prepared.summary["train"]["rows"]  # 100 rows less 10 test and 9 validation
     assert train_rows == 81
-    assert estimate["optimizer_steps"] == 2 * 11  # ceil(81 / 8 rows per step), two epochs
-    assert estimate["training_tokens"] == 2 * prepared.summary["train"]["tokens"]
-    seconds = estimate["training_tokens"] / 1000
-    assert estimate["training_minutes"] == round(seconds / 60, 1)
-    assert estimate["training_cost"] == round(seconds / 3600 * 3.0, 2)
+    assert estimate.optimizer_steps == 2 * 11  # ceil(81 / 8 rows per step), two epochs
+    assert estimate.training_tokens == 2 * prepared.summary["train"]["tokens"]
+    seconds = estimate.training_tokens / 1000
+    assert estimate.training_minutes == round(seconds / 60, 1)
+    assert estimate.training_cost == round(seconds / 3600 * 3.0, 2)
     assert "22 optimizer steps" in render_text(prepared.summary, estimate)
 
 
@@ -229,7 +229,7 @@ def test_estimate_falls_back_on_a_measured_throughput_of_the_same_model_and_devi
                 MeasuredThroughput("org/model", "cuda", 900.0, "gpu.json"),
                 MeasuredThroughput("org/model", "cpu", 200.0, "cpu.json")]
     estimate = estimate_run(prepared.summary, RunConfig.model_validate(settings), "cpu", measured)
-    assert (estimate["tokens_per_s"], estimate["throughput_from"]) == (200.0, "cpu.json")
-    assert "training_minutes" not in estimate_run(prepared.summary, RunConfig.model_validate(settings), "cpu")
+    assert (estimate.tokens_per_s, estimate.throughput_from) == (200.0, "cpu.json")
+    assert estimate_run(prepared.summary, RunConfig.model_validate(settings), "cpu").training_minutes is None
     given = RunConfig.model_validate({**settings, "preflight": {"tokens_per_s": 1000}})
-    assert estimate_run(prepared.summary, given, "cpu", measured)["throughput_from"] == "preflight.tokens_per_s"
+    assert estimate_run(prepared.summary, given, "cpu", measured).throughput_from == "preflight.tokens_per_s"

@@ -96,7 +96,7 @@ print(json.dumps({
     "worth_it": str(output("worth_it_report", "worth_it_report")),
     "comparison": str(output("compare_models", "model_comparison")),
     "run_report": str(output("promote_model", "run_report")),
-    "decision": output("promote_model", "promotion_decision"),
+    "decision": output("promote_model", "promotion_decision").model_dump(mode="json"),
     "production": Client().get_model_version("support-email-extractor", "production").number,
 }))
 """
@@ -123,7 +123,8 @@ def test_a_cap_too_small_for_the_answers_is_named_everywhere_and_promotes_nothin
 
     script = tmp_path / "read_reports.py"
     script.write_text(READ_REPORTS)
-    read = _run([str(script)], zenml_env)
+    # The decision's class lives in llm_lora/: ZenML imports it to load the artifact.
+    read = _run([str(script)], dict(zenml_env, PYTHONPATH=str(REPO)))
     assert read.returncode == 0, read.stderr[-3000:]
     pages = json.loads(read.stdout.strip().splitlines()[-1])
     assert pages["production"] == 1  # version 1 still serves

@@ -56,7 +56,7 @@ run = Client().get_pipeline("finetune").last_run
 artifact = run.steps["worth_it_report"].outputs["worth_it_report"][0]
 print(json.dumps({
     "steps": sorted(run.steps),
-    "report": run.steps["worth_it_report"].outputs["worth_it"][0].load(),
+    "report": run.steps["worth_it_report"].outputs["worth_it"][0].load().model_dump(mode="json"),
     "page": str(artifact.load()),
     "visualizations": [str(v.type) for v in artifact.visualizations or []],
     "metadata": Client().get_model_version("pipeline-test", 1).run_metadata["worth_it"],
@@ -86,7 +86,8 @@ def test_first_run_trains_evaluates_and_promotes(first_run, zenml_env, tmp_path)
 
     script = tmp_path / "read_worth_it.py"
     script.write_text(READ_WORTH_IT)
-    read = _run([str(script)], zenml_env)
+    # The report's class lives in llm_lora/: ZenML imports it to load the artifact.
+    read = _run([str(script)], dict(zenml_env, PYTHONPATH=str(REPO)))
     assert read.returncode == 0, read.stderr[-3000:]
     facts = json.loads(read.stdout.strip().splitlines()[-1])
     assert {"evaluate_few_shot", "evaluate_reference", "worth_it_report"} <= set(facts["steps"])

@@ -101,7 +101,7 @@ print(run.steps["preflight_report"].outputs["preflight_report"][0].load())
 
 READ_VERDICT = """
 from zenml.client import Client
-print(Client().get_pipeline("finetune").last_run.steps["worth_it_report"].outputs["worth_it"][0].load()["score"])
+print(Client().get_pipeline("finetune").last_run.steps["worth_it_report"].outputs["worth_it"][0].load().score)
 """
 
 
@@ -131,7 +131,9 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
     if kind == "parquet-plain-text-answers":
         script = tmp_path / "read_verdict.py"
         script.write_text(READ_VERDICT)
-        read = subprocess.run([sys.executable, str(script)], cwd=REPO, env=zenml_env, capture_output=True, text=True)
+        # The report's class lives in llm_lora/: ZenML imports it to load the artifact.
+        read = subprocess.run([sys.executable, str(script)], cwd=REPO, env=dict(zenml_env, PYTHONPATH=str(REPO)),
+                              capture_output=True, text=True)
         assert read.returncode == 0, read.stderr[-2000:]
         assert read.stdout.split("\n")[-2] == "per-example score: rougeL F-measure", read.stdout[-500:]
     if kind == KINDS[0]:

@@ -6,6 +6,7 @@ import pytest
 
 from llm_lora.config import PromotionConfig
 from llm_lora.promotion import GateScores, LockEntry, RegisteredVersion, decide_promotion, gate_scores, run_gate
+from llm_lora.worth_it import ModelSummary, WorthItReport
 
 GATE = dict(metric="mean_field_accuracy", min_gain_over_base=0.05, min_gain_over_production=0.0)
 
@@ -149,7 +150,9 @@ def _gate(registry, number, score, fingerprint="rows", reevaluate=None, **option
 def test_gate_promotes_the_first_version_and_releases_the_lock():
     registry = MemoryRegistry({1: {}})
     record = _gate(registry, 1, 0.9)
-    assert record["new_stage"] == "production" and record["production_source"] == "no production version"
+    assert record.new_stage == "production" and record.production_source == "no production version"
+    # The model version's "promotion" metadata: no production score, so no such key (metadata takes no None).
+    assert "production" not in record.as_metadata() and record.as_metadata()["new_stage"] == "production"
     assert registry.stages == {"production": 1}
     assert registry.lock is None and registry.lock_log == ["take version 1", "release version 1"]
 
@@ -158,8 +161,8 @@ def test_gate_uses_productions_stored_score_on_identical_rows():
     registry = MemoryRegistry({1: {"mean_field_accuracy": 0.95, "evaluation_fingerprint": "rows"}, 2: {}},
                               production=1)
     record = _gate(registry, 2, 0.9)
-    assert record["new_stage"] == "staging" and record["production"] == 0.95
-    assert record["production_source"] == "version 1, stored score on identical test rows"
+    assert record.new_stage == "staging" and record.production == 0.95
+    assert record.production_source == "version 1, stored score on identical test rows"
     assert registry.stages == {"production": 1, "staging": 2}
 
 
@@ -174,20 +177,20 @@ def test_gate_re_scores_production_on_other_rows():
 
     record = _gate(registry, 2, 0.9, reevaluate=reevaluate)
     assert asked == [1]
-    assert record["new_stage"] == "production" and record["production"] == 0.5
-    assert record["production_source"] == "version 1, re-evaluated on this run's test rows"
+    assert record.new_stage == "production" and record.production == 0.5
+    assert record.production_source == "version 1, re-evaluated on this run's test rows"
     assert registry.stages == {"production": 2}
 
 
 def test_gate_never_compares_a_version_with_itself():
     registry = MemoryRegistry({1: {"mean_field_accuracy": 0.9, "evaluation_fingerprint": "rows"}}, production=1)
-    assert _gate(registry, 1, 0.9)["production_source"] == "no production version"
+    assert _gate(registry, 1, 0.9).production_source == "no production version"
 
 
 def test_gate_promotes_nothing_when_the_scores_measure_nothing():
     registry = MemoryRegistry({1: {}})
     record = _gate(registry, 1, 0.9, unmeasured="answers cut short by the cap")
-    assert record["new_stage"] == "none" and record["reason"].startswith("inconclusive")
+    assert record.new_stage == "none" and record.reason.startswith("inconclusive")
     assert registry.stages == {}
 
 
@@ -202,13 +205,16 @@ def test_gate_waits_for_a_held_lock_and_gives_up_after_its_timeout():
 def test_gate_breaks_an_abandoned_lock():
     registry = MemoryRegistry({1: {}})
     registry.lock = LockEntry(token="dead", created=datetime.now(timezone.utc) - timedelta(hours=2), holder="gone")
-    assert _gate(registry, 1, 0.9)["new_stage"] == "production"
+    assert _gate(registry, 1, 0.9).new_stage == "production"
     assert registry.lock is None
 
 
 def test_gate_scores_against_the_best_baseline():
-    worth_it = {"best_baseline": "few_shot",
-                "models": [{"name": "few_shot", "label": "base model, 3-shot", "primary_metric": 0.4}]}
+    few_shot = ModelSummary(name="few_shot", label="base model, 3-shot", primary_metric=0.4,
+                            quality={"mean_field_accuracy": 0.4}, valid_output_rate=1.0, prompt_tokens=300.0,
+                            generated_tokens=30.0, latency_s=0.5, hit_cap=0, cut_short=0, max_new_tokens=64)
+    # The gate reads only the best baseline's row: the report's other fields are left out.
+    worth_it = WorthItReport.model_construct(best_baseline="few_shot", models=[few_shot])
     promotion = PromotionConfig(must_beat="best_baseline")
     scores = gate_scores(promotion, {"mean_field_accuracy": 0.1}, {"mean_field_accuracy": 0.8}, worth_it)
     assert scores == GateScores("mean_field_accuracy", 0.8, 0.4, "base model, 3-shot")

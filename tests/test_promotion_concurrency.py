@@ -25,7 +25,7 @@ client.get_model_version("race", "old").set_stage("production")
 """
 
 RACER = """
-import json, sys, time
+import sys, time
 from llm_lora.config import PromotionConfig
 from llm_lora.promotion import run_gate
 from steps.support.registry import ZenMLRegistry
@@ -42,7 +42,7 @@ def reevaluate(production):
 time.sleep(max(0.0, start_at - time.time()))
 record = run_gate(registry, version, "mean_field_accuracy", score, base=0.0, fingerprint="rows",
                   reevaluate=reevaluate, promotion=PromotionConfig(min_gain_over_base=0.05))
-print(json.dumps(record))
+print(record.model_dump_json())
 """
 
 STAGES = """

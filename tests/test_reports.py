@@ -2,7 +2,9 @@
 
 import re
 
+from llm_lora.promotion import PromotionRecord
 from llm_lora.reports import loss_curve_svg, metric_rows, render_run_report
+from llm_lora.worth_it import WorthItReport
 
 HISTORY = [{"step": s, "loss": 2.0 / s} for s in range(1, 11)] + [
     {"step": 5, "eval_loss": 0.9}, {"step": 10, "eval_loss": 0.7}]
@@ -10,8 +12,9 @@ BASE = {"mean_field_accuracy": 0.1, "valid_json_rate": 0.5, "field_accuracy/orde
         "num_examples": 10.0, "evaluation_fingerprint": "abc"}
 TUNED = {"mean_field_accuracy": 0.9, "valid_json_rate": 1.0, "field_accuracy/order_id": 0.1, "mean_latency_s": 0.4,
          "num_examples": 10.0, "evaluation_fingerprint": "abc"}
-DECISION = {"promote": True, "new_stage": "production", "reason": "0.9 beats <base> 0.1",
-            "production_source": "no production version"}
+DECISION = PromotionRecord(promote=True, stage="production", reason="0.9 beats <base> 0.1",
+                           metric="mean_field_accuracy", candidate=0.9, base=0.1, production=None, baseline=None,
+                           production_source="no production version", new_stage="production")
 TRAINING = {"optimizer_steps": 10, "train_runtime_s": 12.3, "train_tokens_per_s": 180.0, "train_loss": 0.5,
             "validation_loss": 0.7, "resumed_from_step": 0}
 
@@ -46,12 +49,15 @@ def test_report_states_the_decision_escaped():
     page = render_run_report(BASE, TUNED, DECISION, TRAINING, HISTORY, "support version 3")
     assert "Run report: support version 3" in page and "Stage: production" in page
     assert "0.9 beats &lt;base&gt; 0.1" in page and "<base>" not in page
-    held = render_run_report(BASE, TUNED, dict(DECISION, promote=False, new_stage="staging"), TRAINING, HISTORY, "x")
+    staged = DECISION.model_copy(update={"promote": False, "stage": "staging", "new_stage": "staging"})
+    held = render_run_report(BASE, TUNED, staged, TRAINING, HISTORY, "x")
     assert "class=\"decision held\"" in held and "not promoted to production" in held
 
 
 def test_report_carries_the_worth_it_verdict():
-    worth_it = {"verdict": "worth it", "reason": "beats the best baseline (base model, 2-shot) by +0.5"}
+    # The page shows only the verdict and its reason: the report's other fields are left out.
+    worth_it = WorthItReport.model_construct(verdict="worth it",
+                                             reason="beats the best baseline (base model, 2-shot) by +0.5")
     page = render_run_report(BASE, TUNED, DECISION, TRAINING, HISTORY, "x", worth_it=worth_it)
     assert "<b>Worth it? worth it</b>" in page and "base model, 2-shot" in page
     assert "id='worth-it'" not in render_run_report(BASE, TUNED, DECISION, TRAINING, HISTORY, "x")

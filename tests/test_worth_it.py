@@ -10,6 +10,7 @@ from llm_lora.worth_it import (
     MIN_ROWS,
     Evaluated,
     Interval,
+    WorthItReport,
     assess,
     judge,
     paired_bootstrap,
@@ -166,33 +167,34 @@ TRAINING = {"train_runtime_s": 360.0, "num_processes": 1, "device": "cpu"}
 def test_report_picks_the_best_baseline_and_prices_the_difference():
     report = assess("mean_field_accuracy", [BASE, FEW], TUNED, TRAINING, price_per_gpu_hour=1.0,
                     price_per_million_prompt_tokens=0.5)
-    assert [m["name"] for m in report["models"]] == ["base", "few_shot", "finetuned"]
-    assert [m["primary_metric"] for m in report["models"]] == pytest.approx([0.0, 5 / 6, 1.0])
-    assert report["models"][0]["valid_output_rate"] == 0.0 and report["models"][1]["valid_output_rate"] == 1.0
-    assert report["models"][1]["quality"]["field_accuracy/priority"] == pytest.approx(0.5)
-    assert report["best_baseline"] == "few_shot" and report["best_baseline_label"] == "base model, 2-shot"
+    assert [m.name for m in report.models] == ["base", "few_shot", "finetuned"]
+    assert [m.primary_metric for m in report.models] == pytest.approx([0.0, 5 / 6, 1.0])
+    assert report.models[0].valid_output_rate == 0.0 and report.models[1].valid_output_rate == 1.0
+    assert report.models[1].quality["field_accuracy/priority"] == pytest.approx(0.5)
+    assert report.best_baseline == "few_shot" and report.best_baseline_label == "base model, 2-shot"
     # Half the rows gain a third of their fields, half gain nothing: +1/6 on average. Resamples draw
     # other mixes of the two kinds of row, so the interval has width, but all of it lies above zero.
-    assert report["gain"] == pytest.approx(1 / 6, abs=1e-6) and 0 < report["gain_low"] < report["gain_high"]
-    assert report["prompt_tokens_saved"] == 250 and report["latency_saved_s"] == pytest.approx(0.2)
+    assert report.gain == pytest.approx(1 / 6, abs=1e-6) and 0 < report.gain_low < report.gain_high
+    assert report.prompt_tokens_saved == 250 and report.latency_saved_s == pytest.approx(0.2)
     # 0.1 h x 1.0 = 0.1; 250 tokens x 0.5 per million = 0.000125 per request: 800 requests.
-    assert report["training_cost"] == pytest.approx(0.1) and report["payback_requests"] == 800
-    assert report["payback"] == "after 800 requests"
-    assert report["verdict"] == "worth it" and report["test_rows"] == 20
-    assert "paired bootstrap over per-example scores, 2000 resamples, seed 0" in report["interval_method"]
-    json.dumps(report)  # a plain artifact: JSON all the way down
+    assert report.training_cost == pytest.approx(0.1) and report.payback_requests == 800
+    assert report.payback == "after 800 requests"
+    assert report.verdict == "worth it" and report.test_rows == 20
+    assert "paired bootstrap over per-example scores, 2000 resamples, seed 0" in report.interval_method
+    # Stored as JSON all the way down, and read back the same.
+    assert WorthItReport.model_validate(json.loads(json.dumps(report.model_dump(mode="json")))) == report
 
 
 def test_tie_goes_to_the_cheaper_baseline_and_unpriced_costs_say_what_to_set():
     costly_copy = Evaluated("few_shot", "base model, 2-shot", BASE.metrics | {"mean_prompt_tokens": 300.0},
                             BASE.records)
     report = assess("mean_field_accuracy", [BASE, costly_copy], TUNED, TRAINING)
-    assert report["best_baseline"] == "base"
-    assert report["prompt_tokens_saved"] == 0 and report["training_cost"] is None
-    assert report["payback"] == "unknown: set preflight.price_per_gpu_hour"
+    assert report.best_baseline == "base"
+    assert report.prompt_tokens_saved == 0 and report.training_cost is None
+    assert report.payback == "unknown: set preflight.price_per_gpu_hour"
     priced = assess("mean_field_accuracy", [BASE], TUNED, TRAINING, price_per_gpu_hour=1.0,
                     price_per_million_prompt_tokens=0.5)
-    assert priced["payback"] == "never: no prompt tokens saved per request"
+    assert priced.payback == "never: no prompt tokens saved per request"
 
 
 def test_evaluations_of_other_rows_are_refused():
@@ -235,8 +237,8 @@ def test_a_rouge_promotion_metric_is_compared_row_by_row_on_rouge():
     tuned = evaluated("finetuned", "finetuned", [f"apologise and ship a kettle to customer {i}" for i in range(20)])
     assert base.metrics["exact_match"] == tuned.metrics["exact_match"] == 0.0
     report = assess("rougeL", [base], tuned, TRAINING)
-    assert report["verdict"] == "worth it", report["reason"]
-    assert report["gain"] == pytest.approx(tuned.metrics["rougeL"] - base.metrics["rougeL"])
-    assert report["score"] == "per-example score: rougeL F-measure"
+    assert report.verdict == "worth it", report.reason
+    assert report.gain == pytest.approx(tuned.metrics["rougeL"] - base.metrics["rougeL"])
+    assert report.score == "per-example score: rougeL F-measure"
     # On exact match the same answers are the same quality: cost decides.
-    assert assess("exact_match", [base], tuned, TRAINING)["gain"] == 0.0
+    assert assess("exact_match", [base], tuned, TRAINING).gain == 0.0
