@@ -10,7 +10,7 @@ import click
 from llm_lora.config import RunConfig
 from llm_lora.cron import CronError, check_cron
 from llm_lora.errors import MachineError, check_machine
-from llm_lora.metric_registry import ordered_scores
+from llm_lora.metric_registry import METRICS, ordered_scores
 from llm_lora.model_loading import resolve_model_source
 from llm_lora.run_checks import check_data, check_models
 from llm_lora.worth_it import summary_lines
@@ -193,7 +193,9 @@ def print_summary(run, config: RunConfig) -> None:
     if "evaluate_reference" in run.steps:
         columns.append(("reference", output("evaluate_reference", "metrics")))
     columns.append(("finetuned", tuned))
-    names = [*ordered_scores(tuned), "mean_latency_s"]  # every score the evaluation computed, then the cost
+    # Every score the evaluation computed, headline scores in the registry's order, per-field after; then the cost.
+    order = {name: index for index, name in enumerate(METRICS)}
+    names = [*sorted(ordered_scores(tuned), key=lambda name: order.get(name, len(order))), "mean_latency_s"]
 
     def row(title: str, cells) -> None:
         click.echo(f"{title:32}" + "".join(f" {cell:>10}" for cell in cells))
