@@ -11,7 +11,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -29,8 +29,7 @@ logger = logging.getLogger(__name__)
 _ROUNDING = 1e-9
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
+class PromotionDecision(BaseModel):
     """The gate's verdict and the numbers behind it.
 
     Attributes:
@@ -44,6 +43,8 @@ class PromotionDecision:
         baseline: The best baseline's name when the gate compared with it, not the base model.
     """
 
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
     promote: bool
     stage: str | None
     reason: str
@@ -55,43 +56,22 @@ class PromotionDecision:
 
     def as_metadata(self) -> dict:
         """A flat dict for ZenML metadata (None left out)."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        return self.model_dump(exclude_none=True)
 
 
-class PromotionRecord(BaseModel):
-    """What the gate decided for a model version, and the numbers behind it (see `PromotionDecision`).
+class PromotionRecord(PromotionDecision):
+    """What the gate decided for a model version: the decision, where production's score came from, the new stage.
 
-    A pydantic model so that ZenML stores it as JSON, readable in the dashboard.
+    A pydantic model so that ZenML stores it as JSON, readable in the dashboard; `as_metadata` is the
+    "promotion" entry of the model version.
 
     Attributes:
-        promote: Whether the candidate went to production.
-        stage: The stage the candidate got: "production", "staging" or None.
-        reason: One sentence with the numbers.
-        metric: The metric compared.
-        candidate: The candidate's score.
-        base: The base model's (or the best baseline's) score on the same rows.
-        production: The production version's score on the same rows, if there was one.
-        baseline: The best baseline's name when the gate compared with it, not the base model.
         production_source: Where production's score came from (stored or re-evaluated), or "no production version".
         new_stage: The stage the candidate got, "none" for none.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    promote: bool
-    stage: str | None
-    reason: str
-    metric: str
-    candidate: float
-    base: float
-    production: float | None
-    baseline: str | None
     production_source: str
     new_stage: str
-
-    def as_metadata(self) -> dict:
-        """A flat dict for ZenML metadata (None left out), the "promotion" entry of the model version."""
-        return self.model_dump(mode="json", exclude_none=True)
 
 
 def decide_promotion(
@@ -132,7 +112,10 @@ def decide_promotion(
     Returns:
         The decision with a reason that quotes the numbers.
     """
-    numbers = dict(metric=metric, candidate=candidate, base=base, production=production, baseline=baseline)
+    def decision(promote: bool, stage: str | None, reason: str) -> PromotionDecision:
+        return PromotionDecision(promote=promote, stage=stage, reason=reason, metric=metric, candidate=candidate,
+                                 base=base, production=production, baseline=baseline)
+
     gain_base = candidate - base
     against = f"the base model ({base:.4f})" if baseline is None else f"the best baseline ({baseline}: {base:.4f})"
     if force:
@@ -140,37 +123,37 @@ def decide_promotion(
         reason = f"forced into production (--force-promote): {metric} {candidate:.4f}, {reference}" + (
             f", production {production:.4f}" if production is not None else ""
         )
-        return PromotionDecision(True, "production", reason, **numbers)
+        return decision(True, "production", reason)
     if unmeasured:
-        return PromotionDecision(False, None, f"inconclusive: {unmeasured}", **numbers)
+        return decision(False, None, f"inconclusive: {unmeasured}")
     if not math.isfinite(candidate) or not math.isfinite(base):
         reason = f"{metric} is not a number (candidate {candidate}, {against}): nothing to compare, nothing promoted"
-        return PromotionDecision(False, None, reason, **numbers)
+        return decision(False, None, reason)
     # Scores are shares of rows: a gain equal to the margin but for float rounding (0.30 - 0.25) meets it.
     if gain_base < min_gain_over_base - _ROUNDING:
         reason = (
             f"{metric} {candidate:.4f} is {gain_base:+.4f} over {against}; "
             f"the gate needs at least {min_gain_over_base:+.4f}"
         )
-        return PromotionDecision(False, None, reason, **numbers)
+        return decision(False, None, reason)
     if production is None:
         reason = (
             f"{metric} {candidate:.4f} beats {against} by {gain_base:+.4f} "
             "and there is no production version yet"
         )
-        return PromotionDecision(True, "production", reason, **numbers)
+        return decision(True, "production", reason)
     gain_production = candidate - production
     if not math.isfinite(production) or gain_production <= min_gain_over_production + _ROUNDING:
         reason = (
             f"{metric} {candidate:.4f} is {gain_production:+.4f} against production ({production:.4f}); "
             f"the gate needs more than {min_gain_over_production:+.4f}"
         )
-        return PromotionDecision(False, "staging" if staging else None, reason, **numbers)
+        return decision(False, "staging" if staging else None, reason)
     reason = (
         f"{metric} {candidate:.4f} beats production ({production:.4f}) by {gain_production:+.4f} "
         f"and {against} by {gain_base:+.4f}"
     )
-    return PromotionDecision(True, "production", reason, **numbers)
+    return decision(True, "production", reason)
 
 
 def resolve_metric(metric: str, metrics: dict) -> str:
@@ -351,7 +334,7 @@ def run_gate(
         )
         if decision.stage is not None:
             registry.set_stage(candidate, decision.stage)
-    return PromotionRecord(**asdict(decision), production_source=source, new_stage=decision.stage or "none")
+    return PromotionRecord(**decision.model_dump(), production_source=source, new_stage=decision.stage or "none")
 
 
 def rescore(own: RunConfig, adapter_dir: Path, current: RunConfig | ConfigPart, rows: list[dict],
