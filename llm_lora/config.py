@@ -346,13 +346,57 @@ class PromotionConfig(_Section):
     staging: bool = True
 
 
-class ExportConfig(_Section):
-    """Optional merged model: adapter folded into the (unquantized) base weights."""
+# GGUF types: the first four are written by llama.cpp's converter from the merged weights, the
+# others by llama.cpp's quantizer from the f16 file (llm_lora.gguf_export).
+CONVERTER_GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+QUANTIZED_GGUF_TYPES = ("q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s", "q4_1", "q4_0", "iq4_nl",
+                        "q3_k_m", "q2_k")
+GgufType = Literal[CONVERTER_GGUF_TYPES + QUANTIZED_GGUF_TYPES]  # type: ignore[valid-type]
+EXPORT_FORMATS = ("merged", "gguf")
 
-    merge: bool = False  # also save base + adapter as one model (safetensors + tokenizer)
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # of the merged weights
+
+class ExportConfig(_Section):
+    """Exports of the finetuned model, each scored in the engine it is made for.
+
+    `merged`: the adapter folded into the unquantized base weights (safetensors + tokenizer),
+    for transformers, vLLM or SGLang. `gguf`: llama.cpp files (llama.cpp, Ollama, LM Studio),
+    one per `gguf_types` entry, each with an Ollama Modelfile. Every export answers the test
+    rows in its engine and is scored with the evaluation's metrics; one whose score differs
+    from the PyTorch evaluation by more than its tolerance fails the run before promotion.
+    """
+
+    formats: list[Literal[EXPORT_FORMATS]] = []  # type: ignore[valid-type]
+    merge: bool = False  # the same as listing merged in formats
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # of the merged weights (the GGUF's source)
+    gguf_types: list[GgufType] = ["f16", "q8_0", "q4_k_m"]
     # Check on this many test rows that the merged model answers as base + adapter does (0: skip).
     verify_rows: int = Field(default=8, ge=0)
+    # Test rows each export answers and is scored on (None: all rows the evaluation scored).
+    score_rows: int | None = Field(default=None, ge=1)
+    # Largest |export score - PyTorch score| on the promotion metric for merged, f32/f16/bf16 and q8_0.
+    tolerance: float = Field(default=0.01, ge=0)
+    # The same for the 6-bit-and-below types (None: their scores are reported, not checked).
+    lossy_tolerance: float | None = Field(default=None, ge=0)
+    ollama: bool = True  # write an Ollama Modelfile next to each GGUF file
+
+    @model_validator(mode="after")
+    def _merge_is_a_format(self):
+        if self.merge and "merged" not in self.formats:
+            object.__setattr__(self, "formats", ["merged", *self.formats])
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError(f"formats lists a format twice: {self.formats}")
+        if len(set(self.gguf_types)) != len(self.gguf_types):
+            raise ValueError(f"gguf_types lists a type twice: {self.gguf_types}")
+        return self
+
+    @property
+    def merged(self) -> bool:
+        """Whether the merged model is made (it is also the GGUF converter's input)."""
+        return bool(self.formats)
+
+    @property
+    def gguf(self) -> bool:
+        return "gguf" in self.formats
 
 
 class RemoteConfig(_Section):
@@ -837,6 +881,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             message = f"expected a number, got {first['input']} (YAML reads yes/no/on/off/true/false as a boolean)"
         elif first["type"] == "missing":
             message = "required key is missing"
+        elif first["type"] == "literal_error":
+            message = f"{echo(first.get('input'))} is not one of {first['ctx']['expected']}"
         elif first["type"] == "value_error":
             message = message.removeprefix("Value error, ")
         others = len(exc.errors()) - 1

@@ -252,7 +252,10 @@ def check_model_files(name: str, key: str = "model.name", trust_remote_code: boo
             raise ModelSourceError(f"{key}: {path} is a {model_type!r} model, not a causal language model (text generation)")
     text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
     hidden = next((text[name] for name in ("hidden_size", "n_embd", "d_model") if isinstance(text.get(name), int)), None)
-    return {"hidden_size": hidden} if hidden else {}
+    facts = {"hidden_size": hidden} if hidden else {}
+    if isinstance(config.get("architectures"), list):
+        facts["architectures"] = [str(name) for name in config["architectures"]]
+    return facts
 
 
 def _file_digest(path: Path) -> str:

@@ -48,3 +48,33 @@ def check_data(config: RunConfig) -> dict[str, int] | None:
             " lower it (0 turns the few-shot baseline off)"
         )
     return rows
+
+
+def check_export(config: RunConfig) -> None:
+    """GGUF export possible here: llama-cpp-python built, and its converter knows the model's architecture.
+
+    Raises:
+        ConfigError: One line naming export.formats and the fix (a toolchain to install, or merged only).
+    """
+    if not config.export.gguf:
+        return
+    from llm_lora.gguf_export import ExportError, converter_dir, supported_architectures, toolchain_problem
+
+    problem = toolchain_problem()
+    if problem:
+        raise ConfigError(problem)
+    # Local model folders say their architecture; GGUF and hub models are checked by the converter itself.
+    architectures = check_model_files(config.model.name, trust_remote_code=config.model.trust_remote_code).get(
+        "architectures", [])
+    if not architectures:
+        return
+    try:
+        known = supported_architectures(converter_dir())
+    except ExportError as error:
+        raise ConfigError(str(error)) from None
+    unknown = [name for name in architectures if name not in known]
+    if unknown:
+        raise ConfigError(
+            f"export.formats: gguf: llama.cpp's converter does not know {unknown[0]}, the architecture of "
+            f"model.name; export merged only (export.formats: [merged]) and serve it with transformers or vLLM"
+        )

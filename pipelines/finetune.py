@@ -6,6 +6,7 @@ from llm_lora.config import RunConfig
 from steps import (
     compare_models,
     evaluate_model,
+    export_gguf,
     export_merged,
     preflight_report,
     prepare_data,
@@ -59,8 +60,12 @@ def finetune(
         9. worth_it_report: the finetuned model against the best baseline: gain with a
            confidence interval, prompt tokens and latency saved, training cost, payback
            and a verdict (HTML).
-        10. export_merged (when export.merge is on): base + adapter saved as one model.
-        11. promote_model: move the new model version to production if it beats
+        10. export_merged (when export.formats lists any): base + adapter saved as one model,
+            scored in transformers when `merged` is listed.
+        11. export_gguf (when export.formats lists gguf): GGUF files made by llama.cpp's converter
+            and quantizer, each scored in llama.cpp, with Ollama Modelfiles. An export whose score
+            is further from the PyTorch evaluation's than its tolerance fails the run.
+        12. promote_model: move the new model version to production if it beats
             the base model (or the best baseline, promotion.must_beat) and the current
             production version (else maybe staging).
             Last, so that a run failing anywhere before never changes a stage.
@@ -125,10 +130,18 @@ def finetune(
     )
     # Promotion is the last step: a run that fails anywhere else never changes a stage.
     before_promotion = ["compare_models"]
-    if config.export.merge:
-        export_merged(adapter=adapter, prepared_data=prepared_data,
-                      settings=config.part(model=True, export=True, evaluation=("batch_size", "max_new_tokens")))
+    if config.export.formats:
+        export_settings = dict(model=True, data=True, export=True, evaluation=("batch_size", "max_new_tokens", "metrics"))
+        merged_model, merged_export, _ = export_merged(
+            adapter=adapter, prepared_data=prepared_data, finetuned_metrics=finetuned_metrics,
+            finetuned_predictions=finetuned_predictions, settings=config.part(**export_settings, promotion=("metric",)),
+        )
         before_promotion.append("export_merged")
+        if config.export.gguf:
+            export_gguf(merged_model=merged_model, prepared_data=prepared_data,
+                        finetuned_predictions=finetuned_predictions, merged_export=merged_export,
+                        settings=config.part(**export_settings, registry=("model_name",)))
+            before_promotion.append("export_gguf")
     promote_model(
         prepared_data=prepared_data,
         settings=config.part(model=True, data=True, evaluation=True, promotion=True, registry=("model_name",),

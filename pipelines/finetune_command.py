@@ -12,7 +12,7 @@ from llm_lora.cron import CronError, check_cron
 from llm_lora.errors import MachineError, check_machine
 from llm_lora.metric_registry import METRICS, ordered_scores
 from llm_lora.model_loading import resolve_model_source
-from llm_lora.run_checks import check_data, check_models
+from llm_lora.run_checks import check_data, check_export, check_models
 from llm_lora.worth_it import summary_lines
 from pipelines.commands import (
     CommandError, Options, check_store, dry_run_line, failed_step_message, first_line, unique_suffix, use_stack,
@@ -46,7 +46,18 @@ def describe(config: RunConfig) -> str:
         f"registry  ZenML model {config.registry.model_name!r}, promotion on {config.promotion.metric}"
         f" (+{config.promotion.min_gain_over_base} over"
         f" {'base' if config.promotion.must_beat == 'base' else 'the best baseline'})",
+        *([f"export    {describe_export(config)}"] if config.export.formats else []),
     ])
+
+
+def describe_export(config: RunConfig) -> str:
+    """The exports and where each is scored, in one line."""
+    export = config.export
+    parts = [f"merged {export.dtype} (scored in transformers)"] if "merged" in export.formats else []
+    if export.gguf:
+        parts.append(f"GGUF {', '.join(export.gguf_types)} (scored in llama.cpp"
+                     f"{', with Ollama Modelfiles' if export.ollama else ''})")
+    return "; ".join(parts) + f", within {export.tolerance:g} of the PyTorch score"
 
 
 def check(config: RunConfig, config_path: Path, options: Options) -> str:
@@ -57,6 +68,7 @@ def check(config: RunConfig, config_path: Path, options: Options) -> str:
         except CronError as exc:
             raise CommandError(f"--schedule: {exc}") from None
     check_data(config)
+    check_export(config)
     if options.stack_name or options.cron or not options.dry_run:
         check_store()
     if options.stack_name:

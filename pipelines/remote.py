@@ -6,6 +6,7 @@ from llm_lora.config import RemoteConfig
 
 MODEL_STEPS = (
     "evaluate_base", "evaluate_few_shot", "evaluate_reference", "evaluate_finetuned", "promote_model", "export_merged",
+    "export_gguf",
 )
 
 

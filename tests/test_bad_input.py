@@ -107,7 +107,7 @@ CASES = [
      "promotion.metric: auto needs one of mean_field_accuracy, classification_accuracy, exact_match"),
     ("few-shot-k-negative", lambda cfg, data: _edit(cfg, _set("baselines", few_shot_k=-1)), "baselines.few_shot_k"),
     ("must-beat-unknown", lambda cfg, data: _edit(cfg, _set("promotion", must_beat="production")),
-     "promotion.must_beat: Input should be 'base' or 'best_baseline'"),
+     "promotion.must_beat: 'production' is not one of 'base' or 'best_baseline'"),
     ("reference-model-path-missing",
      lambda cfg, data: _edit(cfg, _set("baselines", reference_model={"name": "./models/bigger"})),
      "run.yaml: baselines.reference_model.name: path not found: ./models/bigger"),

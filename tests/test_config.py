@@ -161,7 +161,7 @@ def test_bad_config_is_one_line_error_and_nonzero_exit(tmp_path):
         ({"hub_id": "org/x", "hub_splits": {"dev": "validation"}}, r"data\.hub_splits: keys are train"),
         ({"hub_id": "org/x", "columns": {"question": "q"}}, r"data\.columns: unknown canonical field 'question'"),
         ({"hub_id": "org/x", "plain_template": "{system}"}, r"data\.plain_template: must contain \{prompt\}"),
-        ({"hub_id": "org/x", "on_bad_rows": "ignore"}, r"data\.on_bad_rows: Input should be 'error' or 'drop'"),
+        ({"hub_id": "org/x", "on_bad_rows": "ignore"}, r"data\.on_bad_rows: 'ignore' is not one of 'error' or 'drop'"),
         ({"path": "nowhere/data"}, r"data\.path: not found: nowhere/data"),
     ],
 )
@@ -275,7 +275,7 @@ def test_remote_section_becomes_zenml_settings(monkeypatch):
         ("baselines", {"reference_model": {"name": " "}}, r"baselines\.reference_model\.name: must not be empty"),
         ("baselines", {"reference_model": {"nmae": "org/big"}}, r"baselines\.reference_model\.name: required key"),
         ("cost", {"price_per_million_prompt_tokens": -1}, r"cost\.price_per_million_prompt_tokens: Input should be"),
-        ("promotion", {"must_beat": "production"}, r"promotion\.must_beat: Input should be 'base' or 'best_baseline'"),
+        ("promotion", {"must_beat": "production"}, r"promotion\.must_beat: 'production' is not one of 'base' or 'best_baseline'"),
         ("lora", {"target_modules": []}, r"lora\.target_modules: an empty list adapts nothing"),
         ("training", {"max_steps": 0}, r"training\.max_steps: 0 trains nothing; -1 trains for training\.epochs"),
         ("training", {"max_steps": -5}, r"training\.max_steps: Input should be greater than or equal to -1"),

@@ -87,6 +87,9 @@ merged = run.steps["export_merged"].outputs["merged_model"][0].load()
 model = AutoModelForCausalLM.from_pretrained(merged)
 results = run.steps["compare_models"].outputs["per_example_results"][0].load()
 check = run.model_version.run_metadata["merged_export"]
+gguf = run.steps["export_gguf"].outputs["gguf_model"][0].load()
+report = run.steps["export_gguf"].outputs["export_report"][0].load()
+parity = str(run.steps["export_gguf"].outputs["export_parity"][0].load())
 print(json.dumps({
     "merged_lora_params": sum("lora" in name for name, _ in model.named_parameters()),
     "merged_dtype": str(model.dtype),
@@ -94,6 +97,10 @@ print(json.dumps({
     "results_columns": list(results.columns),
     "results_rows": len(results),
     "comparison": str(run.steps["compare_models"].outputs["model_comparison"][0].load())[:200],
+    "gguf_files": sorted(path.name for path in gguf.iterdir()),
+    "export_checks": [check.model_dump() for check in report.checks],
+    "export_metadata": run.model_version.run_metadata["export"],
+    "parity_table": 'id="export-parity"' in parity,
 }))
 print(run.steps["preflight_report"].outputs["preflight_report"][0].load())
 """
@@ -113,8 +120,9 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
         tmp_path / "run.yaml", tiny_model_dir, tmp_path, data=data,
         training={"max_steps": 1, "batch_size": 4},
         registry={"model_name": f"sources-{kind}"},
-        # One run also exports the merged model and checks it against the adapter.
-        **({"export": {"merge": True, "dtype": "float32", "verify_rows": 4}} if kind == KINDS[0] else {}),
+        # One run also exports the merged model and GGUF files, each scored in its engine.
+        **({"export": {"formats": ["merged", "gguf"], "dtype": "float32", "verify_rows": 4,
+                       "gguf_types": ["f32", "q4_0"]}} if kind == KINDS[0] else {}),
         # Free-text answers promote on ROUGE-L, which the comparison and the verdict then weigh per row.
         **({"promotion": {"metric": "rougeL"}} if kind == "parquet-plain-text-answers" else {}),
     )
@@ -140,13 +148,27 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
         # The preflight report is stored as an HTML page that the dashboard renders.
         script = tmp_path / "read_report.py"
         script.write_text(READ_REPORT)
-        read = subprocess.run([sys.executable, str(script)], cwd=REPO, env=zenml_env, capture_output=True, text=True)
+        # The export report's class lives in llm_lora/: ZenML imports it to load the artifact.
+        read = subprocess.run([sys.executable, str(script)], cwd=REPO, env=dict(zenml_env, PYTHONPATH=str(REPO)),
+                              capture_output=True, text=True)
         assert read.returncode == 0, read.stderr[-2000:]
-        facts_line, page = read.stdout.lstrip().split("\n", 1)
+        # Importing peft may print a bitsandbytes notice first: the facts are the first JSON line.
+        output = read.stdout[read.stdout.index("\n{") + 1:] if not read.stdout.startswith("{") else read.stdout
+        facts_line, page = output.split("\n", 1)
         facts = json.loads(facts_line)
         # The merged export is an ordinary model: no LoRA layers, answers as base + adapter did.
         assert facts["merged_lora_params"] == 0 and facts["merged_dtype"] == "torch.float32"
         assert facts["check"]["checked_rows"] == 4 and facts["check"]["matching_rows"] == 4
+        # The GGUF files and their Ollama Modelfiles, each file scored in llama.cpp beside the merged model.
+        name = f"sources-{kind}"
+        assert facts["gguf_files"] == sorted([f"{name}-f32.gguf", f"{name}-q4_0.gguf", "Modelfile.f32",
+                                              "Modelfile.q4_0"])
+        checks = {(check["format"], check["type"]): check for check in facts["export_checks"]}
+        assert set(checks) == {("merged", "float32"), ("gguf", "f32"), ("gguf", "q4_0")}
+        assert checks[("gguf", "f32")]["engine"] == "llama.cpp" and checks[("gguf", "f32")]["tokenizer_mismatches"] == 0
+        assert abs(checks[("gguf", "f32")]["difference"]) <= 0.01 and checks[("gguf", "q4_0")]["tolerance"] is None
+        assert checks[("merged", "float32")]["engine"] == "transformers"
+        assert facts["export_metadata"]["gguf_f32"]["engine"] == "llama.cpp" and facts["parity_table"]
         # Per-example results: input, expected, both outputs, per-field correctness, latency.
         assert {"prompt", "expected", "base_output", "finetuned_output", "change", "base_order_id",
                 "finetuned_order_id", "base_latency_s", "finetuned_latency_s"} <= set(facts["results_columns"])
