@@ -672,6 +672,16 @@ class InferenceSettings(_Section):
     output_file: Path  # predictions as JSONL, one line per input row
     batch_size: int = Field(default=16, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=1)  # None: the cap the version was evaluated with
+    # transformers: base model + the version's adapter. llama.cpp: the version's GGUF export
+    # (trained with export.formats: [gguf]), of type gguf_type.
+    engine: Literal["transformers", "llama.cpp"] = "transformers"
+    gguf_type: GgufType | None = None  # None: the version's first exported type
+
+    @model_validator(mode="after")
+    def _gguf_type_needs_llama_cpp(self):
+        if self.gguf_type is not None and self.engine != "llama.cpp":
+            raise ValueError("inference.gguf_type: only read with engine: llama.cpp")
+        return self
 
 
 class InferenceConfig(_Section):

@@ -220,6 +220,14 @@ def bits_per_weight(path: Path) -> float:
     return 8 * sum(int(tensor.n_bytes) for tensor in tensors) / sum(int(tensor.n_elements) for tensor in tensors)
 
 
+def adds_bos(path: Path) -> bool:
+    """Whether llama.cpp puts BOS before every prompt of this file (its `tokenizer.ggml.add_bos_token`)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).get_field("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.parts[field.data[0]][0])
+
+
 def llama_cpp_answers(
     path: Path, prompts: list[str], max_new_tokens: int, reference_ids: list[list[int]] | None = None,
     threads: int | None = None,

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llm_lora.config import RunConfig
 from llm_lora.data_formats import RowError, to_inference_input
 from llm_lora.data_sources import DataError, RawRows, read_file
-from llm_lora.generation import generate
+from llm_lora.generation import Generation, generate
 from llm_lora.metrics import parse_json_object
 from llm_lora.prompt_formatting import format_prompt
 
@@ -69,12 +69,35 @@ def predict(
         One dict per row: source, prompt, output, for JSON answers the parsed object, and
         whether the answer was stopped by the cap.
     """
-    prompts = [
+    prompts = inference_prompts(tokenizer, rows, config)
+    return prediction_records(rows, generate(model, tokenizer, prompts, batch_size=batch_size,
+                                             max_new_tokens=max_new_tokens))
+
+
+def predict_with_gguf(
+    path: Path, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str | None, tuple]], config: RunConfig,
+    max_new_tokens: int,
+) -> list[dict]:
+    """`predict` with llama.cpp answering from an exported GGUF file (the run's prompt format, greedy)."""
+    from llm_lora.gguf_export import llama_cpp_answers
+
+    answers, _, _ = llama_cpp_answers(path, inference_prompts(tokenizer, rows, config), max_new_tokens)
+    return prediction_records(rows, answers)
+
+
+def inference_prompts(
+    tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str | None, tuple]], config: RunConfig
+) -> list[str]:
+    """Each row's prompt, formatted as the training run formatted its rows (a row's own system prompt wins)."""
+    return [
         format_prompt(tokenizer, context, system if system is not None else config.data.system_prompt,
                       config.data.plain_template)
         for _, system, context in rows
     ]
-    generations = generate(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens)
+
+
+def prediction_records(rows: list[tuple[str, str | None, tuple]], generations: list[Generation]) -> list[dict]:
+    """One output record per row and its answer."""
     results = []
     for (source, _, context), generation in zip(rows, generations):
         parsed = parse_json_object(generation.text)

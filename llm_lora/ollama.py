@@ -44,9 +44,13 @@ def _check_writable(text: str, what: str) -> None:
         raise ValueError(f"{what} contains unprintable characters, which a Modelfile drops")
 
 
-def _template(tokenizer: PreTrainedTokenizerBase, plain_template: str) -> str:
+def _template(tokenizer: PreTrainedTokenizerBase, plain_template: str, adds_bos: bool = False) -> str:
     with_system = format_prompt(tokenizer, _PROMPT, _SYSTEM, plain_template)
     without = format_prompt(tokenizer, _PROMPT, None, plain_template)
+    bos = tokenizer.bos_token
+    if adds_bos and bos and with_system.startswith(bos) and without.startswith(bos):
+        # llama.cpp puts BOS before the rendered prompt itself: written here too, it would come twice.
+        with_system, without = with_system[len(bos):], without[len(bos):]
     if (
         with_system.count(_SYSTEM) != 1
         or with_system.count(_PROMPT) != 1
@@ -68,7 +72,10 @@ def _template(tokenizer: PreTrainedTokenizerBase, plain_template: str) -> str:
         f"{{{{ .Prompt }}}}{generation}{{{{ .Response }}}}{eot}"
     )
     for system, prompt in _PROBES:
-        if render_template(template, system, prompt) != format_prompt(tokenizer, prompt, system, plain_template):
+        expected = format_prompt(tokenizer, prompt, system, plain_template)
+        if adds_bos and bos and expected.startswith(bos):
+            expected = expected[len(bos):]
+        if render_template(template, system, prompt) != expected:
             raise ValueError(f"{_UNWRITABLE}: it changes the text of the system prompt or the input")
     return template
 
@@ -86,6 +93,7 @@ def modelfile(
     system_prompt: str | None,
     plain_template: str = PLAIN_TEMPLATE,
     num_ctx: int | None = None,
+    adds_bos: bool = False,
 ) -> str:
     """Render the Modelfile that serves a GGUF with the prompt layout it was trained on.
 
@@ -96,6 +104,8 @@ def modelfile(
             chat template's own behaviour without one.
         plain_template: Layout for tokenizers without a chat template.
         num_ctx: Context length for Ollama; None keeps Ollama's default.
+        adds_bos: The GGUF tells llama.cpp to put BOS before every prompt
+            (`tokenizer.ggml.add_bos_token`): the template leaves it out.
 
     Returns:
         The Modelfile text.
@@ -104,7 +114,7 @@ def modelfile(
         ValueError: The chat template cannot be written in Ollama's template
             language, or a text cannot be written in a Modelfile.
     """
-    template = _template(tokenizer, plain_template)
+    template = _template(tokenizer, plain_template, adds_bos)
     _check_writable(template, "the chat template")
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""']
     if system_prompt:

@@ -11,7 +11,9 @@ from zenml.types import HTMLString
 from llm_lora.config import CONVERTER_GGUF_TYPES, ConfigPart, ModelConfig
 from llm_lora.evaluation import evaluation_prompts, prepared_cap
 from llm_lora.export import ExportReport, export_check, pytorch_outputs, render_export_html, tolerance_for
-from llm_lora.gguf_export import ExportError, convert, converter_dir, bits_per_weight, llama_cpp_answers, quantize
+from llm_lora.gguf_export import (
+    ExportError, adds_bos, bits_per_weight, convert, converter_dir, llama_cpp_answers, quantize,
+)
 from llm_lora.model_loading import load_tokenizer
 from llm_lora.ollama import modelfile
 from steps.export_merged import checked_rows
@@ -89,7 +91,7 @@ def export_gguf(
         if export.ollama:
             (folder / f"Modelfile.{kind}").write_text(modelfile(
                 tokenizer, path.name, config.data.system_prompt, config.data.plain_template,
-                num_ctx=max(2048, -(-longest // 1024) * 1024),
+                num_ctx=max(2048, -(-longest // 1024) * 1024), adds_bos=adds_bos(path),
             ))
     report = merged_export.model_copy(update={"checks": checks})
     log_metadata(metadata={"export": report.as_metadata()}, infer_model=True)

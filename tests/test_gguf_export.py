@@ -11,7 +11,7 @@ from llm_lora.config import ConfigError, ModelConfig, RunConfig, load_config
 from llm_lora.export import ExportCheck, ExportReport
 from llm_lora.generation import generate
 from llm_lora.gguf_export import (
-    ExportError, bits_per_weight, convert, converter_dir, llama_cpp_answers, quantize, supported_architectures,
+    ExportError, adds_bos, bits_per_weight, convert, converter_dir, llama_cpp_answers, quantize, supported_architectures,
     toolchain_problem,
 )
 from llm_lora.model_loading import load_model
@@ -74,6 +74,8 @@ def test_llama_cpp_answers_as_the_evaluation_does(tiny_f32, tiny_model_dir, toke
     reference_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in prompts]
     answers, mismatches, speed = llama_cpp_answers(tiny_f32, prompts, 10, reference_ids)
     assert mismatches == 0 and speed > 0
+    # SmolLM2's chat template writes its own BOS; the file must not make llama.cpp add another.
+    assert adds_bos(tiny_f32) is False
     assert [a.text for a in answers] == [e.text for e in expected]
     assert [a.hit_cap for a in answers] == [e.hit_cap for e in expected]
     assert [a.new_tokens for a in answers] == [e.new_tokens for e in expected]

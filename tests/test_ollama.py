@@ -115,3 +115,15 @@ def test_render_template_refuses_other_actions():
         with pytest.raises(ValueError):
             render_template(template, "s", "p")
     assert render_template('{{ "{{" }}x{{ "}}" }}', None, "p") == "{{x}}"
+
+
+def test_bos_the_engine_adds_is_not_written_twice(tokenizer):
+    """A GGUF whose metadata makes llama.cpp add BOS gets a template without the chat template's own BOS."""
+    bos = tokenizer.bos_token
+    expected = format_prompt(tokenizer, "Where is order 7?", "Extract JSON.")
+    assert expected.startswith(bos)
+    rendered = render_template(template_of(modelfile(tokenizer, "m.gguf", None, adds_bos=True)), "Extract JSON.",
+                               "Where is order 7?")
+    assert rendered == expected[len(bos):]
+    kept = render_template(template_of(modelfile(tokenizer, "m.gguf", None)), "Extract JSON.", "Where is order 7?")
+    assert kept == expected

@@ -169,6 +169,19 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
         assert abs(checks[("gguf", "f32")]["difference"]) <= 0.01 and checks[("gguf", "q4_0")]["tolerance"] is None
         assert checks[("merged", "float32")]["engine"] == "transformers"
         assert facts["export_metadata"]["gguf_f32"]["engine"] == "llama.cpp" and facts["parity_table"]
+        # Batch inference from the version's GGUF in llama.cpp answers as base + adapter in transformers.
+        _jsonl(tmp_path / "new.jsonl", [{"prompt": row["prompt"]} for row in support_rows["test"][:3]])
+        outputs = {}
+        for engine, extra in (("transformers", {}), ("llama.cpp", {"gguf_type": "f32"})):
+            predict_yaml = tmp_path / f"predict-{engine}.yaml"
+            predict_yaml.write_text(yaml.safe_dump({"kind": "predict", "inference": {
+                "model_name": name, "version": "1", "input_file": str(tmp_path / "new.jsonl"),
+                "output_file": str(tmp_path / f"out-{engine}.jsonl"), "batch_size": 3, "engine": engine, **extra}}))
+            done = run_tree([sys.executable, "run.py", "--config", str(predict_yaml)], cwd=REPO, env=zenml_env,
+                            timeout=600)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+            outputs[engine] = [json.loads(line)["output"] for line in (tmp_path / f"out-{engine}.jsonl").open()]
+        assert len(outputs["llama.cpp"]) == 3 and outputs["llama.cpp"] == outputs["transformers"]
         # Per-example results: input, expected, both outputs, per-field correctness, latency.
         assert {"prompt", "expected", "base_output", "finetuned_output", "change", "base_order_id",
                 "finetuned_order_id", "base_latency_s", "finetuned_latency_s"} <= set(facts["results_columns"])

@@ -1,6 +1,7 @@
 """A registered model version, loaded for answering: its run config, the base model with its adapter, the tokenizer."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from zenml.client import Client
@@ -28,13 +29,43 @@ class LoadedVersion:
     @property
     def max_new_tokens(self) -> int:
         """The answer cap the version was evaluated with (evaluation.max_new_tokens: auto, resolved then)."""
-        evaluated = self.version.run_metadata.get("finetuned")
-        if isinstance(evaluated, dict) and evaluated.get("max_new_tokens"):
-            return int(evaluated["max_new_tokens"])
-        setting = self.config.evaluation.max_new_tokens
-        if setting == "auto":  # a version whose evaluation left no record
-            raise ValueError(f"{self.label}: no recorded evaluation.max_new_tokens; set inference/deploy max_new_tokens")
-        return int(setting)
+        return recorded_cap(self.version, self.config)
+
+
+def recorded_cap(version: ModelVersionResponse, config: RunConfig) -> int:
+    """The answer cap a version was evaluated with (evaluation.max_new_tokens: auto, resolved then)."""
+    evaluated = version.run_metadata.get("finetuned")
+    if isinstance(evaluated, dict) and evaluated.get("max_new_tokens"):
+        return int(evaluated["max_new_tokens"])
+    setting = config.evaluation.max_new_tokens
+    if setting == "auto":  # a version whose evaluation left no record
+        raise ValueError(f"version {version.name}: no recorded evaluation.max_new_tokens; set inference/deploy "
+                         "max_new_tokens")
+    return int(setting)
+
+
+def gguf_file(version: ModelVersionResponse, gguf_type: str | None, section: str) -> Path:
+    """The version's exported GGUF file of this type (None: the first type its run exported).
+
+    Raises:
+        ValueError: The version has no GGUF export, or none of this type; the message names the key.
+    """
+    artifact = version.get_artifact("gguf_model")
+    if artifact is None:
+        raise ValueError(
+            f"{section}.engine: llama.cpp needs a GGUF export and version {version.name} has none; train with "
+            f"export.formats: [merged, gguf], or use engine: transformers"
+        )
+    folder = Path(artifact.load())
+    files = sorted(folder.glob("*.gguf"))
+    exported = version.run_metadata.get("export")
+    order = [key.removeprefix("gguf_") for key in exported if key.startswith("gguf_")] if isinstance(exported, dict) else []
+    by_type = {path.stem.rsplit("-", 1)[-1]: path for path in files}
+    wanted = gguf_type or next((kind for kind in order if kind in by_type), None) or next(iter(by_type), None)
+    if wanted not in by_type:
+        raise ValueError(f"{section}.gguf_type: version {version.name} has no {wanted} GGUF; it has "
+                         f"{', '.join(by_type) or 'none'}")
+    return by_type[wanted]
 
 
 def find_model_version(model_name: str, version: str, option: str) -> tuple[ModelVersionResponse, RunConfig]:
