@@ -242,6 +242,13 @@ def print_summary(run, config: RunConfig) -> None:
     )
     for line in summary_lines(output("worth_it_report", "worth_it")):
         click.echo(line)
+    exported = next((step for step in ("export_gguf", "export_merged") if step in run.steps), None)
+    if exported:
+        report = output(exported, "export_report")
+        scores = ", ".join(f"{check.format} {check.type} {check.score:.3f} ({check.difference:+.3f},"
+                           f" {check.tokens_per_second:.0f} tokens/s)" for check in report.checks)
+        click.echo(f"export:   {report.metric} in each engine vs PyTorch {report.pytorch_score:.3f}: "
+                   f"{scores or 'merged only, not scored'} (export_parity artifact)")
     model_name = config.registry.model_name
     stage = Client().get_model_version(model_name, run.model_version.id).stage
     verdict = "promoted" if decision.promote else "not promoted to production"
