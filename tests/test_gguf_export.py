@@ -155,3 +155,17 @@ def test_parity_failures_name_the_format_and_the_gap():
     assert "0.100 above" in failures[1] and "export.lossy_tolerance" in failures[1]
     metadata = report.as_metadata()
     assert metadata["gguf_q4_k_m"]["tolerance"] is None and metadata["pytorch_score"] == 0.94
+
+
+def test_dry_run_says_what_is_exported(tmp_path, tiny_model_dir, capsys):
+    import run
+    from pipelines.commands import Options
+    from tests.conftest import REPO_ROOT
+
+    config = write_config(tmp_path / "run.yaml", tiny_model_dir, REPO_ROOT / "data" / "support_emails",
+                          export={"formats": ["merged", "gguf"], "gguf_types": ["q8_0", "q4_k_m"]})
+    run.main(config, Options(dry_run=True))
+    out = capsys.readouterr().out.splitlines()
+    assert ("export    merged bfloat16 (scored in transformers); GGUF q8_0, q4_k_m (scored in llama.cpp, with Ollama"
+            " Modelfiles), within 0.01 of the PyTorch score") in out
+    assert out[-1].endswith("valid (dry run: config, model files, data rows checked, no model loaded)")
