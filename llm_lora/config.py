@@ -713,6 +713,17 @@ class DeploySettings(_Section):
     # One JSON line per request (time, version, inputs, latency, parse success; no texts). None: none.
     request_log: Path | None = None
     timeout_s: int = Field(default=600, ge=10)  # wait this long for the server to load the model
+    # transformers: base model + the version's adapter. llama.cpp: the version's GGUF export
+    # (trained with export.formats: [gguf]), of type gguf_type, with a context of gguf_context tokens.
+    engine: Literal["transformers", "llama.cpp"] = "transformers"
+    gguf_type: GgufType | None = None  # None: the version's first exported type
+    gguf_context: int = Field(default=4096, ge=64)
+
+    @model_validator(mode="after")
+    def _gguf_type_needs_llama_cpp(self):
+        if self.gguf_type is not None and self.engine != "llama.cpp":
+            raise ValueError("deploy.gguf_type: only read with engine: llama.cpp")
+        return self
 
 
 class DeployConfig(_Section):

@@ -228,15 +228,77 @@ def adds_bos(path: Path) -> bool:
     return bool(field is not None and field.parts[field.data[0]][0])
 
 
+class LlamaCppEngine:
+    """A GGUF file loaded in llama.cpp once, answering formatted prompts greedily.
+
+    Prompts are tokenized by the GGUF's own tokenizer (special tokens parsed, no BOS added:
+    the formatted prompt carries it where the template puts it), as an engine serving
+    this file would.
+
+    Args:
+        path: A GGUF file.
+        context: Tokens of KV cache (prompt + answer), allocated once.
+        threads: CPU threads (default: all).
+    """
+
+    def __init__(self, path: Path, context: int, threads: int | None = None) -> None:
+        import llama_cpp
+
+        self._eog = llama_cpp.llama_vocab_is_eog
+        threads = threads or os.cpu_count() or 1
+        self.path = Path(path)
+        self.context = context
+        self.model = llama_cpp.Llama(str(path), n_ctx=context, n_batch=min(context, 512), n_threads=threads,
+                                     n_threads_batch=threads, verbose=False, seed=0)
+
+    @staticmethod
+    def tokenize_prompts(path: Path, prompts: list[str]) -> list[list[int]]:
+        """The prompts in the file's tokens, read with its vocabulary only (no weights loaded)."""
+        import llama_cpp
+
+        vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+        try:
+            return [vocab.tokenize(text.encode(), add_bos=False, special=True) for text in prompts]
+        finally:
+            vocab.close()
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.model.tokenize(text.encode(), add_bos=False, special=True)
+
+    def answer(self, ids: list[int], max_new_tokens: int) -> Generation:
+        """One greedy answer, until an end-of-generation token or the cap.
+
+        Raises:
+            ValueError: The prompt and its cap do not fit the context.
+        """
+        if len(ids) + max_new_tokens > self.context:
+            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens ({max_new_tokens}) exceed "
+                             f"the {self.context}-token context")
+        started = time.perf_counter()
+        answer, finished = [], False
+        for token in self.model.generate(ids, temp=0.0, top_k=1, reset=True):
+            if self._eog(self.model._model.vocab, token):
+                finished = True
+                break
+            answer.append(token)
+            if len(answer) >= max_new_tokens:
+                break
+        elapsed = time.perf_counter() - started
+        # Undecodable bytes (a character split over the cap) become U+FFFD, as transformers decodes them.
+        text = self.model.detokenize(answer, special=False).decode("utf-8", errors="replace").strip()
+        return Generation(text=text, new_tokens=len(answer) + (1 if finished else 0),  # + the end-of-turn token
+                          prompt_tokens=len(ids), latency_s=elapsed,
+                          hit_cap=not finished and len(answer) >= max_new_tokens)
+
+    def close(self) -> None:
+        self.model.close()  # not left to __del__, which fails at interpreter exit
+
+
 def llama_cpp_answers(
     path: Path, prompts: list[str], max_new_tokens: int, reference_ids: list[list[int]] | None = None,
     threads: int | None = None,
 ) -> tuple[list[Generation], int, float]:
     """Greedy answers from llama.cpp for formatted prompts, one request after another.
-
-    Prompts are tokenized by the GGUF's own tokenizer (special tokens parsed, no BOS added:
-    the formatted prompt carries it where the template puts it), as an engine serving
-    this file would.
 
     Args:
         path: A GGUF file.
@@ -249,43 +311,13 @@ def llama_cpp_answers(
         The answers, how many prompts tokenized differently from reference_ids, and the
         generated tokens per second over all answers.
     """
-    import llama_cpp
-
-    encoded = None
-    model = None
-    generations, mismatches, produced, busy = [], 0, 0, 0.0
+    encoded = LlamaCppEngine.tokenize_prompts(path, prompts)
+    mismatches = sum(ids != reference for ids, reference in zip(encoded, reference_ids or [])) if reference_ids else 0
+    # Sized for the longest prompt and answer: the KV cache is allocated once for all prompts.
+    engine = LlamaCppEngine(path, max(len(ids) for ids in encoded) + max_new_tokens + 8, threads)
     try:
-        # Sized for the longest prompt and answer: the KV cache is allocated once for all prompts.
-        vocab_model = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
-        try:
-            encoded = [vocab_model.tokenize(text.encode(), add_bos=False, special=True) for text in prompts]
-        finally:
-            vocab_model.close()
-        context = max(len(ids) for ids in encoded) + max_new_tokens + 8
-        threads = threads or os.cpu_count() or 1
-        model = llama_cpp.Llama(str(path), n_ctx=context, n_batch=min(context, 512), n_threads=threads,
-                                n_threads_batch=threads, verbose=False, seed=0)
-        for index, ids in enumerate(encoded):
-            if reference_ids is not None and ids != reference_ids[index]:
-                mismatches += 1
-            started = time.perf_counter()
-            answer, finished = [], False
-            for token in model.generate(ids, temp=0.0, top_k=1, reset=True):
-                if llama_cpp.llama_vocab_is_eog(model._model.vocab, token):
-                    finished = True
-                    break
-                answer.append(token)
-                if len(answer) >= max_new_tokens:
-                    break
-            elapsed = time.perf_counter() - started
-            new_tokens = len(answer) + (1 if finished else 0)  # the end-of-turn token counts, as in generate()
-            produced += new_tokens
-            busy += elapsed
-            # Undecodable bytes (a character split over the cap) become U+FFFD, as transformers decodes them.
-            text = model.detokenize(answer, special=False).decode("utf-8", errors="replace").strip()
-            generations.append(Generation(text=text, new_tokens=new_tokens, prompt_tokens=len(ids),
-                                          latency_s=elapsed, hit_cap=not finished and len(answer) >= max_new_tokens))
+        generations = [engine.answer(ids, max_new_tokens) for ids in encoded]
     finally:
-        if model is not None:
-            model.close()  # not left to __del__, which fails at interpreter exit
-    return generations, mismatches, (produced / busy if busy else 0.0)
+        engine.close()
+    busy = sum(g.latency_s for g in generations)
+    return generations, mismatches, (sum(g.new_tokens for g in generations) / busy if busy else 0.0)

@@ -13,13 +13,16 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BeforeValidator, Field, StringConstraints
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_lora.config import RunConfig
-from llm_lora.inference import predict
+from llm_lora.inference import predict, predict_with_engine
+
+if TYPE_CHECKING:
+    from llm_lora.gguf_export import LlamaCppEngine
 
 # Limits of one request, part of the HTTP schema (a request over them gets a 422).
 MAX_INPUTS = 16  # a request holds the model for its whole batch; bigger jobs: batch inference
@@ -43,8 +46,8 @@ class ServedModel:
     """A model version loaded once for the life of a server.
 
     Attributes:
-        model: Base model with the version's adapter.
-        tokenizer: Its tokenizer.
+        model: Base model with the version's adapter (None when `engine` answers).
+        tokenizer: Its tokenizer (formats the prompts for either).
         config: The version's training run configuration (system prompt, template).
         version: Which version answers, e.g. "support-email-extractor 3 (production)".
         batch_size: Inputs per generation batch.
@@ -52,13 +55,14 @@ class ServedModel:
         request_log: JSONL file that gets one line per request (None: no file).
     """
 
-    model: PreTrainedModel
+    model: PreTrainedModel | None
     tokenizer: PreTrainedTokenizerBase
     config: RunConfig
     version: str
     batch_size: int
     max_new_tokens: int
     request_log: Path | None = None
+    engine: LlamaCppEngine | None = None  # answers instead of `model`: the version's GGUF in llama.cpp
     # Generation flips the tokenizer's padding side and two requests would share the
     # CPU cores anyway: one request generates at a time, the others queue.
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -81,8 +85,11 @@ def answer(served: ServedModel, texts: list[str]) -> dict:
     started = time.perf_counter()
     with served.lock:
         waited = time.perf_counter() - started
-        results = predict(served.model, served.tokenizer, rows, served.config, served.batch_size,
-                          served.max_new_tokens)
+        if served.engine is not None:
+            results = predict_with_engine(served.engine, served.tokenizer, rows, served.config, served.max_new_tokens)
+        else:
+            results = predict(served.model, served.tokenizer, rows, served.config, served.batch_size,
+                              served.max_new_tokens)
     latency = time.perf_counter() - started
     return {
         "model_version": served.version,

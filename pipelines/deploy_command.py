@@ -75,6 +75,9 @@ def deploy(config: DeployConfig) -> tuple[str, str]:
             "batch_size": settings.batch_size,
             "max_new_tokens": settings.max_new_tokens,
             "request_log": str(settings.request_log) if settings.request_log else None,
+            "engine": settings.engine,
+            "gguf_type": settings.gguf_type,
+            "gguf_context": settings.gguf_context,
         },
     }
     if settings.port and deployer.flavor == "local":

@@ -39,6 +39,9 @@ def production_version(tmp_path_factory, zenml_env):
         evaluation={"batch_size": 4, "max_new_tokens": 48},
         baselines={"few_shot_k": 0},
         registry={"model_name": MODEL_NAME},
+        # A GGUF export for the llama.cpp deployment (its parity with PyTorch is tested elsewhere).
+        export={"formats": ["gguf"], "dtype": "float32", "gguf_types": ["f32"], "verify_rows": 0,
+                "tolerance": 1.0},
     )
     result = _run(["run.py", "--config", str(config), "--force-promote"], zenml_env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -135,3 +138,41 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
     while port_is_open(port) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not port_is_open(port)
+
+
+def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_path):
+    """engine: llama.cpp serves the version's GGUF; its answers are batch inference's from the same file.
+
+    (The two-step adapter rambles on free text, where f32 llama.cpp and batched transformers part at
+    near-ties after dozens of tokens; the trained quickstart's exports answer identically, see
+    bench/export_parity.py.)
+    """
+    emails = [json.loads(line) for line in (REPO / "data" / "support_emails" / "new_emails.jsonl").read_text()
+              .splitlines()[:2]]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": row["prompt"]}) + "\n" for row in emails))
+    predict_yaml = tmp_path / "predict.yaml"
+    predict_yaml.write_text(yaml.safe_dump({"kind": "predict", "inference": {
+        "model_name": production_version, "input_file": str(tmp_path / "in.jsonl"),
+        "output_file": str(tmp_path / "out.jsonl"), "batch_size": 2, "engine": "llama.cpp", "gguf_type": "f32"}}))
+    predicted = _run(["run.py", "--config", str(predict_yaml)], zenml_env, timeout=600)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    expected = [json.loads(line)["output"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+
+    port = free_loopback_port()
+    config = tmp_path / "deploy.yaml"
+    config.write_text(yaml.safe_dump({"kind": "deploy", "deploy": {
+        "model_name": production_version, "deployment_name": "deploy-gguf", "port": port, "timeout_s": 300,
+        "engine": "llama.cpp", "gguf_type": "f32", "gguf_context": 1024,
+    }}))
+    try:
+        deployed = _run(["run.py", "--config", str(config)], zenml_env, timeout=600)
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+        status, batch = post(f"http://127.0.0.1:{port}/invoke",
+                             {"parameters": {"inputs": [row["prompt"] for row in emails]}})
+        assert status == 200 and batch["success"], batch
+        answers = batch["outputs"]["answers"]
+        assert answers["model_version"] == f"{production_version} 1 (production, {production_version}-f32.gguf)"
+        assert [result["output"] for result in answers["results"]] == expected
+    finally:
+        stopped = _run([ZENML_CLI, "deployment", "delete", "deploy-gguf", "-y"], zenml_env, timeout=120)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]

@@ -169,3 +169,26 @@ def test_dry_run_says_what_is_exported(tmp_path, tiny_model_dir, capsys):
     assert ("export    merged bfloat16 (scored in transformers); GGUF q8_0, q4_k_m (scored in llama.cpp, with Ollama"
             " Modelfiles), within 0.01 of the PyTorch score") in out
     assert out[-1].endswith("valid (dry run: config, model files, data rows checked, no model loaded)")
+
+
+def test_served_gguf_answers_as_the_served_model(tiny_f32, tiny_model_dir, tokenizer, support_rows):
+    """A deployment with engine: llama.cpp answers requests as the transformers deployment does."""
+    from llm_lora.gguf_export import LlamaCppEngine
+    from llm_lora.serving import ServedModel, answer
+
+    config = RunConfig(model={"name": str(tiny_model_dir)},
+                       data={"train_file": "train.jsonl", "system_prompt": "Extract JSON."})
+    texts = [row["prompt"] for row in support_rows["test"][:3]]
+    model = load_model(ModelConfig(name=str(tiny_model_dir), dtype="float32"), device="cpu")
+    by_model = answer(ServedModel(model=model, tokenizer=tokenizer, config=config, version="m 1", batch_size=3,
+                                  max_new_tokens=8), texts)
+    engine = LlamaCppEngine(tiny_f32, 1024)
+    try:
+        by_engine = answer(ServedModel(model=None, tokenizer=tokenizer, config=config, version="m 1 (gguf)",
+                                       batch_size=3, max_new_tokens=8, engine=engine), texts)
+        with pytest.raises(ValueError, match="exceed the 1024-token context"):
+            engine.answer(list(range(1020)), 8)
+    finally:
+        engine.close()
+    assert [r["output"] for r in by_engine["results"]] == [r["output"] for r in by_model["results"]]
+    assert by_engine["model_version"] == "m 1 (gguf)"
