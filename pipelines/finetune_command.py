@@ -147,7 +147,7 @@ def start_pipeline(config: RunConfig, options: Options, run_name: str | None):
     if ExecutionMode.STOP_ON_FAILURE in Client().active_stack.orchestrator.supported_execution_modes:
         settings["execution_mode"] = ExecutionMode.STOP_ON_FAILURE
     if config.remote is not None:
-        settings.update(remote_options(config.remote))
+        settings.update(remote_options(config.remote, gguf_export=config.export.gguf))
     if options.cron:
         settings["schedule"] = Schedule(name=f"{config.registry.model_name}-{options.cron}",
                                         cron_expression=options.cron)

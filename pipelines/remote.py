@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from llm_lora.config import RemoteConfig
 
 MODEL_STEPS = (
@@ -10,11 +12,19 @@ MODEL_STEPS = (
 )
 
 
-def remote_options(remote: RemoteConfig) -> dict:
+# What the image needs for GGUF export: llama-cpp-python builds from source there.
+EXPORT_REQUIREMENTS = "requirements-export.txt"
+REPO = Path(__file__).resolve().parent.parent
+EXPORT_APT_PACKAGES = ("cmake", "g++")
+
+
+def remote_options(remote: RemoteConfig, gguf_export: bool = False) -> dict:
     """`with_options` arguments: the Docker image for every step, GPUs and retries where they matter.
 
     Args:
         remote: The YAML's `remote` section.
+        gguf_export: The run exports GGUF files: the image also gets requirements-export.txt and
+            the toolchain its llama.cpp build needs.
 
     Returns:
         `settings` (Docker), `retry`, and per-step `steps` configuration.
@@ -22,10 +32,17 @@ def remote_options(remote: RemoteConfig) -> dict:
     from zenml.config import DockerSettings, ResourceSettings
     from zenml.config.retry_config import StepRetryConfig
 
+    requirements: str | list[str] = remote.requirements
+    apt_packages = list(remote.apt_packages)
+    if gguf_export:
+        # DockerSettings takes one requirements file or a package list: both files as one list.
+        requirements = [line.split("#", 1)[0].strip() for name in (remote.requirements, EXPORT_REQUIREMENTS)
+                        for line in (REPO / name).read_text().splitlines() if line.split("#", 1)[0].strip()]
+        apt_packages += [name for name in EXPORT_APT_PACKAGES if name not in apt_packages]
     docker = DockerSettings(
         parent_image=remote.parent_image,
-        requirements=remote.requirements,
-        apt_packages=remote.apt_packages,
+        requirements=requirements,
+        apt_packages=apt_packages,
         environment=remote.environment,
     )
     training: dict = {

@@ -264,6 +264,10 @@ def test_remote_section_becomes_zenml_settings(monkeypatch):
     # Data preparation stays on the orchestrator's default machine; evaluation gets a GPU.
     assert "prepare_data" not in options["steps"] and options["steps"]["evaluate_base"]["settings"]["resources"].gpu_count == 1
     assert options["retry"].max_retries == 2
+    # A run exporting GGUF builds llama.cpp in the image: its requirements and toolchain go in too.
+    exporting = remote_options(remote, gguf_export=True)["settings"]["docker"]
+    assert "llama-cpp-python==0.3.36" in exporting.requirements and "zenml[local,server]==0.98.0" in exporting.requirements
+    assert {"cmake", "g++"} <= set(exporting.apt_packages)
 
 
 @pytest.mark.parametrize(
