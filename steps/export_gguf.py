@@ -89,14 +89,17 @@ def export_gguf(
                     kind, merged_export.metric, check.score, merged_export.pytorch_score, check.same_answers,
                     len(rows), check.tokens_per_second)
         if export.ollama:
-            (folder / f"Modelfile.{kind}").write_text(modelfile(
-                tokenizer, path.name, config.data.system_prompt, config.data.plain_template,
-                num_ctx=max(2048, -(-longest // 1024) * 1024), adds_bos=adds_bos(path),
-            ))
+            try:
+                text = modelfile(tokenizer, path.name, config.data.system_prompt, config.data.plain_template,
+                                 num_ctx=max(2048, -(-longest // 1024) * 1024), adds_bos=adds_bos(path))
+            except ValueError as error:  # the GGUF files are still good; only Ollama's template is not
+                logger.warning("export.ollama: no Modelfile for %s: %s", path.name, error)
+            else:
+                (folder / f"Modelfile.{kind}").write_text(text)
     report = merged_export.model_copy(update={"checks": checks})
     log_metadata(metadata={"export": report.as_metadata()}, infer_model=True)
     failures = report.failures()
     if failures:
-        more = f" (and {len(failures) - 1} more: see the export_parity page)" if len(failures) > 1 else ""
+        more = f" (and {len(failures) - 1} more: see the step's log)" if len(failures) > 1 else ""
         raise ExportError(failures[0] + more)
     return folder, report, HTMLString(render_export_html(report))
