@@ -662,6 +662,13 @@ def _from_repo(path: Path | None) -> Path | None:
     return path if path is None or path.is_absolute() else REPO_ROOT / path
 
 
+def _gguf_engine(settings, section: str):
+    """A GGUF type is only read by the llama.cpp engine: naming it for transformers is a mistake."""
+    if settings.gguf_type is not None and settings.engine != "llama.cpp":
+        raise ValueError(f"{section}.gguf_type: only read with engine: llama.cpp")
+    return settings
+
+
 class InferenceSettings(_Section):
     """Batch inference with a registered model version."""
 
@@ -679,9 +686,7 @@ class InferenceSettings(_Section):
 
     @model_validator(mode="after")
     def _gguf_type_needs_llama_cpp(self):
-        if self.gguf_type is not None and self.engine != "llama.cpp":
-            raise ValueError("inference.gguf_type: only read with engine: llama.cpp")
-        return self
+        return _gguf_engine(self, "inference")
 
 
 class InferenceConfig(_Section):
@@ -721,9 +726,7 @@ class DeploySettings(_Section):
 
     @model_validator(mode="after")
     def _gguf_type_needs_llama_cpp(self):
-        if self.gguf_type is not None and self.engine != "llama.cpp":
-            raise ValueError("deploy.gguf_type: only read with engine: llama.cpp")
-        return self
+        return _gguf_engine(self, "deploy")
 
 
 class DeployConfig(_Section):

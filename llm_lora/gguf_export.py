@@ -22,7 +22,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from llm_lora.config import CONVERTER_GGUF_TYPES, QUANTIZED_GGUF_TYPES
+from llm_lora.config import QUANTIZED_GGUF_TYPES
 from llm_lora.generation import Generation
 
 CONVERTER_ENV = "LLAMA_CPP_CONVERTER"
@@ -35,9 +35,6 @@ INSTALL_HINT = "pip install -r requirements-export.txt (builds llama.cpp with cm
 # The converter writes CONVERTER_GGUF_TYPES from the merged weights; llama.cpp's quantizer
 # (`llama_model_quantize`) makes the others from the f16 file.
 QUANTIZER_FTYPES = {name: f"LLAMA_FTYPE_MOSTLY_{name.upper()}" for name in QUANTIZED_GGUF_TYPES}
-# Types expected to answer as the PyTorch model does (export.tolerance); the rest round weights
-# to 6 bits or fewer and are held to export.lossy_tolerance.
-NEAR_LOSSLESS_TYPES = CONVERTER_GGUF_TYPES
 
 
 class ExportError(RuntimeError):

@@ -192,3 +192,17 @@ def test_served_gguf_answers_as_the_served_model(tiny_f32, tiny_model_dir, token
         engine.close()
     assert [r["output"] for r in by_engine["results"]] == [r["output"] for r in by_model["results"]]
     assert by_engine["model_version"] == "m 1 (gguf)"
+
+
+@pytest.mark.parametrize("kind, section, extra", [
+    ("predict", "inference", {"input_file": "in.jsonl", "output_file": "out.jsonl"}),
+    ("deploy", "deploy", {}),
+])
+def test_gguf_type_without_the_llama_cpp_engine_is_named(tmp_path, kind, section, extra):
+    path = tmp_path / f"{kind}.yaml"
+    path.write_text(yaml.safe_dump({"kind": kind, section: {"model_name": "m", "gguf_type": "q8_0", **extra}}))
+    with pytest.raises(ConfigError, match=rf"{section}\.gguf_type: only read with engine: llama\.cpp$"):
+        load_config(path, check_files=False)
+    path.write_text(yaml.safe_dump({"kind": kind, section: {"model_name": "m", "gguf_type": "q8_0",
+                                                            "engine": "llama.cpp", **extra}}))
+    assert getattr(load_config(path, check_files=False), section).gguf_type == "q8_0"
