@@ -24,9 +24,9 @@ from pathlib import Path
 
 from llm_lora.config import QUANTIZED_GGUF_TYPES
 from llm_lora.generation import Generation
+from llm_lora.model_loading import cache_dir
 
 CONVERTER_ENV = "LLAMA_CPP_CONVERTER"
-CACHE_ENV = "LLM_LORA_CACHE"
 CONVERTER_SCRIPT = "convert_hf_to_gguf.py"
 # What the converter needs beside its script (relative to llama.cpp's root).
 CONVERTER_PARTS = (CONVERTER_SCRIPT, "conversion", "gguf-py")
@@ -73,13 +73,6 @@ def toolchain_problem(installed: str | None = "", search_path: str | None = None
     return f"export.formats: gguf needs llama-cpp-python: {INSTALL_HINT}"
 
 
-def cache_root() -> Path:
-    """Where extracted converters are kept: $LLM_LORA_CACHE, else ~/.cache/llm_lora."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm_lora"
-
-
 def converter_dir() -> Path:
     """The folder holding convert_hf_to_gguf.py with its `conversion` and `gguf-py` beside it.
 
@@ -96,7 +89,7 @@ def converter_dir() -> Path:
     version = llama_cpp_version()
     if version is None:
         raise ExportError(toolchain_problem() or INSTALL_HINT)
-    folder = cache_root() / f"llama.cpp-{version}"
+    folder = cache_dir() / f"llama.cpp-{version}"
     if not (folder / CONVERTER_SCRIPT).is_file():
         fetch_converter(version, folder)
     return folder
