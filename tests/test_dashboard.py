@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 FRAME = "iframe[title='Secure HTML Content']"  # the dashboard's frame for an HTML visualization
+SHEET = "[role='dialog']"  # an artifact's side sheet
+VISUALIZATION_TAB = "//*[@role='dialog']//button[@role='tab'][normalize-space()='Visualization']"
 
 
 def small_quickstart(path: Path) -> Path:
@@ -83,7 +85,7 @@ def open_visualization(driver, artifact_node_id: str, wait):
     from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
 
     click_when_free(wait, (By.CSS_SELECTOR, f".react-flow__node[data-id='{artifact_node_id}'] button"))
-    click_when_free(wait, (By.XPATH, "//button[@role='tab'][normalize-space()='Visualization']"))
+    click_when_free(wait, (By.XPATH, VISUALIZATION_TAB))
 
     # HTML visualizations wait behind a "Load Preview" confirmation, as they do for a user. The dashboard
     # remembers a confirmation by visualization index while the page lives, so a later artifact may show its
@@ -92,6 +94,14 @@ def open_visualization(driver, artifact_node_id: str, wait):
         frames = driver.find_elements(By.CSS_SELECTOR, FRAME)
         if frames:
             return frames[0]
+        # A click that landed while the sheet was still rendering leaves it on its Overview tab: click again.
+        for tab in driver.find_elements(By.XPATH, VISUALIZATION_TAB):
+            try:
+                if tab.get_attribute("aria-selected") != "true":
+                    tab.click()
+                    return False
+            except (ElementClickInterceptedException, StaleElementReferenceException):
+                return False
         try:
             ec.element_to_be_clickable((By.XPATH, "//button[normalize-space()='Load Preview']"))(driver).click()
         except (ElementClickInterceptedException, StaleElementReferenceException, AttributeError):
@@ -102,7 +112,7 @@ def open_visualization(driver, artifact_node_id: str, wait):
 
 
 def close_sheet(driver):
-    """Close the artifact's side sheet and wait until its frame is gone, so the next sheet shows its own."""
+    """Close the artifact's side sheet and wait until it is gone, so the next sheet shows its own."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -112,6 +122,11 @@ def close_sheet(driver):
         assert time.monotonic() < deadline, "the artifact side sheet did not close on Escape"
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         time.sleep(1)
+    # The sheet slides out after its frame is gone; until it is unmounted its tabs are still clickable and a
+    # click meant for the next sheet's Visualization tab can land on them.
+    while driver.find_elements(By.CSS_SELECTOR, SHEET):
+        assert time.monotonic() < deadline, "the artifact side sheet stayed on the page after Escape"
+        time.sleep(0.2)
 
 
 def check_dashboard(driver, run_url: str, shots: Path) -> None:
