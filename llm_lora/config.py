@@ -713,16 +713,24 @@ class DeploySettings(_Section):
     deployment_name: ZenMLName | None = None  # None: the model name; `zenml deployment delete <name>` stops it
     # Port of the local deployer (None: the first free one from 8000). Other deployers choose their own.
     port: int | None = Field(default=None, ge=1, le=65535)
-    batch_size: int = Field(default=16, ge=1)  # inputs per generation batch within one request
+    # Inputs generated together, from all concurrent requests: llama.cpp's slots (each answer leaves its
+    # slot when it ends and a waiting input takes it), transformers' batch.
+    batch_size: int = Field(default=16, ge=1, le=256)
     max_new_tokens: int | None = Field(default=None, ge=1)  # None: the cap the version was evaluated with
-    # One JSON line per request (time, version, inputs, latency, parse success; no texts). None: none.
+    # One JSON line per request (time, route, version, inputs, latency, queue time, parse success; no texts).
     request_log: Path | None = None
+    # Every this many seconds the new request records become one `served_requests` artifact in ZenML,
+    # linked to the served version (0: none). Requests never wait for it.
+    record_every_s: float = Field(default=60.0, ge=0)
+    # Inputs that may wait for the model; past it a request gets 503 with Retry-After at once.
+    max_queue: int = Field(default=64, ge=1)
+    batch_window_ms: float = Field(default=10.0, ge=0, le=1000)  # transformers: wait this long for batch company
     timeout_s: int = Field(default=600, ge=10)  # wait this long for the server to load the model
     # transformers: base model + the version's adapter. llama.cpp: the version's GGUF export
-    # (trained with export.formats: [gguf]), of type gguf_type, with a context of gguf_context tokens.
+    # (trained with export.formats: [gguf]), of type gguf_type.
     engine: Literal["transformers", "llama.cpp"] = "transformers"
     gguf_type: GgufType | None = None  # None: the version's first exported type
-    gguf_context: int = Field(default=4096, ge=64)
+    gguf_context: int = Field(default=2048, ge=64)  # llama.cpp: prompt + answer tokens of each slot
 
     @model_validator(mode="after")
     def _gguf_type_needs_llama_cpp(self):

@@ -22,7 +22,11 @@ def describe(config: DeployConfig) -> str:
         f"model     ZenML model {settings.model_name!r}, version {settings.version!r}",
         f"deploy    pipeline online_inference as {settings.deployment_name or settings.model_name!r}"
         + (f", port {settings.port}" if settings.port else ""),
-        f"log       {settings.request_log or 'run metadata only (no request_log file)'}",
+        f"serve     {settings.engine}, {settings.batch_size} inputs at a time, queue of {settings.max_queue};"
+        f" routes /invoke and /v1/chat/completions",
+        f"log       {settings.request_log or 'no request_log file'}; "
+        + (f"served_requests artifact every {settings.record_every_s:g} s" if settings.record_every_s
+           else "no served_requests artifacts"),
     ])
 
 
@@ -51,6 +55,8 @@ def run(config: DeployConfig, config_path: Path, options: Options) -> None:
     click.echo(f"\nServing:  {url}  (OpenAPI page: {url}/docs)")
     click.echo(f"Call:     curl -s -X POST {url}/invoke -H 'Content-Type: application/json'"
                """ -d '{"parameters": {"inputs": ["<an email>"]}}'""")
+    click.echo(f"OpenAI:   OpenAI(base_url='{url}/v1', api_key='<deployment auth key, or any>')"
+               ".chat.completions.create(model='any', messages=[...])")
     click.echo(f"Stop:     zenml deployment delete {name} -y")
     click.echo(f"Logs:     zenml deployment logs {name}")
 
@@ -69,6 +75,7 @@ def deploy(config: DeployConfig) -> tuple[str, str]:
     deployer = client.active_stack.deployer
     options: dict = {
         "on_init": "steps.load_served_model.load_served_model",
+        "on_cleanup": "steps.load_served_model.close_served_model",
         "on_init_kwargs": {
             "model_name": settings.model_name,
             "version": settings.version,
@@ -78,6 +85,9 @@ def deploy(config: DeployConfig) -> tuple[str, str]:
             "engine": settings.engine,
             "gguf_type": settings.gguf_type,
             "gguf_context": settings.gguf_context,
+            "max_queue": settings.max_queue,
+            "batch_window_ms": settings.batch_window_ms,
+            "record_every_s": settings.record_every_s,
         },
     }
     if settings.port and deployer.flavor == "local":

@@ -1,13 +1,13 @@
-"""Init hook of the deployed inference pipeline: load a model version once, at server start."""
+"""Init and cleanup hooks of the deployed inference pipeline: load a model version once, at server start."""
 
 from pathlib import Path
 
 from zenml.logger import get_logger
 
-from llm_lora.gguf_export import LlamaCppEngine
 from llm_lora.model_loading import load_tokenizer
-from llm_lora.serving import ServedModel
+from llm_lora.serving import RequestRecorder, ServedModel, serve_gguf, serve_transformers
 from steps.support.model_version import find_model_version, gguf_file, load_model_version, recorded_cap
+from steps.support.request_records import log_sink_error, zenml_request_sink
 
 logger = get_logger(__name__)
 
@@ -20,45 +20,58 @@ def load_served_model(
     request_log: str | None = None,
     engine: str = "transformers",
     gguf_type: str | None = None,
-    gguf_context: int = 4096,
+    gguf_context: int = 2048,
+    max_queue: int = 64,
+    batch_window_ms: float = 10.0,
+    record_every_s: float = 60.0,
 ) -> ServedModel:
     """Load a registered version once; ZenML keeps the result as pipeline state.
 
     Runs once when the deployment starts (not per request); the `answer_request`
-    step reads it with `get_step_context().pipeline_state`.
+    step and the OpenAI route read it from the pipeline state.
 
     Args:
         model_name: The ZenML Model the finetune pipeline versions.
         version: A stage (production, staging), a version number, or a version name.
-        batch_size: Inputs per generation batch.
+        batch_size: Inputs generated together (llama.cpp: its slots; transformers: its batch).
         max_new_tokens: Cap on each answer (None: the training run's evaluation setting).
         request_log: JSONL file for one line per request (None: none).
         engine: "transformers" (base model + adapter) or "llama.cpp" (the version's GGUF export).
         gguf_type: With llama.cpp: which exported type (None: the first the run exported).
-        gguf_context: With llama.cpp: tokens of prompt + answer the server holds.
+        gguf_context: With llama.cpp: tokens of prompt + answer each slot holds.
+        max_queue: Inputs that may wait for the model; past it requests get 503 with Retry-After.
+        batch_window_ms: With transformers: how long a request waits for others to share its batch.
+        record_every_s: Seconds between `served_requests` artifacts in ZenML (0: none).
 
     Returns:
-        The loaded version.
+        The loaded version behind its request queue.
     """
-    log = Path(request_log) if request_log else None
+    found, config = find_model_version(model_name, version, "deploy.version")
+    recorder = RequestRecorder(
+        Path(request_log) if request_log else None,
+        sink=zenml_request_sink(found) if record_every_s > 0 else None,
+        flush_s=record_every_s or 60.0, on_error=log_sink_error,
+    )
     if engine == "llama.cpp":
-        found, config = find_model_version(model_name, version, "deploy.version")
         path = gguf_file(found, gguf_type, "deploy")
         label = f"{model_name} {found.name} ({found.stage or 'no stage'}, {path.name})"
-        logger.info("Serving %s in llama.cpp", label)
-        return ServedModel(model=None, tokenizer=load_tokenizer(config.model), config=config, version=label,
-                           batch_size=batch_size, max_new_tokens=max_new_tokens or recorded_cap(found, config),
-                           request_log=log, engine=LlamaCppEngine(path, gguf_context))
+        logger.info("Serving %s in llama.cpp, %d slots of %d tokens", label, batch_size, gguf_context)
+        return serve_gguf(path, load_tokenizer(config.model), config, label, slots=batch_size, context=gguf_context,
+                          max_new_tokens=max_new_tokens or recorded_cap(found, config), max_queue=max_queue,
+                          recorder=recorder)
     loaded = load_model_version(model_name, version, "deploy.version")
-    model, tokenizer, config, label = loaded.model, loaded.tokenizer, loaded.config, loaded.label
-    model.eval()
-    logger.info("Serving %s", label)
-    return ServedModel(
-        model=model,
-        tokenizer=tokenizer,
-        config=config,
-        version=label,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens or loaded.max_new_tokens,
-        request_log=log,
-    )
+    loaded.model.eval()
+    logger.info("Serving %s", loaded.label)
+    return serve_transformers(loaded.model, loaded.tokenizer, loaded.config, loaded.label, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens or loaded.max_new_tokens,
+                              window_s=batch_window_ms / 1000, max_queue=max_queue, recorder=recorder)
+
+
+def close_served_model() -> None:
+    """Cleanup hook: stop generating and store the request records still pending."""
+    from zenml.steps.step_context import get_or_create_run_context
+
+    context = get_or_create_run_context()
+    served = context.state if context.initialized else None
+    if isinstance(served, ServedModel):
+        served.close()

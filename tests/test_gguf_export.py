@@ -173,25 +173,21 @@ def test_dry_run_says_what_is_exported(tmp_path, tiny_model_dir, capsys):
 
 def test_served_gguf_answers_as_the_served_model(tiny_f32, tiny_model_dir, tokenizer, support_rows):
     """A deployment with engine: llama.cpp answers requests as the transformers deployment does."""
-    from llm_lora.gguf_export import LlamaCppEngine
-    from llm_lora.serving import ServedModel, answer
+    from llm_lora.serving import answer, serve_gguf, serve_transformers
 
     config = RunConfig(model={"name": str(tiny_model_dir)},
                        data={"train_file": "train.jsonl", "system_prompt": "Extract JSON."})
     texts = [row["prompt"] for row in support_rows["test"][:3]]
     model = load_model(ModelConfig(name=str(tiny_model_dir), dtype="float32"), device="cpu")
-    by_model = answer(ServedModel(model=model, tokenizer=tokenizer, config=config, version="m 1", batch_size=3,
-                                  max_new_tokens=8), texts)
-    engine = LlamaCppEngine(tiny_f32, 1024)
+    by_model = serve_transformers(model, tokenizer, config, "m 1", batch_size=3, max_new_tokens=8)
+    by_engine = serve_gguf(tiny_f32, tokenizer, config, "m 1 (gguf)", slots=3, context=1024, max_new_tokens=8)
     try:
-        by_engine = answer(ServedModel(model=None, tokenizer=tokenizer, config=config, version="m 1 (gguf)",
-                                       batch_size=3, max_new_tokens=8, engine=engine), texts)
-        with pytest.raises(ValueError, match="exceed the 1024-token context"):
-            engine.answer(list(range(1020)), 8)
+        from_model, from_engine = answer(by_model, texts), answer(by_engine, texts)
     finally:
-        engine.close()
-    assert [r["output"] for r in by_engine["results"]] == [r["output"] for r in by_model["results"]]
-    assert by_engine["model_version"] == "m 1 (gguf)"
+        by_model.close()
+        by_engine.close()
+    assert [r["output"] for r in from_engine["results"]] == [r["output"] for r in from_model["results"]]
+    assert from_engine["model_version"] == "m 1 (gguf)"
 
 
 @pytest.mark.parametrize("kind, section, extra", [

@@ -1,0 +1,185 @@
+"""Continuous batching in llama.cpp: many greedy answers decoded together, each ending on its own.
+
+One llama.cpp context holds `slots` sequences, each with its own `context` tokens of KV
+cache. Every step is one `llama_decode` call holding the next token of every sequence that
+is answering and, in the room left, the next chunk of any prompt still being read. A
+sequence that reaches an end-of-generation token (or its cap) frees its slot at once and
+a waiting prompt takes it in the next step, so a short answer never waits for a long one
+(llama.cpp's own server schedules its slots the same way).
+
+Decoding is greedy (the arg-max of each sequence's logits), as `LlamaCppEngine.answer`,
+and prompts are the formatted texts tokenized by the file's own tokenizer.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from llm_lora.generation import Generation
+
+_backend_ready = False
+
+
+@dataclass
+class _Sequence:
+    key: object
+    prompt: list[int]
+    cap: int
+    started: float
+    read: int = 0  # prompt tokens decoded so far
+    answer: list[int] = field(default_factory=list)
+
+
+class LlamaCppSlots:
+    """A GGUF file in one llama.cpp context that decodes up to `slots` answers at a time.
+
+    Not thread-safe: one thread admits and steps (see `llm_lora.batching.ContinuousBatcher`).
+
+    Args:
+        path: A GGUF file.
+        context: Tokens of KV cache per sequence (prompt + answer).
+        slots: Sequences decoded together.
+        threads: CPU threads (default: all).
+        batch_tokens: Most tokens in one decode call (answer tokens first, then prompt chunks).
+    """
+
+    def __init__(self, path: Path, context: int, slots: int, threads: int | None = None,
+                 batch_tokens: int = 512) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+        from llama_cpp._logger import set_verbose
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        set_verbose(False)  # llama.cpp's load and context logs: errors only, as llama_cpp.Llama(verbose=False)
+        global _backend_ready
+        if not _backend_ready:
+            with suppress_stdout_stderr(disable=False):
+                llama_cpp.llama_backend_init()
+            _backend_ready = True
+        threads = threads or os.cpu_count() or 1
+        self._lib = llama_cpp
+        self.path = Path(path)
+        self.context = context
+        self.slots = slots
+        self._model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
+                                            verbose=False)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = context * slots
+        params.n_batch = params.n_ubatch = max(batch_tokens, slots)
+        params.n_seq_max = slots
+        params.n_threads = params.n_threads_batch = threads
+        # Each sequence its own `context` cells: its attention never spans (masked) cells of the others, so
+        # with quantized weights (exact integer dot products) its answer does not depend on its company.
+        params.kv_unified = False
+        # As llama_cpp.Llama (LlamaCppEngine, the export's parity check): the same attention kernels, the same numbers.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._context = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        self._batch_tokens = params.n_batch
+        self._batch = llama_cpp.llama_batch_init(self._batch_tokens, 0, 1)
+        self._vocab = self._model.vocab
+        self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._free = list(range(slots - 1, -1, -1))
+        self._active: dict[int, _Sequence] = {}  # by slot, in admission order
+
+    def tokenize(self, text: str) -> list[int]:
+        """A formatted prompt in the file's tokens (special tokens parsed, no BOS added: the prompt carries it)."""
+        return self._model.tokenize(text.encode(), add_bos=False, special=True)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._active)
+
+    def admit(self, key: object, ids: list[int], max_new_tokens: int) -> None:
+        """Start answering a prompt in a free slot; its answer comes back from `step` under `key`.
+
+        Raises:
+            ValueError: The prompt and its cap do not fit a sequence's context.
+            RuntimeError: No slot is free.
+        """
+        if len(ids) + max_new_tokens > self.context:
+            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens ({max_new_tokens}) exceed "
+                             f"the {self.context}-token context")
+        if not ids:
+            raise ValueError("an empty prompt")
+        if not self._free:
+            raise RuntimeError("no free slot")
+        self._active[self._free.pop()] = _Sequence(key, list(ids), max_new_tokens, time.perf_counter())
+
+    def step(self) -> list[tuple[object, Generation]]:
+        """Decode one step for every admitted sequence; returns the answers that ended in it."""
+        lib, batch = self._lib, self._batch
+        count = 0
+        sampled: list[tuple[int, int]] = []  # (batch index whose logits to read, slot)
+
+        def add(token: int, position: int, slot: int, logits: bool) -> None:
+            nonlocal count
+            batch.token[count] = token
+            batch.pos[count] = position
+            batch.n_seq_id[count] = 1
+            batch.seq_id[count][0] = slot
+            batch.logits[count] = logits
+            count += 1
+
+        for slot, sequence in self._active.items():
+            if sequence.read == len(sequence.prompt):
+                add(sequence.answer[-1], len(sequence.prompt) + len(sequence.answer) - 1, slot, True)
+                sampled.append((count - 1, slot))
+        for slot, sequence in self._active.items():
+            if sequence.read < len(sequence.prompt) and count < self._batch_tokens:
+                end = min(len(sequence.prompt), sequence.read + self._batch_tokens - count)
+                for position in range(sequence.read, end):
+                    add(sequence.prompt[position], position, slot, position == len(sequence.prompt) - 1)
+                sequence.read = end
+                if end == len(sequence.prompt):
+                    sampled.append((count - 1, slot))
+        if not count:
+            return []
+        batch.n_tokens = count
+        status = lib.llama_decode(self._context.ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status} ({self.path.name})")
+        ended = []
+        for index, slot in sampled:
+            sequence = self._active[slot]
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._context.ctx, index), shape=(self._n_vocab,))
+            token = int(logits.argmax())
+            finished = bool(lib.llama_vocab_is_eog(self._vocab, token))
+            if not finished:
+                sequence.answer.append(token)
+            if finished or len(sequence.answer) >= sequence.cap:
+                ended.append((sequence.key, self._generation(sequence, finished)))
+                self._release(slot)
+        return ended
+
+    def _generation(self, sequence: _Sequence, finished: bool) -> Generation:
+        # Undecodable bytes (a character split over the cap) become U+FFFD, as transformers decodes them.
+        text = self._model.detokenize(sequence.answer, special=False).decode("utf-8", errors="replace").strip()
+        return Generation(text=text, new_tokens=len(sequence.answer) + (1 if finished else 0),
+                          prompt_tokens=len(sequence.prompt), latency_s=time.perf_counter() - sequence.started,
+                          hit_cap=not finished)
+
+    def _release(self, slot: int) -> None:
+        del self._active[slot]
+        self._lib.llama_memory_seq_rm(self._context.memory, slot, -1, -1)
+        self._free.append(slot)
+
+    def cancel(self, keys: set) -> None:
+        """Drop the admitted sequences under these keys (their answers are no longer wanted)."""
+        for slot in [slot for slot, sequence in self._active.items() if sequence.key in keys]:
+            self._release(slot)
+
+    def close(self) -> None:
+        if self._batch is not None:
+            self._lib.llama_batch_free(self._batch)
+            self._batch = None
+        self._context.close()
+        self._model.close()
