@@ -1,14 +1,24 @@
-"""Load a deployed model over loopback HTTP: requests/s and latency at 1, 4 and 16 clients.
+"""Load the deployed model over loopback HTTP, side by side with llama.cpp's own server on the same file.
 
-Sends one support email per POST /invoke from N concurrent clients, a bounded
-number of requests per level (and a time cap), and writes requests/s,
-p50/p95/p99 latency and the error count per level, with the machine, to
-bench/results/deploy-load-cpu.json.
+End to end (`python bench/deploy_load.py`, about 20 minutes on 2 CPU cores), against a fresh
+ZenML store:
 
-    python run.py --config configs/deploy.yaml        # prints the URL
-    python bench/deploy_load.py --url http://127.0.0.1:8000
-    zenml deployment delete support-email-extractor -y
+1. trains the quickstart with `export: {formats: [gguf], gguf_types: [q8_0]}`;
+2. deploys it (`run.py --config <deploy yaml>`, engine llama.cpp, 16 slots) and sends one
+   support email per request from 1, 4 and 16 concurrent clients, to
+   `POST /v1/chat/completions` and to ZenML's `POST /invoke`; then the same version with
+   engine transformers (batches of 16), to `POST /v1/chat/completions`;
+3. stops it, starts the peer, llama-cpp-python's OpenAI server
+   (`python -m llama_cpp.server --model <the same .gguf>`), and sends it the same requests;
+4. writes requests/s, p50/p95/p99 latency and errors per level, and how many answers the two
+   servers agree on, to bench/results/deploy-load-cpu.json.
 
+Both servers get the same messages (the version's system prompt and the email), greedy
+decoding (`temperature: 0`) and the version's answer cap (`max_tokens`). They run one after
+the other, never together: two servers on 2 cores would slow each other.
+
+The peer needs `pip install sse-starlette starlette-context` (llama-cpp-python's server
+extras). `--url <deployment>` loads an existing deployment only (no training, no peer).
 Only loopback URLs are accepted: this is a benchmark of this machine, not a load tool.
 """
 
@@ -19,6 +29,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -28,9 +41,12 @@ from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlparse
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 EMAILS = REPO / "data" / "support_emails" / "new_emails.jsonl"
 OUTPUT = REPO / "bench" / "results" / "deploy-load-cpu.json"
+MODEL_NAME = "load-bench"
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -39,47 +55,66 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
 
 
-def call(url: str, email: str) -> tuple[float, str | None, dict | None]:
-    """One request: (latency in s, error or None, the answers)."""
-    body = json.dumps({"parameters": {"inputs": [email]}}).encode()
-    request = urllib.request.Request(f"{url}/invoke", data=body, headers={"Content-Type": "application/json"})
-    started = time.perf_counter()
+def http_json(url: str, body: dict | None = None, timeout: float = 300) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            payload = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return time.perf_counter() - started, f"{type(exc).__name__}: {exc}", None
-    latency = time.perf_counter() - started
-    if not payload.get("success"):
-        return latency, f"success false: {payload.get('error')}", None
-    return latency, None, payload["outputs"]["answers"]
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, {"error": error.read().decode(errors="replace")[:300]}
 
 
-def run_level(url: str, emails: list[str], clients: int, requests: int, time_cap_s: float) -> dict:
+class Route:
+    """How one server is called: one email in, (answer text or None, error or None) out."""
+
+    def __init__(self, url: str, kind: str, system_prompt: str | None = None, cap: int | None = None) -> None:
+        self.url, self.kind, self.system_prompt, self.cap = url.rstrip("/"), kind, system_prompt, cap
+
+    def call(self, email: str) -> tuple[str | None, str | None]:
+        if self.kind == "invoke":
+            status, payload = http_json(f"{self.url}/invoke", {"parameters": {"inputs": [email]}})
+            if status != 200 or not payload.get("success"):
+                return None, f"{status}: {payload.get('error')}"
+            return payload["outputs"]["answers"]["results"][0]["output"], None
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
+            {"role": "user", "content": email}]
+        body = {"model": "bench", "messages": messages, "temperature": 0}
+        if self.cap:
+            body["max_tokens"] = self.cap
+        status, payload = http_json(f"{self.url}/v1/chat/completions", body)
+        if status != 200:
+            return None, f"{status}: {payload.get('error')}"
+        return payload["choices"][0]["message"]["content"].strip(), None
+
+
+def run_level(route: Route, emails: list[str], clients: int, requests: int, time_cap_s: float) -> dict:
     """`requests` calls from `clients` threads, stopping new calls after `time_cap_s`."""
     latencies: list[float] = []
-    server_latencies: list[float] = []
     errors: list[str] = []
-    parsed = 0
+    answers: dict[int, str] = {}
     lock = threading.Lock()
     counter = iter(range(requests))
     started = time.perf_counter()
 
     def client() -> None:
-        nonlocal parsed
         while time.perf_counter() - started < time_cap_s:
             with lock:
                 index = next(counter, None)
             if index is None:
                 return
-            latency, error, answers = call(url, emails[index % len(emails)])
+            sent = time.perf_counter()
+            try:
+                text, error = route.call(emails[index % len(emails)])
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                text, error = None, f"{type(exc).__name__}: {exc}"
+            latency = time.perf_counter() - sent
             with lock:
                 if error:
                     errors.append(error)
-                    continue
-                latencies.append(latency)
-                server_latencies.append(answers["latency_s"])
-                parsed += answers["results"][0]["parsed"]
+                else:
+                    latencies.append(latency)
+                    answers[index % len(emails)] = text
 
     with ThreadPoolExecutor(clients) as pool:
         for _ in range(clients):
@@ -100,42 +135,169 @@ def run_level(url: str, emails: list[str], clients: int, requests: int, time_cap
             "p99": round(percentile(latencies, 0.99), 3),
             "mean": round(statistics.fmean(latencies), 3),
         } if latencies else None,
-        # Time inside the model (generation plus waiting for the model lock), as the server measured it.
-        "server_latency_s_p50": round(percentile(server_latencies, 0.5), 3) if server_latencies else None,
-        "parsed_rate": round(parsed / done, 3) if done else None,
         "time_capped": done + len(errors) < requests,
+        "_answers": answers,
+    }
+
+
+def load(route: Route, emails: list[str], levels: list[int], requests: int, time_cap_s: float) -> list[dict]:
+    text, error = route.call(emails[0])  # warm-up, not counted
+    if error:
+        raise SystemExit(f"warm-up request to {route.url} ({route.kind}) failed: {error}")
+    results = []
+    for clients in levels:
+        result = run_level(route, emails, clients, requests, time_cap_s)
+        lat = result["latency_s"] or {}
+        print(f"  {route.kind:6} {clients:>2} clients: {result['requests_per_s']} req/s, p50 {lat.get('p50')} s, "
+              f"p95 {lat.get('p95')} s, p99 {lat.get('p99')} s, errors {result['errors']}", flush=True)
+        results.append(result)
+    return results
+
+
+def run(command: list[str], env: dict, what: str, timeout: float = 3600) -> str:
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def version_facts() -> None:
+    """Print the bench version's GGUF path, answer cap and system prompt as one JSON line (in the bench's store)."""
+    sys.path.insert(0, str(REPO))
+    from steps.support.model_version import find_model_version, gguf_file, recorded_cap
+
+    found, config = find_model_version(MODEL_NAME, "production", "bench")
+    print(json.dumps({"gguf": str(gguf_file(found, "q8_0", "bench")), "cap": recorded_cap(found, config),
+                      "system_prompt": config.data.system_prompt}))
+
+
+def wait_for(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"the server at {url} exited ({process.returncode})")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(1)
+    raise SystemExit(f"{url} did not answer within {timeout_s} s")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def summary(levels: list[dict]) -> list[dict]:
+    return [{key: value for key, value in level.items() if not key.startswith("_")} for level in levels]
+
+
+def end_to_end(args, emails: list[str]) -> dict:
+    levels = [int(n) for n in args.levels.split(",")]
+    with tempfile.TemporaryDirectory(prefix="deploy-bench-") as home:
+        env = dict(os.environ, ZENML_CONFIG_PATH=str(Path(home) / "zenml"), ZENML_ANALYTICS_OPT_IN="false",
+                   PYTHONPATH=str(REPO))
+        config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+        config["registry"]["model_name"] = MODEL_NAME
+        config["export"] = {"formats": ["gguf"], "gguf_types": ["q8_0"]}
+        train_yaml = Path(home) / "train.yaml"
+        train_yaml.write_text(yaml.safe_dump(config, sort_keys=False))
+        print("training the quickstart with a q8_0 GGUF export ...", flush=True)
+        started = time.perf_counter()
+        run([sys.executable, "run.py", "--config", str(train_yaml), "--force-promote"], env, "training")
+        train_s = time.perf_counter() - started
+        facts = json.loads(run([sys.executable, __file__, "--version-facts"], env, "reading the version")
+                           .strip().splitlines()[-1])
+
+        def deployed(engine: str, routes: list[Route]) -> list[list[dict]]:
+            port = free_port()
+            deploy_yaml = Path(home) / f"deploy-{engine}.yaml"
+            deploy_yaml.write_text(yaml.safe_dump({"kind": "deploy", "deploy": {
+                "model_name": MODEL_NAME, "deployment_name": "load-bench", "port": port, "engine": engine,
+                **({"gguf_type": "q8_0"} if engine == "llama.cpp" else {}), "batch_size": 16,
+                "request_log": str(Path(home) / f"requests-{engine}.jsonl")}}))
+            run([sys.executable, "run.py", "--config", str(deploy_yaml)], env, f"deploying ({engine})")
+            url = f"http://127.0.0.1:{port}"
+            try:
+                print(f"project deployment, engine {engine}, at {url}:", flush=True)
+                return [load(Route(url, route.kind, route.system_prompt, route.cap), emails, levels, args.requests,
+                             args.time_cap_s) for route in routes]
+            finally:
+                run([str(Path(sys.executable).parent / "zenml"), "deployment", "delete", "load-bench", "-y"], env,
+                    "stopping the deployment", timeout=300)
+
+        chat = Route("", "chat", facts["system_prompt"], facts["cap"])
+        ours_chat, ours_invoke = deployed("llama.cpp", [chat, Route("", "invoke")])
+        (transformers_chat,) = deployed("transformers", [chat])
+
+        peer_port = free_port()
+        peer = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", facts["gguf"], "--host", "127.0.0.1",
+             "--port", str(peer_port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count()), "--verbose", "False"],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        try:
+            wait_for(f"{peer_url}/v1/models", 300, peer)
+            print(f"llama.cpp's server at {peer_url}:", flush=True)
+            peer_chat = load(Route(peer_url, "chat", facts["system_prompt"], facts["cap"]), emails, levels,
+                             args.requests, args.time_cap_s)
+        finally:
+            peer.terminate()
+            peer.wait(timeout=60)
+
+    ours_answers = {k: v for level in ours_chat for k, v in level["_answers"].items()}
+    peer_answers = {k: v for level in peer_chat for k, v in level["_answers"].items()}
+    shared = sorted(set(ours_answers) & set(peer_answers))
+    by_clients = {level["clients"]: level for level in ours_chat}
+    peer_by_clients = {level["clients"]: level for level in peer_chat}
+    most = max(levels)
+    return {
+        "what": ("one support email per request, N concurrent clients over loopback; the project's deployment "
+                 "(llama.cpp engine, continuous batching over 16 slots) on /v1/chat/completions and ZenML's "
+                 "/invoke, then llama-cpp-python's own server (the peer) on the same q8_0 GGUF"),
+        "model_version": f"{MODEL_NAME} (configs/quickstart.yaml trained, export q8_0)",
+        "gguf": Path(facts["gguf"]).name,
+        "max_tokens": facts["cap"],
+        "train_s": round(train_s, 1),
+        "requests_per_level": args.requests,
+        "project_chat": summary(ours_chat),
+        "project_invoke": summary(ours_invoke),
+        "project_transformers_engine_chat": summary(transformers_chat),
+        "peer_llama_cpp_server_chat": summary(peer_chat),
+        f"throughput_ratio_to_peer_at_{most}_clients": round(
+            by_clients[most]["requests_per_s"] / peer_by_clients[most]["requests_per_s"], 2),
+        "same_answers_as_peer": f"{sum(ours_answers[k] == peer_answers[k] for k in shared)}/{len(shared)}",
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", required=True, help="the deployment's URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--url", help="load only this running deployment (loopback), e.g. http://127.0.0.1:8000")
+    parser.add_argument("--route", choices=["chat", "invoke"], default="chat", help="with --url: which route")
     parser.add_argument("--levels", default="1,4,16", help="concurrent clients per level")
     parser.add_argument("--requests", type=int, default=32, help="requests per level (at most)")
     parser.add_argument("--time-cap-s", type=float, default=300, help="stop sending new requests after this")
     parser.add_argument("--note", default="", help="a remark stored with the results")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
-    if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit("--url: loopback only (127.0.0.1, localhost or ::1)")
-    url = args.url.rstrip("/")
     emails = [json.loads(line)["prompt"] for line in EMAILS.read_text().splitlines() if line.strip()]
-    with urllib.request.urlopen(f"{url}/info", timeout=10) as response:
-        info = json.loads(response.read())
-    _, error, answers = call(url, emails[0])  # warm-up, not counted
-    if error:
-        raise SystemExit(f"warm-up request failed: {error}")
     load_before = os.getloadavg()
-    levels = [run_level(url, emails, int(n), args.requests, args.time_cap_s) for n in args.levels.split(",")]
+    if args.url:
+        if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit("--url: loopback only (127.0.0.1, localhost or ::1)")
+        levels = load(Route(args.url, args.route), emails, [int(n) for n in args.levels.split(",")],
+                      args.requests, args.time_cap_s)
+        record = {"what": f"POST {args.route} on {args.url}, one support email per request", "levels": summary(levels)}
+    else:
+        record = end_to_end(args, emails)
     load_after = os.getloadavg()
-    record = {
-        "what": "POST /invoke with one support email per request, N concurrent clients over loopback",
-        "deployment": info["deployment"]["name"],
-        "model_version": answers["model_version"],
-        "requests_per_level": args.requests,
-        "time_cap_s": args.time_cap_s,
-        "levels": levels,
+    record.update({
         "note": args.note,
+        "command": "python bench/deploy_load.py" + (f" --url {args.url} --route {args.route}" if args.url else ""),
         "machine": {
             "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
@@ -143,19 +305,18 @@ def main() -> None:
             "platform": platform.platform(),
             # Other work on the machine shares the cores: 1-minute load average before and after.
             "load_average_1m": [round(load_before[0], 2), round(load_after[0], 2)],
-            "versions": {name: version(name)
-                         for name in ("zenml", "torch", "transformers", "peft", "fastapi", "uvicorn")},
+            "versions": {name: version(name) for name in
+                         ("zenml", "torch", "transformers", "llama-cpp-python", "fastapi", "uvicorn")},
         },
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
-    }
+    })
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=2) + "\n")
-    for level in levels:
-        lat = level["latency_s"] or {}
-        print(f"{level['clients']:>3} clients: {level['requests_per_s']} req/s, p50 {lat.get('p50')} s,"
-              f" p95 {lat.get('p95')} s, p99 {lat.get('p99')} s, errors {level['errors']}")
     print(f"written: {args.output}")
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--version-facts"]:
+        version_facts()
+    else:
+        main()

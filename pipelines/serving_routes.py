@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+from fastapi import Request
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from llm_lora.batching import QueueFull
 from llm_lora.inference import prediction_records
@@ -44,8 +46,27 @@ def _record(served: ServedModel, record: dict) -> None:
         served.recorder.record(record)
 
 
-async def chat_completions(body: ChatCompletionRequest) -> JSONResponse:
-    """OpenAI's chat completions (non-streaming): one greedy answer from the served version."""
+def _invalid(detail: list[dict]) -> JSONResponse:
+    """422 in both shapes: OpenAI's `error` (what its clients show) and FastAPI's `detail` (as /invoke)."""
+    fields = [".".join(str(part) for part in e["loc"][1:]) for e in detail]
+    body = error_body("; ".join(f"{field or 'body'}: {e['msg']}" for field, e in zip(fields, detail)),
+                      "invalid_request_error")
+    body["error"]["param"] = fields[0] or None
+    return JSONResponse(status_code=422, content={**body, "detail": detail})
+
+
+async def chat_completions(request: Request) -> JSONResponse:
+    """OpenAI's chat completions (non-streaming): one greedy answer from the served version.
+
+    Body: `{"messages": [{"role": "system" | "user" | "assistant", "content": "..."}, ...]}`, ending with
+    a user message; `max_tokens` may lower the version's cap. Any OpenAI client works with
+    `base_url=<deployment>/v1`.
+    """
+    try:
+        body = ChatCompletionRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        return _invalid([{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+                         for e in exc.errors(include_url=False, include_context=False, include_input=False)])
     served = served_model()
     if served is None:
         return _unavailable("the model is still loading")
@@ -63,8 +84,7 @@ async def chat_completions(body: ChatCompletionRequest) -> JSONResponse:
         answers = await asyncio.wrap_future(future)
     except ValueError as exc:  # the prompt does not fit the engine's context
         _record(served, refusal_record(served.version, "chat", 422, "prompt too long"))
-        return JSONResponse(status_code=422, content={"detail": [
-            {"loc": ["body", "messages"], "msg": f"messages: {exc}", "type": "value_error"}]})
+        return _invalid([{"loc": ["body", "messages"], "msg": str(exc), "type": "value_error"}])
     except RuntimeError as exc:
         return _unavailable(str(exc))
     generation = answers.generations[0]
@@ -116,6 +136,7 @@ def deployment_settings():
 
     return DeploymentSettings(
         custom_endpoints=[
+            # The body is validated in the handler, so that errors come in OpenAI's shape too.
             EndpointSpec(path=CHAT_ROUTE, method=EndpointMethod.POST, handler=chat_completions),
             EndpointSpec(path=MODELS_ROUTE, method=EndpointMethod.GET, handler=list_models),
         ],

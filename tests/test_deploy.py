@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -39,8 +40,9 @@ def production_version(tmp_path_factory, zenml_env):
         evaluation={"batch_size": 4, "max_new_tokens": 48},
         baselines={"few_shot_k": 0},
         registry={"model_name": MODEL_NAME},
-        # A GGUF export for the llama.cpp deployment (its parity with PyTorch is tested elsewhere).
-        export={"formats": ["gguf"], "dtype": "float32", "gguf_types": ["f32"], "verify_rows": 0,
+        # A GGUF export for the llama.cpp deployment (its parity with PyTorch is tested elsewhere). q8_0:
+        # quantized weights answer the same in a batch as alone (float weights can part at near-ties).
+        export={"formats": ["gguf"], "dtype": "float32", "gguf_types": ["q8_0"], "verify_rows": 0,
                 "tolerance": 1.0},
     )
     result = _run(["run.py", "--config", str(config), "--force-promote"], zenml_env)
@@ -64,6 +66,28 @@ def post(url: str, body: bytes | dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def records_in(log: Path, count: int, timeout_s: float = 30) -> list[dict]:
+    """The request log once it holds `count` lines (records are written off the request's path)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = log.read_text().splitlines() if log.exists() else []
+        if len(lines) >= count or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines]
+        time.sleep(0.2)
+
+
+def served_requests(env: dict, model_name: str) -> list[dict]:
+    """Metadata of the `served_requests` artifacts linked to the model's version 1, read from the store."""
+    script = ("import json; from zenml.client import Client; "
+              f"v = Client().get_model_version({model_name!r}, 1); "
+              "links = v.get_artifact('served_requests'); "
+              "print(json.dumps([] if links is None else "
+              "[a.run_metadata for a in Client().list_artifact_versions(artifact='served_requests', size=50).items]))")
+    result = run_tree([sys.executable, "-c", script], cwd=REPO, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def error_messages(payload: dict) -> str:
     """FastAPI's validation errors as one string: location and message of each."""
     return " | ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in payload["detail"])
@@ -75,7 +99,7 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
     config = tmp_path / "deploy.yaml"
     config.write_text(yaml.safe_dump({"deploy": {
         "model_name": production_version, "deployment_name": "deploy-test", "port": port,
-        "batch_size": 4, "request_log": str(request_log), "timeout_s": 300,
+        "batch_size": 4, "request_log": str(request_log), "timeout_s": 300, "record_every_s": 1,
     }}))
     try:
         deployed = _run(["run.py", "--config", str(config)], zenml_env, timeout=600)
@@ -123,14 +147,34 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
         assert status == 200 and again["success"]
         assert again["outputs"]["answers"]["results"][0]["output"] == results[1]["output"]
 
+        # OpenAI's own client, unchanged: the same answer as /invoke gives for the same email.
+        from openai import OpenAI, UnprocessableEntityError
+
+        client = OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0)
+        completion = client.chat.completions.create(model="anything", messages=[{"role": "user", "content": emails[1]}])
+        assert completion.choices[0].message.content == results[1]["output"]
+        assert completion.model == answers["model_version"]
+        assert completion.choices[0].finish_reason in ("stop", "length") and completion.usage.prompt_tokens > 20
+        assert [model.id for model in client.models.list()] == [answers["model_version"]]
+        with pytest.raises(UnprocessableEntityError, match="stream"):
+            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        with pytest.raises(UnprocessableEntityError, match="the last message is the user's to answer"):
+            client.chat.completions.create(model="m", messages=[{"role": "assistant", "content": "hi"}])
+
         # One log line per answered request (bad ones never reach the model), no texts.
-        records = [json.loads(line) for line in request_log.read_text().splitlines()]
-        assert [r["inputs"] for r in records] == [1, 2, 1]
+        records = records_in(request_log, 4)
+        assert [(r["route"], r["inputs"]) for r in records] == [("invoke", 1), ("invoke", 2), ("invoke", 1),
+                                                                ("chat", 1)]
         for record in records:
-            assert record["model_version"] == answers["model_version"]
-            assert record["latency_s"] > 0 and 0 <= record["parsed_rate"] <= 1
-            assert set(record) == {"time", "model_version", "inputs", "latency_s", "queue_s", "parsed", "parsed_rate",
-                                   "hit_cap"}
+            assert record["model_version"] == answers["model_version"] and record["status"] == 200
+            assert record["latency_s"] > 0 and record["queue_s"] >= 0 and 0 <= record["parsed_rate"] <= 1
+            assert set(record) == {"time", "route", "status", "model_version", "inputs", "latency_s", "queue_s",
+                                   "parsed", "parsed_rate", "hit_cap"}
+        # And in ZenML, in batches: served_requests artifacts linked to the version, counting all four.
+        deadline = time.monotonic() + 60
+        while sum(m.get("requests", 0) for m in served_requests(zenml_env, production_version)) < 4:
+            assert time.monotonic() < deadline, served_requests(zenml_env, production_version)
+            time.sleep(2)
     finally:
         stopped = _run([ZENML_CLI, "deployment", "delete", "deploy-test", "-y"], zenml_env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
@@ -141,19 +185,18 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
 
 
 def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_path):
-    """engine: llama.cpp serves the version's GGUF; its answers are batch inference's from the same file.
+    """engine: llama.cpp serves the version's GGUF with continuous batching.
 
-    (The two-step adapter rambles on free text, where f32 llama.cpp and batched transformers part at
-    near-ties after dozens of tokens; the trained quickstart's exports answer identically, see
-    bench/export_parity.py.)
+    Concurrent requests get the answers they get one at a time, which are batch inference's from the
+    same file; past the queue's limit a request gets 503 with Retry-After, and the server goes on.
     """
     emails = [json.loads(line) for line in (REPO / "data" / "support_emails" / "new_emails.jsonl").read_text()
-              .splitlines()[:2]]
+              .splitlines()[:4]]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": row["prompt"]}) + "\n" for row in emails))
     predict_yaml = tmp_path / "predict.yaml"
     predict_yaml.write_text(yaml.safe_dump({"kind": "predict", "inference": {
         "model_name": production_version, "input_file": str(tmp_path / "in.jsonl"),
-        "output_file": str(tmp_path / "out.jsonl"), "batch_size": 2, "engine": "llama.cpp", "gguf_type": "f32"}}))
+        "output_file": str(tmp_path / "out.jsonl"), "batch_size": 2, "engine": "llama.cpp", "gguf_type": "q8_0"}}))
     predicted = _run(["run.py", "--config", str(predict_yaml)], zenml_env, timeout=600)
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     expected = [json.loads(line)["output"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -162,17 +205,48 @@ def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_
     config = tmp_path / "deploy.yaml"
     config.write_text(yaml.safe_dump({"kind": "deploy", "deploy": {
         "model_name": production_version, "deployment_name": "deploy-gguf", "port": port, "timeout_s": 300,
-        "engine": "llama.cpp", "gguf_type": "f32", "gguf_context": 1024,
+        "engine": "llama.cpp", "gguf_type": "q8_0", "gguf_context": 1024, "batch_size": 2, "max_queue": 4,
+        "record_every_s": 0,
     }}))
+    url = f"http://127.0.0.1:{port}"
+
+    def chat(text: str) -> tuple[int, dict, str | None]:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+        request = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return response.status, json.loads(response.read()), None
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), error.headers.get("Retry-After")
+
     try:
         deployed = _run(["run.py", "--config", str(config)], zenml_env, timeout=600)
         assert deployed.returncode == 0, deployed.stderr[-3000:]
-        status, batch = post(f"http://127.0.0.1:{port}/invoke",
-                             {"parameters": {"inputs": [row["prompt"] for row in emails]}})
+        status, batch = post(f"{url}/invoke", {"parameters": {"inputs": [row["prompt"] for row in emails]}})
         assert status == 200 and batch["success"], batch
         answers = batch["outputs"]["answers"]
-        assert answers["model_version"] == f"{production_version} 1 (production, {production_version}-f32.gguf)"
+        assert answers["model_version"] == f"{production_version} 1 (production, {production_version}-q8_0.gguf)"
         assert [result["output"] for result in answers["results"]] == expected
+
+        alone = [chat(row["prompt"])[1]["choices"][0]["message"]["content"] for row in emails]
+        assert alone == expected
+        with ThreadPoolExecutor(4) as pool:  # 2 generating + 2 waiting: within max_queue
+            together = list(pool.map(lambda row: chat(row["prompt"]), emails))
+        assert [status for status, _, _ in together] == [200] * 4, together
+        assert [body["choices"][0]["message"]["content"] for _, body, _ in together] == alone
+
+        with ThreadPoolExecutor(16) as pool:  # far past max_queue: refusals, at once, with Retry-After
+            flood = list(pool.map(lambda i: chat(emails[i % 4]["prompt"]), range(16)))
+        refused = [(body, retry) for status, body, retry in flood if status == 503]
+        answered = [(i, body) for i, (status, body, _) in enumerate(flood) if status == 200]
+        assert refused and answered and len(refused) + len(answered) == 16, [s for s, _, _ in flood]
+        for body, retry in refused:
+            assert body["error"]["code"] == "queue_full" and int(retry) >= 1, (body, retry)
+        for i, body in answered:
+            assert body["choices"][0]["message"]["content"] == alone[i % 4]
+        status, body, _ = chat(emails[0]["prompt"])  # still serving
+        assert status == 200 and body["choices"][0]["message"]["content"] == alone[0]
     finally:
         stopped = _run([ZENML_CLI, "deployment", "delete", "deploy-gguf", "-y"], zenml_env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
