@@ -7,6 +7,11 @@ sequence that reaches an end-of-generation token (or its cap) frees its slot at 
 a waiting prompt takes it in the next step, so a short answer never waits for a long one
 (llama.cpp's own server schedules its slots the same way).
 
+A slot keeps the KV cache of its last sequence when it frees, and a new prompt takes the free
+slot whose kept tokens share the longest start with it: the prompts of one deployment share
+their system prompt and chat markup, so that start is read once per slot, not once per request
+(llama.cpp's server calls this prompt caching).
+
 Decoding is greedy (the arg-max of each sequence's logits), as `LlamaCppEngine.answer`,
 and prompts are the formatted texts tokenized by the file's own tokenizer.
 """
@@ -33,6 +38,16 @@ class _Sequence:
     started: float
     read: int = 0  # prompt tokens decoded so far
     answer: list[int] = field(default_factory=list)
+
+
+def _shared_start(held: list[int], ids: list[int]) -> int:
+    """How many tokens two sequences share from their start."""
+    count = 0
+    for a, b in zip(held, ids):
+        if a != b:
+            break
+        count += 1
+    return count
 
 
 class LlamaCppSlots:
@@ -83,8 +98,9 @@ class LlamaCppSlots:
         self._batch = llama_cpp.llama_batch_init(self._batch_tokens, 0, 1)
         self._vocab = self._model.vocab
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-        self._free = list(range(slots - 1, -1, -1))
+        self._free = list(range(slots))
         self._active: dict[int, _Sequence] = {}  # by slot, in admission order
+        self._held: list[list[int]] = [[] for _ in range(slots)]  # the tokens each slot's KV cache holds
 
     def tokenize(self, text: str) -> list[int]:
         """A formatted prompt in the file's tokens (special tokens parsed, no BOS added: the prompt carries it)."""
@@ -112,7 +128,15 @@ class LlamaCppSlots:
             raise ValueError("an empty prompt")
         if not self._free:
             raise RuntimeError("no free slot")
-        self._active[self._free.pop()] = _Sequence(key, list(ids), max_new_tokens, time.perf_counter())
+        slot = max(self._free, key=lambda free: _shared_start(self._held[free], ids))
+        self._free.remove(slot)
+        # At least the prompt's last token is decoded again: its logits give the first answer token.
+        keep = min(_shared_start(self._held[slot], ids), len(ids) - 1)
+        if not self._lib.llama_memory_seq_rm(self._context.memory, slot, keep, -1):
+            keep = 0
+            self._lib.llama_memory_seq_rm(self._context.memory, slot, -1, -1)
+        self._held[slot] = list(ids[:keep])
+        self._active[slot] = _Sequence(key, list(ids), max_new_tokens, time.perf_counter(), read=keep)
 
     def step(self) -> list[tuple[object, Generation]]:
         """Decode one step for every admitted sequence; returns the answers that ended in it."""
@@ -127,6 +151,7 @@ class LlamaCppSlots:
             batch.n_seq_id[count] = 1
             batch.seq_id[count][0] = slot
             batch.logits[count] = logits
+            self._held[slot].append(token)
             count += 1
 
         for slot, sequence in self._active.items():
@@ -168,8 +193,7 @@ class LlamaCppSlots:
                           hit_cap=not finished)
 
     def _release(self, slot: int) -> None:
-        del self._active[slot]
-        self._lib.llama_memory_seq_rm(self._context.memory, slot, -1, -1)
+        del self._active[slot]  # its KV cache stays, for a next prompt that starts the same way
         self._free.append(slot)
 
     def cancel(self, keys: set) -> None:
