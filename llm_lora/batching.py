@@ -190,7 +190,10 @@ class ContinuousBatcher(_Batcher):
             self._fail_waiting(error)
             raise
         finally:
-            self._fail_waiting(RuntimeError("the model is shutting down"))
+            stopped = RuntimeError("the model is shutting down")
+            for request in generating:  # closed mid-answer: their callers hear it now, not at their timeout
+                request.fail(stopped)
+            self._fail_waiting(stopped)
 
 
 class WindowBatcher(_Batcher):

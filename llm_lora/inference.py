@@ -85,15 +85,6 @@ def predict_with_gguf(
     return prediction_records(rows, answers)
 
 
-def predict_with_engine(
-    engine, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str | None, tuple]], config: RunConfig,
-    max_new_tokens: int,
-) -> list[dict]:
-    """`predict` with a loaded `LlamaCppEngine` (a served GGUF), one row after another."""
-    prompts = inference_prompts(tokenizer, rows, config)
-    return prediction_records(rows, [engine.answer(engine.tokenize(text), max_new_tokens) for text in prompts])
-
-
 def inference_prompts(
     tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str | None, tuple]], config: RunConfig
 ) -> list[str]:

@@ -21,7 +21,9 @@ from steps.support.registry import ZenMLRegistry
 logger = get_logger(__name__)
 
 
-@step
+# Never from the cache: promotion acts on the registry (a stage change), for this run's own model
+# version, against the production version of now. A cached decision would be an earlier version's.
+@step(enable_cache=False)
 def promote_model(
     prepared_data: Path,
     settings: str,

@@ -1,7 +1,9 @@
 """Each step is given only the parts of the config it reads: changing a price and a promotion threshold
-re-runs the steps that read them, and data preparation, evaluation and training come from ZenML's cache."""
+re-runs the steps that read them, and data preparation, evaluation and training come from ZenML's cache.
+Promotion is never cached: an unchanged re-run decides for its own new version."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -53,3 +55,14 @@ def test_a_price_and_a_threshold_change_rerun_only_their_steps(tmp_path, tiny_mo
     assert "train_lora has started" not in second.stdout + second.stderr
     # The reports read the new settings.
     assert "+0.2000" in second.stdout
+
+    # The same config again: everything else is cached, promotion decides for version 3 itself, and the
+    # printed stage is the one the registry holds (a cached decision would name an earlier version's).
+    third = run_tree([sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env, timeout=1200)
+    assert third.returncode == 0, third.stderr[-3000:]
+    statuses = _statuses(zenml_env)
+    assert statuses["promote_model"] == "completed" and statuses["train_lora"] == "cached", statuses
+    line = re.search(r"model: +\S+ version (\d+), stage (\w+) \((promoted|not promoted to production)\)",
+                     third.stdout)
+    assert line, third.stdout[-2000:]
+    assert line.group(1) == "3" and (line.group(2) == "production") == (line.group(3) == "promoted"), line.group(0)

@@ -92,3 +92,17 @@ def test_a_prompt_too_long_for_its_slot_fails_alone(tiny_q8, prompts):
     finally:
         batcher.close()
         batcher.engine.close()
+
+
+def test_closing_mid_answer_fails_the_request_at_once(tiny_q8, prompts):
+    batcher = _batcher(tiny_q8, slots=1, cap=500)
+    try:
+        answering = batcher.submit([prompts[0]])
+        waiting = batcher.submit([prompts[1]])
+        batcher.close()
+        for future in (answering, waiting):
+            with pytest.raises(RuntimeError, match="the model is shutting down"):
+                future.result(30)
+    finally:
+        batcher.close()
+        batcher.engine.close()

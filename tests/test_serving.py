@@ -9,7 +9,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from llm_lora.batching import QueueFull, WindowBatcher
 from llm_lora.config import ModelConfig, RunConfig
-from llm_lora.generation import Generation, generate
+from llm_lora.generation import Generation
 from llm_lora.inference import predict
 from llm_lora.model_loading import load_model
 from llm_lora.serving import (
