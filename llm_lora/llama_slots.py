@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llm_lora.generation import Generation
+from llm_lora.generation import Generation, shared_prefix_length
 
 _backend_ready = False
 
@@ -38,16 +38,6 @@ class _Sequence:
     started: float
     read: int = 0  # prompt tokens decoded so far
     answer: list[int] = field(default_factory=list)
-
-
-def _shared_start(held: list[int], ids: list[int]) -> int:
-    """How many tokens two sequences share from their start."""
-    count = 0
-    for a, b in zip(held, ids):
-        if a != b:
-            break
-        count += 1
-    return count
 
 
 class LlamaCppSlots:
@@ -128,10 +118,10 @@ class LlamaCppSlots:
             raise ValueError("an empty prompt")
         if not self._free:
             raise RuntimeError("no free slot")
-        slot = max(self._free, key=lambda free: _shared_start(self._held[free], ids))
+        slot = max(self._free, key=lambda free: shared_prefix_length([self._held[free], ids]))
         self._free.remove(slot)
         # At least the prompt's last token is decoded again: its logits give the first answer token.
-        keep = min(_shared_start(self._held[slot], ids), len(ids) - 1)
+        keep = shared_prefix_length([self._held[slot], ids])
         if not self._lib.llama_memory_seq_rm(self._context.memory, slot, keep, -1):
             keep = 0
             self._lib.llama_memory_seq_rm(self._context.memory, slot, -1, -1)

@@ -199,11 +199,11 @@ def summarize_requests(records: list[dict]) -> dict:
 _log_lock = threading.Lock()
 
 
-def append_request_log(path: Path, record: dict) -> None:
-    """Append one request's record as a JSON line (folders created as needed)."""
+def append_request_log(path: Path, *records: dict) -> None:
+    """Append request records as JSON lines, in one write (folders created as needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with _log_lock, path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
 
 
 _STOP = object()
@@ -262,9 +262,7 @@ class RequestRecorder:
             except queue.Empty:
                 pass
             if batch and self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with _log_lock, self.path.open("a", encoding="utf-8") as handle:
-                    handle.write("".join(json.dumps(record) + "\n" for record in batch))
+                append_request_log(self.path, *batch)
             unsent.extend(batch)
             if self.sink is not None and unsent and (stopping or time.monotonic() - last_flush >= self.flush_s):
                 last_flush = time.monotonic()
