@@ -224,6 +224,17 @@ class TrainingConfig(_Section):
     # Costs a one-off compile at the start (about 100 s for an 8B model on an H200) and needs a
     # C compiler (C++ on a CPU); for long GPU runs.
     compile: bool = False
+    # With checkpointing, hold the layer inputs saved for the recompute in CPU memory instead of the GPU's
+    # (layers x tokens per step x hidden size x 2 bytes: 1 GiB per 4,096 tokens of an 8B model), copied
+    # out in the forward pass and back in the backward pass: less GPU memory, a slower step. No-op on a CPU.
+    offload_activations: bool = False
+    # The loss projects hidden states onto the vocabulary a chunk of positions at a time, so no step holds
+    # the logits of all its labelled positions (0.5 MB each for a 128k vocabulary, in float32): same loss
+    # and gradients, less memory. Models whose output layer is adapted or post-processed ignore it.
+    chunked_loss: bool = False
+    # adamw: torch's AdamW (fused where the device has it), 32-bit moments. adamw_8bit: bitsandbytes'
+    # AdamW with 8-bit moments for tensors of 4,096+ values: 4x less optimizer memory, same update rule.
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
     # Sort rows of similar length into the same batch: less padding, faster on any device.
     group_by_length: bool = True
     logging_steps: int = Field(default=10, ge=1)
@@ -257,6 +268,9 @@ class TrainingConfig(_Section):
             raise ValueError("training.max_steps: 0 trains nothing; -1 trains for training.epochs")
         if self.gradient_checkpointing_every_n_layers > 1 and not self.gradient_checkpointing:
             raise ValueError("training.gradient_checkpointing_every_n_layers: needs training.gradient_checkpointing: true")
+        if self.offload_activations and not self.gradient_checkpointing:
+            raise ValueError("training.offload_activations: needs training.gradient_checkpointing: true"
+                             " (it moves the activations checkpointing keeps)")
         if self.early_stopping_patience and not self.eval_steps:
             raise ValueError("training.early_stopping_patience: needs training.eval_steps")
         if self.eval_generation_rows and not self.eval_steps:

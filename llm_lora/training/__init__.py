@@ -7,6 +7,7 @@ saves from the main process.
 - `loop`: `train_lora`, one run from rows to a saved adapter and its metrics.
 - `lora`: LoRA adapters attached to the base model.
 - `trainer`: the completion-loss Trainer, its batches and its arguments.
+- `chunked_loss`: the loss projected onto the vocabulary a chunk of positions at a time.
 - `callbacks`: generated validation answers, loss records, early stopping.
 - `checkpointing`: checkpoints published to a durable store and resumed from.
 - `precision`: the number format training runs in, and the CPU facts behind it.

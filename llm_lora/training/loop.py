@@ -110,6 +110,7 @@ def train_lora(
         eval_dataset=eval_dataset,
         data_collator=build_collator(tokenizer, config.data.packing, boundaries=attention.in_use(model)),
         callbacks=[*callbacks, *early_stopping(config.training)],
+        chunked_loss=config.training.chunked_loss,
     )
     started = time.perf_counter()
     train_output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 
 import torch
@@ -20,7 +21,10 @@ from transformers import (
 from llm_lora.config import TrainingConfig
 from llm_lora.tokenization import IGNORE_INDEX
 from llm_lora.training.callbacks import PRIMARY_METRIC_KEY
+from llm_lora.training.chunked_loss import chunked_cross_entropy, hidden_states_out, plain_output_head
 from llm_lora.training.precision import resolve_precision
+
+logger = logging.getLogger(__name__)
 
 TRAINING_COLUMNS = ("input_ids", "attention_mask", "labels")
 
@@ -58,9 +62,12 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
         fp16=precision == "fp16",
         activation_checkpointing=training.gradient_checkpointing,
         activation_checkpointing_kwargs=(
-            {"every_n_layers": training.gradient_checkpointing_every_n_layers}
+            {"every_n_layers": training.gradient_checkpointing_every_n_layers,
+             "offload": training.offload_activations and on_accelerator(training)}
             if training.gradient_checkpointing else None
         ),
+        # bitsandbytes' 8-bit AdamW; else the TrainingArguments default (torch's fused AdamW).
+        **({"optim": "adamw_bnb_8bit"} if training.optimizer == "adamw_8bit" else {}),
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         logging_steps=training.logging_steps,
         eval_strategy="steps" if evaluate_every else "no",
@@ -83,6 +90,15 @@ def build_training_arguments(training: TrainingConfig, output_dir: Path) -> Trai
         # Every adapter weight takes part in every step: no extra graph search per step across processes.
         ddp_find_unused_parameters=False,
     )
+
+
+def on_accelerator(training: TrainingConfig) -> bool:
+    """Whether the Trainer will train on an accelerator (a GPU), not on the CPU.
+
+    Offloading activations to host memory means nothing on a CPU, where they already are (and
+    transformers' pinned copies need an accelerator).
+    """
+    return not training.use_cpu and torch.accelerator.is_available()
 
 
 def build_collator(tokenizer: PreTrainedTokenizerBase, packing: bool, boundaries: bool = False):
@@ -125,13 +141,21 @@ class CompletionLossTrainer(Trainer):
     gradient accumulation and processes as the Trainer arranges). Models whose
     forward has no `logits_to_keep` take the Trainer's own path.
 
+    With `chunked_loss` (training.chunked_loss), training steps go one further: the model returns its
+    hidden states at those positions and the loss projects them a chunk at a time (see chunked_loss),
+    so the logits of all labelled positions never exist at once. Evaluation keeps the logits path.
+
     It also counts the row tokens of every batch it trains on (`tokens_trained`),
     so that tokens/s reports the tokens actually trained.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, chunked_loss: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._tokens_trained: torch.Tensor | int = 0  # this process's, since the trainer was made
+        self._chunked_head = plain_output_head(self.model) if chunked_loss else None
+        if chunked_loss and self._chunked_head is None:
+            logger.info("training.chunked_loss: %s's output layer is not a frozen plain projection; computing"
+                        " the loss from full logits", type(self.model).__name__)
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         # Summed where the batch is, and read only at the end: counting adds no pause per batch.
@@ -155,10 +179,17 @@ class CompletionLossTrainer(Trainer):
         trained = next_labels != IGNORE_INDEX
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = trained
-        outputs = model(**{key: value for key, value in inputs.items() if key != "labels"}, logits_to_keep=keep)
+        features = {key: value for key, value in inputs.items() if key != "labels"}
         # Row-major, as the mask flattens the kept positions: logits[i] predicts targets[i].
         targets = next_labels[trained]
-        loss = F.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+        head = self._chunked_head if model.training else None
+        if head is not None:
+            with hidden_states_out(self.accelerator.unwrap_model(model), head):
+                outputs = model(**features, logits_to_keep=keep)
+            loss = chunked_cross_entropy(outputs.logits, head, targets)
+        else:
+            outputs = model(**features, logits_to_keep=keep)
+            loss = F.cross_entropy(outputs.logits.float(), targets, reduction="sum")
         loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
         if self.args.average_tokens_across_devices and num_items_in_batch is not None and self.model_accepts_loss_kwargs:
             # num_items_in_batch counts every process's tokens: undo the averaging of gradients across them.
