@@ -133,6 +133,30 @@ def test_chunked_loss_offload_and_8bit_adamw_train_like_the_plain_settings(tmp_p
         assert torch.allclose(weights["levers"][key], tensor, atol=1e-5), key
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunked_loss_trains_under_mixed_precision(tmp_path, tiny_model_dir, tokenizer, support_rows, dtype):
+    """bf16 training through the Trainer (Accelerate runs autocast around the forward only and hands back
+    float32 outputs): the chunked loss projects in bf16 as the model's head would, and takes the plain
+    path's steps up to bf16 rounding."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split in ("train", "validation", "test"):
+        (data_dir / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in support_rows[split][:8]))
+    losses = {}
+    for chunked in (False, True):
+        path = write_config(
+            tmp_path / f"{chunked}.yaml", tiny_model_dir, data_dir, model={"dtype": dtype},
+            training={"max_steps": 3, "batch_size": 4, "learning_rate": 5e-3, "precision": "bf16", "logging_steps": 1,
+                      "warmup_ratio": 0.0, "chunked_loss": chunked},
+            lora={"rank": 4, "alpha": 8, "dropout": 0.0},
+        )
+        config = load_config(path)
+        prepared = prepare_splits(config.data, tokenizer)
+        result = train_lora(config, prepared.splits["train"], [], tmp_path / f"out-{chunked}", tokenizer)
+        losses[chunked] = [r["loss"] for r in result.loss_history if "loss" in r]
+    assert len(losses[True]) == 3 and losses[True] == pytest.approx(losses[False], rel=2e-2)
+
+
 def test_8bit_adamw_is_bitsandbytes_with_8bit_moments_for_large_tensors(tmp_path, tiny_model_dir, tokenizer,
                                                                         support_rows):
     """training.optimizer: adamw_8bit reaches the Trainer as bitsandbytes' AdamW, whose moments are

@@ -101,3 +101,24 @@ def test_varlen_attention_takes_float32_projections_under_autocast():
         from_bf16, _ = varlen_attention(None, *(t.bfloat16() for t in (query, key, value)), None, scaling=0.25,
                                         **boundaries)
     assert from_float32.dtype == torch.bfloat16 and torch.equal(from_float32, from_bf16)
+
+
+@pytest.mark.parametrize("method", ["qlora-4bit", "lora"])
+def test_training_levers_take_the_plain_steps_in_less_memory(method, tmp_path, tiny_model_dir, tokenizer, support_rows):
+    """training.chunked_loss and offload_activations on CUDA: the same losses as without them (bf16
+    rounding), and the chunked loss lowers the peak (the logits of every labelled position, float32)."""
+    peaks, losses = {}, {}
+    for name, levers in (("plain", {}), ("chunked", {"chunked_loss": True}),
+                         ("offload", {"offload_activations": True}), ("8bit", {"optimizer": "adamw_8bit"})):
+        root = tmp_path / name
+        root.mkdir()
+        config = gpu_config(root, tiny_model_dir, support_rows, "varlen", method=method, max_steps=4, **levers)
+        prepared = prepare_splits(config.data, tokenizer)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        result = train_lora(config, prepared.splits["train"], [], root / "out", tokenizer)
+        peaks[name] = torch.cuda.max_memory_allocated()
+        losses[name] = [record["loss"] for record in result.loss_history if "loss" in record]
+    for name in ("chunked", "offload", "8bit"):
+        assert losses[name] == pytest.approx(losses["plain"], rel=2e-2), name
+    assert peaks["chunked"] < peaks["plain"]

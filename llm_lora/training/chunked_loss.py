@@ -50,23 +50,39 @@ def plain_output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
 
 
 class _HiddenStates(torch.nn.Module):
-    """Stands in for the output projection during a training forward: the model returns what it was given."""
+    """Stands in for the output projection during a training forward: the model returns what it was given.
+
+    It also keeps that tensor as it arrived and the number format the projection would have run in:
+    Accelerate's mixed precision casts a model's outputs to float32 and runs autocast only around the
+    forward, so neither is visible from what the model returns.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+        self.compute_dtype: torch.dtype | None = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        device = hidden_states.device.type
+        self.compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        self.hidden = hidden_states
         return hidden_states
 
 
 @contextmanager
-def hidden_states_out(model: torch.nn.Module, head: torch.nn.Linear) -> Iterator[None]:
-    """Within the block, the model's `logits` are its last hidden states at the kept positions.
+def hidden_states_out(model: torch.nn.Module, head: torch.nn.Linear) -> Iterator[_HiddenStates]:
+    """Within the block, the model's forward stops at its last hidden states at the kept positions.
 
-    The swap lasts only for the forward call; generation, evaluation and saving see the real head.
+    Yields the stand-in that holds them after the forward call (`hidden`, and `compute_dtype`, the
+    autocast format the head would have run in, None without autocast). The swap lasts only for the
+    forward call; generation, evaluation and saving see the real head.
     """
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     name = next(name for name, module in base.named_children() if module is head)
-    setattr(base, name, _HiddenStates())
+    stand_in = _HiddenStates()
+    setattr(base, name, stand_in)
     try:
-        yield
+        yield stand_in
     finally:
         setattr(base, name, head)
 
@@ -76,22 +92,22 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, rows_per_chunk: int) -> torch.Tensor:
+                targets: torch.Tensor, rows_per_chunk: int, compute_dtype: torch.dtype) -> torch.Tensor:
+        # The projection runs in the format the model's own head would have used (autocast's, or the weight's).
+        weight = weight.to(compute_dtype)
+        bias = bias.to(compute_dtype) if bias is not None else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         hidden_grad = torch.empty_like(hidden)
         for start in range(0, hidden.shape[0], rows_per_chunk):
             chunk = slice(start, start + rows_per_chunk)
-            # F.linear in the autocast dtype when autocast is on, as the model's own head would run.
-            logits = F.linear(hidden[chunk], weight, bias)
-            projection_dtype = logits.dtype
-            logits = logits.float()
+            logits = F.linear(hidden[chunk].to(compute_dtype), weight, bias).float()
             target = targets[chunk]
             log_normalizer = torch.logsumexp(logits, dim=-1)
             total += (log_normalizer - logits.gather(1, target[:, None]).squeeze(1)).sum()
             # d(loss)/d(logits) = softmax - one-hot, computed in the logits' own memory.
             probabilities = logits.sub_(log_normalizer[:, None]).exp_()
             probabilities[torch.arange(target.shape[0], device=target.device), target] -= 1
-            hidden_grad[chunk] = (probabilities.to(projection_dtype) @ weight.to(projection_dtype)).to(hidden.dtype)
+            hidden_grad[chunk] = (probabilities.to(compute_dtype) @ weight).to(hidden.dtype)
             del logits, probabilities
         ctx.save_for_backward(hidden_grad)
         return total
@@ -99,13 +115,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         (hidden_grad,) = ctx.saved_tensors
-        return hidden_grad * grad_output.to(hidden_grad.dtype), None, None, None, None
+        return hidden_grad * grad_output.to(hidden_grad.dtype), None, None, None, None, None
 
 
-def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor) -> torch.Tensor:
+def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
+                          compute_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Summed cross-entropy of the head's logits at `hidden` (positions x hidden size) against `targets`.
 
-    The head is frozen: only the hidden states get a gradient.
+    The head is frozen: only the hidden states get a gradient. `compute_dtype`: the format of the
+    projection (autocast's); None: the head weight's.
     """
     rows_per_chunk = max(1, LOGITS_PER_CHUNK // head.out_features)
-    return _ChunkedCrossEntropy.apply(hidden, head.weight, head.bias, targets, rows_per_chunk)
+    return _ChunkedCrossEntropy.apply(hidden, head.weight, head.bias, targets, rows_per_chunk,
+                                      compute_dtype or head.weight.dtype)

@@ -184,9 +184,9 @@ class CompletionLossTrainer(Trainer):
         targets = next_labels[trained]
         head = self._chunked_head if model.training else None
         if head is not None:
-            with hidden_states_out(self.accelerator.unwrap_model(model), head):
+            with hidden_states_out(self.accelerator.unwrap_model(model), head) as stopped:
                 outputs = model(**features, logits_to_keep=keep)
-            loss = chunked_cross_entropy(outputs.logits, head, targets)
+            loss = chunked_cross_entropy(stopped.hidden, head, targets, stopped.compute_dtype)
         else:
             outputs = model(**features, logits_to_keep=keep)
             loss = F.cross_entropy(outputs.logits.float(), targets, reduction="sum")
