@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from gpu_training import SHAPES, TINY, _versions, build_model, matmul_rate, measure  # noqa: E402
+from gpu_training import SHAPES, TINY, _begin, _stack, _versions, build_model, matmul_rate, measure  # noqa: E402
 
 IGNORE_INDEX = -100
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -103,25 +103,12 @@ def _emit(result: dict) -> None:
     print(RESULT_MARK + json.dumps(result), flush=True)
 
 
-def _stack(rows: list[dict]) -> dict:
-    return {key: torch.tensor([row[key] for row in rows]) for key in rows[0]}
-
-
 def _labelled_per_step(rows: list[dict], rows_per_step: int) -> int:
     return sum(sum(label != IGNORE_INDEX for label in row["labels"][1:]) for row in rows[:rows_per_step])
 
 
 def _peak_memory(device: str) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
-
-
-def _fresh_peak(device: str) -> None:
-    import gc
-
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 def _long_row(length: int, vocab: int) -> dict:
@@ -137,7 +124,7 @@ def longest(train_one_step, lengths: list[int], vocab: int, device: str, deadlin
         if time.perf_counter() > deadline:
             tries.append({"length": length, "skipped": "time budget"})
             break
-        _fresh_peak(device)
+        _begin(device)
         started = time.perf_counter()
         try:
             loss = train_one_step(_long_row(length, vocab))
@@ -179,7 +166,7 @@ def project_worker(options) -> list[dict]:
         "training": config.training.model_copy(update=shared)})
     if options.device == "cpu" and options.method == "qlora":  # bitsandbytes' 4-bit training needs CUDA
         config = config.model_copy(update={"training": config.training.model_copy(update={"method": "lora"})})
-    _fresh_peak(options.device)
+    _begin(options.device)
     model = load_model(config.model, training=config.training)
     model.config.use_cache = False
     peak_flops = matmul_rate(options.device)
@@ -187,7 +174,7 @@ def project_worker(options) -> list[dict]:
     for name in options.levers:
         settings = config.model_copy(update={"training": config.training.model_copy(update=LEVERS[name])})
         reset_base(model)
-        _fresh_peak(options.device)
+        _begin(options.device)
         peft_model = attach_lora(model, settings)
         try:
             with tempfile.TemporaryDirectory() as out:
@@ -248,7 +235,7 @@ def unsloth_worker(options) -> list[dict]:
 
     rows = json.loads(Path(options.rows).read_text())
     quantized = options.method == "qlora"
-    _fresh_peak(options.device)
+    _begin(options.device)
     base, _ = FastLanguageModel.from_pretrained(
         model_name=options.model, max_seq_length=max(options.row_length, *options.lengths), dtype=torch.bfloat16,
         load_in_4bit=quantized, load_in_8bit=False, full_finetuning=False,
@@ -266,9 +253,9 @@ def unsloth_worker(options) -> list[dict]:
             remove_unused_columns=False, dataloader_num_workers=0, seed=0,
         )
 
-    _fresh_peak(options.device)
+    _begin(options.device)
     peak_flops = matmul_rate(options.device)
-    _fresh_peak(options.device)
+    _begin(options.device)
     with tempfile.TemporaryDirectory() as out:
         try:
             result = measure(Trainer, model, arguments(out, options.steps + options.warmup, options.rows_per_step),
