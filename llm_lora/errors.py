@@ -100,6 +100,10 @@ def explain_training_failure(error: BaseException, config: RunConfig | ConfigPar
         elif training.gradient_checkpointing_every_n_layers > 1:
             hints.append(f"lower training.gradient_checkpointing_every_n_layers"
                          f" ({training.gradient_checkpointing_every_n_layers}) to 1")
+        elif not training.offload_activations:
+            hints.append("set training.offload_activations: true")
+        if not training.chunked_loss:
+            hints.append("set training.chunked_loss: true")
         if training.method == "lora":
             hints.append("use training.method: qlora-4bit")
         limit = config.data.max_seq_length

@@ -12,6 +12,7 @@ from llm_lora.answer_length import answer_cap
 from llm_lora.config import ConfigPart, RunConfig
 from llm_lora.data_preparation import expand_counts
 from llm_lora.html_pages import bar, escape, page, table
+from llm_lora.memory_estimate import MemoryEstimate, estimate_for_config, fit_problem
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class RunEstimate(BaseModel):
         throughput_from: Where that speed comes from (preflight.tokens_per_s or a bench results file).
         training_minutes: Estimated training time; None without a speed.
         training_cost: Estimated training cost; None without a speed or a price per GPU hour.
+        memory: Estimated peak GPU memory per training process, by part (llm_lora.memory_estimate);
+            None when the model's architecture cannot be read.
         settings: Each checked setting as "key: value: note" (see `check_settings`).
         findings: Every warning of the report, one line each (see `findings`).
     """
@@ -69,12 +72,13 @@ class RunEstimate(BaseModel):
     throughput_from: str | None = None
     training_minutes: float | None = None
     training_cost: float | None = None
+    memory: MemoryEstimate | None = None
     settings: list[str] = []
     findings: list[str] = []
 
     def figures(self) -> dict:
         """The estimate's numbers that are known, by name, for the report's table."""
-        return self.model_dump(exclude={"settings", "findings"}, exclude_none=True)
+        return self.model_dump(exclude={"settings", "findings", "memory"}, exclude_none=True)
 
     def as_metadata(self) -> dict:
         """A flat dict for ZenML metadata (None left out)."""
@@ -105,6 +109,9 @@ def estimate_run(
     tokens = round(train["tokens"] * epochs)
     counts = dict(optimizer_steps=steps, epochs=round(epochs, 3), training_tokens=tokens,
                   trained_tokens=round(train["trained_tokens"] * epochs))
+    memory = estimate_for_config(config, train["p95_tokens"], train["max_tokens"],
+                                 train["trained_tokens"] / max(train["tokens"], 1))
+    counts["memory"] = memory
     if config.preflight.tokens_per_s:
         rate, origin = config.preflight.tokens_per_s, "preflight.tokens_per_s"
     else:
@@ -142,7 +149,8 @@ class SettingCheck:
     warning: bool = False
 
 
-def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: RunEstimate) -> list[SettingCheck]:
+def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: RunEstimate,
+                   gpu_gib: float | None = None) -> list[SettingCheck]:
     """Every setting whose right value depends on the data, checked against this run's data.
 
     The values a config carries from another task (an answer cap, a row length, a
@@ -153,6 +161,7 @@ def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: RunE
         summary: `PreparedData.summary`.
         config: The run configuration.
         estimate: `estimate_run`'s output.
+        gpu_gib: Memory of the GPU training will run on; None (training on a CPU): no memory check.
 
     Returns:
         One check per setting, warnings marked.
@@ -224,6 +233,11 @@ def check_settings(summary: dict, config: RunConfig | ConfigPart, estimate: RunE
                                    f"{rows_note}; training time unknown (set preflight.tokens_per_s)"))
 
     training = config.training
+    if estimate.memory is not None and gpu_gib:
+        problem = fit_problem(estimate.memory, config, gpu_gib)
+        checks.append(SettingCheck("training.batch_size", str(training.batch_size),
+                                   problem or f"peak memory {estimate.memory.summary()}; the GPU has {gpu_gib:.1f} GiB",
+                                   bool(problem)))
     steps = estimate.optimizer_steps
     rows_per_step = training.batch_size * training.gradient_accumulation_steps * training.num_processes
     epochs = estimate.epochs

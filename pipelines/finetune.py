@@ -84,7 +84,7 @@ def finetune(
     generation = {"model": True, "data": ("system_prompt", "plain_template"), "evaluation": True}
     prepared_data, data_summary = prepare_data(settings=config.part(model=True, data=True))
     preflight_report(data_summary=data_summary, settings=config.part(
-        model=True, data=True, training=True, evaluation=True, baselines=("few_shot_k",), preflight=True))
+        model=True, data=True, training=True, lora=True, evaluation=True, baselines=("few_shot_k",), preflight=True))
     base_metrics, base_predictions = evaluate_model(
         id="evaluate_base", prepared_data=prepared_data, settings=config.part(**generation), label="base"
     )

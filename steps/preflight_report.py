@@ -59,7 +59,8 @@ def preflight_report(
     config = ConfigPart.from_json(settings)
     device = "cuda" if torch.cuda.is_available() and not config.training.use_cpu else "cpu"
     estimate = estimate_run(data_summary, config, device, bench_throughputs())
-    checks = check_settings(data_summary, config, estimate)
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / 2**30 if device == "cuda" else None
+    checks = check_settings(data_summary, config, estimate, gpu_gib)
     logger.info("\n%s", render_text(data_summary, estimate, checks))
     page = HTMLString(render_html(data_summary, estimate, checks))
     estimate = estimate.model_copy(update={

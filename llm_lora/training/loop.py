@@ -8,12 +8,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from llm_lora import attention
 from llm_lora.checkpoints import CheckpointStore
 from llm_lora.config import ConfigPart, RunConfig
 from llm_lora.evaluation import generation_cap
+from llm_lora.memory_estimate import GIB, estimate_for_rows, fit_problem
 from llm_lora.model_loading import load_model, load_tokenizer
 from llm_lora.training.callbacks import PRIMARY_METRIC_KEY, GenerationMetrics, _LossHistory, early_stopping
 from llm_lora.training.checkpointing import _PublishCheckpoints, _step_of, resume_point
@@ -38,6 +40,21 @@ class TrainingResult:
     adapter_dir: Path
     metrics: dict
     loss_history: list[dict]
+
+
+def refuse_what_cannot_fit(config: RunConfig | ConfigPart, train_rows: list[dict]) -> None:
+    """Before anything loads: raise, in one line naming the keys to change, when the memory estimate says
+    the run cannot fit this process's GPU (see llm_lora.memory_estimate). Nothing to check on a CPU."""
+    if config.training.use_cpu or not torch.cuda.is_available():
+        return
+    estimate = estimate_for_rows(config, train_rows)
+    if estimate is None:
+        return
+    capacity = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GIB
+    logger.info("Memory estimate: %s; the GPU has %.1f GiB", estimate.summary(), capacity)
+    problem = fit_problem(estimate, config, capacity)
+    if problem:
+        raise MemoryError(problem)
 
 
 def train_lora(
@@ -69,6 +86,7 @@ def train_lora(
         The adapter directory and the training metrics.
     """
     set_seed(config.training.seed)
+    refuse_what_cannot_fit(config, train_rows)
     tokenizer = tokenizer or load_tokenizer(config.model)
     model = load_model(config.model, training=config.training)
     # No KV cache in training: it is useless there, and its presence turns off the
