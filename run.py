@@ -1,7 +1,8 @@
-"""Run a LoRA finetuning pipeline, batch inference or a deployment from a YAML config.
+"""Run a LoRA finetuning pipeline, batch inference, a deployment or its monitor from a YAML config.
 
-The config's `kind:` (finetune, predict or deploy) says which; without it, a config with `model`/`data` sections
-is a finetune run, one with an `inference` section a prediction, one with a `deploy` section a deployment.
+The config's `kind:` (finetune, predict, deploy or monitor) says which; without it, a config with `model`/`data`
+sections is a finetune run, one with an `inference` section a prediction, one with a `deploy` section a deployment,
+one with a `monitor` section a monitor run.
 
 Examples:
     python run.py --config configs/quickstart.yaml
@@ -9,6 +10,7 @@ Examples:
     python run.py --config configs/llama-3.1-8b.yaml --dry-run
     python run.py --config configs/inference.yaml
     python run.py --config configs/deploy.yaml
+    python run.py --config configs/monitor.yaml --schedule '0 * * * *'
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
-from llm_lora.config import ConfigError, DeployConfig, InferenceConfig, RunConfig, load_config  # noqa: E402
+from llm_lora.config import (  # noqa: E402
+    ConfigError, DeployConfig, InferenceConfig, MonitorConfig, RunConfig, load_config,
+)
 from llm_lora.data_sources import DataError  # noqa: E402
 from llm_lora.model_loading import ModelSourceError  # noqa: E402
-from pipelines import deploy_command, finetune_command, predict_command  # noqa: E402
+from pipelines import deploy_command, finetune_command, monitor_command, predict_command  # noqa: E402
 from pipelines.commands import CommandError, Options, quiet_console_tracebacks  # noqa: E402
 
-COMMANDS = {RunConfig: finetune_command, InferenceConfig: predict_command, DeployConfig: deploy_command}
+COMMANDS = {RunConfig: finetune_command, InferenceConfig: predict_command, DeployConfig: deploy_command,
+            MonitorConfig: monitor_command}
 # An error line longer than this is cut: a huge value must not flood the terminal.
 MAX_ERROR_CHARS = 600
 
@@ -87,7 +92,7 @@ class OneLineError(click.ClickException):
 @click.option("--stack", "stack_name", metavar="NAME", help="Run on this ZenML stack instead of the active one.")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks.")
 def cli(config_path: Path, **options) -> None:
-    """Finetune a base model with LoRA on ZenML, evaluate it and promote it if it is better; or serve it."""
+    """Finetune a base model with LoRA on ZenML, evaluate it and promote it if it is better; serve it; monitor it."""
     try:
         main(config_path, Options(**options))
     except CommandError as exc:

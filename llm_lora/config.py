@@ -731,7 +731,8 @@ class DeploySettings(_Section):
     # slot when it ends and a waiting input takes it), transformers' batch.
     batch_size: int = Field(default=16, ge=1, le=256)
     max_new_tokens: int | None = Field(default=None, ge=1)  # None: the cap the version was evaluated with
-    # One JSON line per request (time, route, version, inputs, latency, queue time, parse success; no texts).
+    # One JSON line per request (time, route, version, inputs, prompt tokens, latency, queue time, parse success;
+    # no texts). The monitor pipeline reads it (configs/monitor.yaml).
     request_log: Path | None = None
     # Every this many seconds the new request records become one `served_requests` artifact in ZenML,
     # linked to the served version (0: none). Requests never wait for it.
@@ -757,8 +758,95 @@ class DeployConfig(_Section):
     deploy: DeploySettings
 
 
+class MonitorSettings(_Section):
+    """What is watched: a registered version and the request log of its deployment."""
+
+    model_name: ZenMLName  # the ZenML Model that the finetune pipeline versions
+    # A stage (production, staging), a version number (3, written bare or quoted), or a version name.
+    version: Annotated[str, BeforeValidator(_version_text)] = "production"
+    request_log: Path  # the deployment's deploy.request_log (JSON lines, one per request)
+    window_hours: float = Field(default=24.0, gt=0)  # the records of this many hours are read
+    # now: the window ends at the monitor's start (a schedule). newest: at the log's newest record (a log
+    # copied from elsewhere, or read after the deployment stopped).
+    window_end: Literal["now", "newest"] = "now"
+
+
+class NewRowsSettings(_Section):
+    """Newly labelled rows, read like training rows (the monitored version's data.format and data.columns).
+
+    Give one source: `path` (a data file, or a folder whose data files all count: it grows as rows are
+    labelled) or `hub_id` (a hub dataset; `revision` pins which labelled rows). Rows whose input the
+    version's own data holds are not new.
+    """
+
+    path: Path | None = None
+    hub_id: str | None = None
+    subset: str | None = None  # the hub dataset's configuration name
+    revision: str | None = None  # branch, tag or commit of the hub dataset
+    split: str = "train"  # the hub dataset's split that holds the labelled rows
+    # Rows production is re-scored on at most (None: every new row); each costs one generation.
+    max_score_rows: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> NewRowsSettings:
+        if (self.path is None) == (self.hub_id is None):
+            raise ValueError("new_rows: give exactly one source: path or hub_id")
+        if self.path is not None and (self.subset or self.revision):
+            raise ValueError("new_rows: subset and revision go with hub_id")
+        return self
+
+
+class MonitorThresholds(_Section):
+    """When the monitor retrains or alerts; each check and its numbers are recorded with the decision."""
+
+    # Retrain when production's score on the new rows is this far below the score it was promoted on.
+    max_score_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    # Fewer new rows than this: their score is reported but decides nothing (too few to tell from noise).
+    min_score_rows: int = Field(default=20, ge=1)
+    # Retrain when this many new labelled rows have arrived, whatever the score (None: never for that alone).
+    min_new_rows: int | None = Field(default=500, ge=1)
+    # Alert on input-length drift: a two-sample Kolmogorov-Smirnov test of the served prompts' token
+    # counts against the training rows', below this p-value...
+    drift_p_value: float = Field(default=0.01, gt=0.0, lt=1.0)
+    # ...with at least this gap between the two length distributions (KS statistic: on heavy traffic
+    # any tiny shift is "significant"; this keeps the alert for shifts that matter)...
+    drift_min_statistic: float = Field(default=0.1, ge=0.0, le=1.0)
+    drift_min_inputs: int = Field(default=30, ge=2)  # ...and at least this many served inputs
+    min_parse_rate: float = Field(default=0.95, ge=0.0, le=1.0)  # alert below this share of JSON answers
+    max_refusal_rate: float = Field(default=0.05, ge=0.0, le=1.0)  # alert above this share of refused requests
+    max_latency_p95_s: float | None = Field(default=None, gt=0)  # alert above it (None: latency not checked)
+
+
+class RetrainSettings(_Section):
+    """What a retrain runs: a finetune config with its data plus the new labelled rows."""
+
+    # The finetune YAML whose model and settings retrain (None: the monitor alerts instead of retraining).
+    finetune_config: Path | None = None
+    # Each retrain writes its rows (new labelled rows first, then the config's) and the config that names
+    # them into a folder of its own here. Keep it: the retrained version's record points at those rows.
+    data_folder: Path = Path("outputs/retrain")
+
+
+class MonitorConfig(_Section):
+    """A monitor YAML: what is watched, the new labelled rows, the thresholds and what a retrain runs."""
+
+    monitor: MonitorSettings
+    new_rows: NewRowsSettings | None = None  # None: production is not re-scored
+    thresholds: MonitorThresholds = MonitorThresholds()
+    retrain: RetrainSettings = RetrainSettings()
+
+    def to_json(self) -> str:
+        """Serialize to a JSON string (paths as strings), for step parameters."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> MonitorConfig:
+        """Inverse of `to_json`."""
+        return cls.model_validate(json.loads(text))
+
+
 # A config's optional top-level `kind:`: which job it is for, and so which schema it is read with.
-CONFIG_KINDS = {"finetune": RunConfig, "predict": InferenceConfig, "deploy": DeployConfig}
+CONFIG_KINDS = {"finetune": RunConfig, "predict": InferenceConfig, "deploy": DeployConfig, "monitor": MonitorConfig}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -861,7 +949,9 @@ def _model_name_in(name: str) -> str:
     return str(REPO_ROOT / name[2:]) if name.startswith("./") else name
 
 
-def load_config(path: str | Path, check_files: bool = True) -> RunConfig | InferenceConfig | DeployConfig:
+def load_config(
+    path: str | Path, check_files: bool = True
+) -> RunConfig | InferenceConfig | DeployConfig | MonitorConfig:
     """Read and validate a run configuration.
 
     Relative data paths, and local model paths in model.name and
@@ -874,9 +964,10 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
         check_files: Also require the data files to exist.
 
     Returns:
-        The validated configuration, paths made absolute: a RunConfig, an InferenceConfig or a
-        DeployConfig as its `kind:` says (finetune, predict, deploy), or without it, an InferenceConfig
-        for a YAML with only an `inference` section, a DeployConfig for one with only a `deploy` section.
+        The validated configuration, paths made absolute: a RunConfig, an InferenceConfig, a
+        DeployConfig or a MonitorConfig as its `kind:` says (finetune, predict, deploy, monitor), or
+        without it, an InferenceConfig for a YAML with only an `inference` section, a DeployConfig for
+        one with only a `deploy` section, a MonitorConfig for one with a `monitor` section.
 
     Raises:
         ConfigError: With a one-line message naming the file and the key.
@@ -909,7 +1000,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
     elif {"model", "data"} & set(raw):
         schema = RunConfig
     else:
-        schema = InferenceConfig if "inference" in raw else DeployConfig if "deploy" in raw else RunConfig
+        schema = (InferenceConfig if "inference" in raw else DeployConfig if "deploy" in raw
+                  else MonitorConfig if "monitor" in raw else RunConfig)
     try:
         config = schema.model_validate(raw)
     except ValidationError as exc:
@@ -939,6 +1031,8 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
             raise ConfigError(f"{path}: {message}{more}") from None
         raise ConfigError(f"{path}: {where}: {message}{more}") from None
 
+    if isinstance(config, MonitorConfig):
+        return _monitor_paths(config, path, check_files)
     if isinstance(config, DeployConfig):
         log = config.deploy.request_log
         log = log.expanduser() if log is not None else None
@@ -1000,3 +1094,39 @@ def load_config(path: str | Path, check_files: bool = True) -> RunConfig | Infer
     if training.checkpoint_dir and training.checkpoint_dir.startswith("~"):
         training = training.model_copy(update={"checkpoint_dir": str(Path(training.checkpoint_dir).expanduser())})
     return config.model_copy(update={"data": data.model_copy(update=resolved), "training": training})
+
+
+def _monitor_paths(config: MonitorConfig, path: Path, check_files: bool) -> MonitorConfig:
+    """A monitor config's paths made absolute (found like data paths); the finetune config must exist.
+
+    The request log and the new rows are checked when the monitor runs: a deployment may not have
+    written its log yet when a schedule is set up.
+    """
+    def absolute(value: Path) -> Path:
+        found = _find(value, path)
+        value = value.expanduser()
+        return (found or (value if value.is_absolute() else Path.cwd() / value)).resolve()
+
+    settings = config.monitor.model_copy(update={"request_log": absolute(config.monitor.request_log)})
+    if settings.request_log.is_dir():
+        raise ConfigError(f"{path}: monitor.request_log: is a folder ({config.monitor.request_log}); name the"
+                          " deployment's request_log file")
+    new_rows = config.new_rows
+    if new_rows is not None and new_rows.path is not None:
+        new_rows = new_rows.model_copy(update={"path": absolute(new_rows.path)})
+    retrain = config.retrain
+    if retrain.finetune_config is not None:
+        found = _find(retrain.finetune_config, path)
+        if found is None and check_files:
+            raise ConfigError(f"{path}: retrain.finetune_config: not found: {retrain.finetune_config}")
+        if found is not None and found.is_dir():
+            raise ConfigError(f"{path}: retrain.finetune_config: is a folder ({retrain.finetune_config}); name a"
+                              " finetune YAML")
+        retrain = retrain.model_copy(update={"finetune_config": (found or retrain.finetune_config).resolve()})
+    folder = retrain.data_folder.expanduser()
+    folder = (folder if folder.is_absolute() else Path.cwd() / folder).resolve()
+    if folder.is_file():
+        raise ConfigError(f"{path}: retrain.data_folder: is a file ({retrain.data_folder}); name a folder")
+    _check_writable(folder / "train.jsonl", f"{path}: retrain.data_folder")
+    retrain = retrain.model_copy(update={"data_folder": folder})
+    return config.model_copy(update={"monitor": settings, "new_rows": new_rows, "retrain": retrain})

@@ -123,8 +123,9 @@ def answer(served: ServedModel, texts: list[str]) -> dict:
 
     Returns:
         The answering version, and per input: the raw text, whether it parsed as a
-        JSON object, the object (None when it did not parse) and whether the cap
-        stopped it; plus the request's latency, its time in the queue and its parse rate.
+        JSON object, the object (None when it did not parse), whether the cap
+        stopped it and its prompt's length in tokens; plus the request's latency, its
+        time in the queue and its parse rate.
 
     Raises:
         QueueFull: The queue is full.
@@ -136,8 +137,9 @@ def answer(served: ServedModel, texts: list[str]) -> dict:
     results = prediction_records(rows, answers.generations)
     return {
         "model_version": served.version,
-        "results": [{"output": r["output"], "parsed": r["valid_json"], "json": r["json"], "hit_cap": r["hit_cap"]}
-                    for r in results],
+        "results": [{"output": r["output"], "parsed": r["valid_json"], "json": r["json"], "hit_cap": r["hit_cap"],
+                     "prompt_tokens": generation.prompt_tokens}
+                    for r, generation in zip(results, answers.generations)],
         "latency_s": round(latency, 4),
         "queue_s": round(answers.queue_s, 4),
         "parsed_rate": sum(r["valid_json"] for r in results) / len(results),
@@ -145,13 +147,16 @@ def answer(served: ServedModel, texts: list[str]) -> dict:
 
 
 def request_record(response: dict, route: str = "invoke") -> dict:
-    """What is kept per request: time, route, version, size, latency and parse success (no texts)."""
+    """What is kept per request: time, route, version, size, prompt lengths, latency and parse success (no texts)."""
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "route": route,
         "status": 200,
         "model_version": response["model_version"],
         "inputs": len(response["results"]),
+        # Each input's formatted prompt in the version's tokens: what input-length drift is measured on
+        # (`llm_lora.monitoring`) without keeping any text.
+        "input_tokens": [r["prompt_tokens"] for r in response["results"]],
         "latency_s": response["latency_s"],
         "queue_s": response["queue_s"],
         "parsed": sum(r["parsed"] for r in response["results"]),

@@ -7,7 +7,7 @@ importing ZenML's steps and the training stack.
 import importlib
 
 _PIPELINES = {"batch_inference": "pipelines.batch_inference", "finetune": "pipelines.finetune",
-              "online_inference": "pipelines.online_inference"}
+              "monitor": "pipelines.monitor", "online_inference": "pipelines.online_inference"}
 
 __all__ = list(_PIPELINES)
 

@@ -76,6 +76,33 @@ def use_stack(name: str) -> None:
     os.environ["ZENML_ACTIVE_STACK_ID"] = str(stack.id)
 
 
+SCHEDULING_ORCHESTRATORS = "kubernetes, vertex, sagemaker, azureml, kubeflow, airflow, databricks"
+
+
+def check_schedule(cron: str) -> None:
+    """Refuse, in one line, a --schedule that is not a cron expression."""
+    from llm_lora.cron import CronError, check_cron
+
+    try:
+        check_cron(cron)
+    except CronError as exc:
+        raise CommandError(f"--schedule: {exc}") from None
+
+
+def check_schedule_stack() -> None:
+    """Refuse, in one line, a stack whose orchestrator cannot schedule."""
+    from zenml.client import Client
+
+    stack = Client().active_stack
+    orchestrator = stack.orchestrator
+    if not orchestrator.config.is_schedulable:
+        raise CommandError(
+            f"--schedule: stack {stack.name!r} runs on orchestrator {orchestrator.name!r}"
+            f" (flavor {orchestrator.flavor}), which cannot run schedules; use a stack whose orchestrator can"
+            f" ({SCHEDULING_ORCHESTRATORS}), e.g. --stack <name>"
+        )
+
+
 def check_version(model_name: str, version: str, option: str):
     """The run config of a registered version that a finished finetune run made; else one line."""
     from steps.support.model_version import find_model_version

@@ -35,7 +35,7 @@ def check(config: DeployConfig, config_path: Path, options: Options) -> str:
     from zenml.client import Client
 
     if options.cron:
-        raise CommandError("--schedule: schedules are for the finetune pipeline")
+        raise CommandError("--schedule: schedules are for the finetune and monitor pipelines")
     check_store()
     if options.stack_name:
         use_stack(options.stack_name)

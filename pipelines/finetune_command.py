@@ -8,17 +8,16 @@ from pathlib import Path
 import click
 
 from llm_lora.config import RunConfig
-from llm_lora.cron import CronError, check_cron
 from llm_lora.errors import MachineError, check_machine
+from llm_lora.memory_estimate import estimate_for_config
 from llm_lora.metric_registry import METRICS, ordered_scores
 from llm_lora.model_loading import resolve_model_source
 from llm_lora.run_checks import check_data, check_export, check_models
 from llm_lora.worth_it import summary_lines
 from pipelines.commands import (
-    CommandError, Options, check_store, dry_run_line, failed_step_message, first_line, unique_suffix, use_stack,
+    CommandError, Options, check_schedule, check_schedule_stack, check_store, dry_run_line, failed_step_message,
+    first_line, unique_suffix, use_stack,
 )
-
-SCHEDULING_ORCHESTRATORS = "kubernetes, vertex, sagemaker, azureml, kubeflow, airflow, databricks"
 
 
 def describe(config: RunConfig) -> str:
@@ -42,12 +41,27 @@ def describe(config: RunConfig) -> str:
         f"training  {training.method}, lr {training.learning_rate}, epochs {training.epochs},"
         f" batch {training.batch_size}x{training.gradient_accumulation_steps}, {training.precision},"
         f" {training.num_processes} process(es)",
+        *([f"memory    {memory}"] if (memory := describe_memory(config)) else []),
         f"baselines {', '.join(compared)}",
         f"registry  ZenML model {config.registry.model_name!r}, promotion on {config.promotion.metric}"
         f" (+{config.promotion.min_gain_over_base} over"
         f" {'base' if config.promotion.must_beat == 'base' else 'the best baseline'})",
         *([f"export    {describe_export(config)}"] if config.export.formats else []),
     ])
+
+
+def describe_memory(config: RunConfig) -> str | None:
+    """The per-GPU peak memory estimate for rows of data.max_seq_length tokens, all of them labelled (an
+    upper bound: the preflight report estimates it again on the prepared rows); None on a CPU run, with
+    max_seq_length auto, or for a model whose architecture cannot be read."""
+    length = config.data.max_seq_length
+    if config.training.use_cpu or length == "auto":
+        return None
+    estimate = estimate_for_config(config, length, length, labelled_share=1.0)
+    if estimate is None:
+        return None
+    return (f"at most {estimate.summary().removeprefix('~')} (rows of data.max_seq_length {length}, loss on"
+            f" every token; the preflight report estimates it on the prepared rows)")
 
 
 def describe_export(config: RunConfig) -> str:
@@ -63,10 +77,7 @@ def describe_export(config: RunConfig) -> str:
 def check(config: RunConfig, config_path: Path, options: Options) -> str:
     """Everything that can fail before the pipeline starts; returns the --dry-run line."""
     if options.cron:
-        try:
-            check_cron(options.cron)
-        except CronError as exc:
-            raise CommandError(f"--schedule: {exc}") from None
+        check_schedule(options.cron)
     check_data(config)
     check_export(config)
     if options.stack_name or options.cron or not options.dry_run:
@@ -80,20 +91,6 @@ def check(config: RunConfig, config_path: Path, options: Options) -> str:
     if config.data.hub_id:
         return dry_run_line(config_path, checked, "; hub dataset rows are read by the pipeline")
     return dry_run_line(config_path, [*checked, "data rows"])
-
-
-def check_schedule_stack() -> None:
-    """Refuse, in one line, a stack whose orchestrator cannot schedule."""
-    from zenml.client import Client
-
-    stack = Client().active_stack
-    orchestrator = stack.orchestrator
-    if not orchestrator.config.is_schedulable:
-        raise CommandError(
-            f"--schedule: stack {stack.name!r} runs on orchestrator {orchestrator.name!r}"
-            f" (flavor {orchestrator.flavor}), which cannot run schedules; use a stack whose orchestrator can"
-            f" ({SCHEDULING_ORCHESTRATORS}), e.g. --stack <name>"
-        )
 
 
 def run(config: RunConfig, config_path: Path, options: Options) -> None:

@@ -25,7 +25,7 @@ def describe(config: InferenceConfig) -> str:
 def check(config: InferenceConfig, config_path: Path, options: Options) -> str:
     """The input rows, read as the version's training run formats them (its config is in the registry)."""
     if options.cron:
-        raise CommandError("--schedule: schedules are for the finetune pipeline")
+        raise CommandError("--schedule: schedules are for the finetune and monitor pipelines")
     settings = config.inference
     try:
         read_input_file(settings.input_file)

@@ -91,7 +91,8 @@ async def chat_completions(request: Request) -> JSONResponse:
     result = prediction_records([row], [generation])[0]
     _record(served, request_record({
         "model_version": served.version,
-        "results": [{"parsed": result["valid_json"], "hit_cap": result["hit_cap"]}],
+        "results": [{"parsed": result["valid_json"], "hit_cap": result["hit_cap"],
+                     "prompt_tokens": generation.prompt_tokens}],
         "latency_s": round(time.perf_counter() - started, 4),
         "queue_s": round(answers.queue_s, 4),
         "parsed_rate": float(result["valid_json"]),

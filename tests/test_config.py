@@ -96,16 +96,16 @@ def test_json_round_trip(monkeypatch):
 
 @pytest.mark.parametrize("config_path", CONFIGS, ids=[path.stem for path in CONFIGS])
 def test_every_shipped_config_passes_dry_run(config_path, tmp_path):
-    """Run configs are valid as shipped; inference and deploy configs are valid up to the registry, where a
-    fresh ZenML store has no trained version yet (and a dry run says so, as the real command would)."""
+    """Run configs are valid as shipped; inference, deploy and monitor configs are valid up to the registry,
+    where a fresh ZenML store has no trained version yet (and a dry run says so, as the real command would)."""
     env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp_path / "zenml"), ZENML_ANALYTICS_OPT_IN="false")
     result = subprocess.run(
         [sys.executable, "run.py", "--config", str(config_path.relative_to(REPO)), "--dry-run"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
     )
     config = yaml.safe_load(config_path.read_text())
-    if "inference" in config or "deploy" in config:
-        section = "inference" if "inference" in config else "deploy"
+    section = next((name for name in ("inference", "deploy", "monitor") if name in config), None)
+    if section is not None:
         assert result.returncode == 1
         assert result.stderr.strip().splitlines()[-1] == (
             f"Error: {section}.version: model '{config[section]['model_name']}' has no version 'production';"
@@ -402,3 +402,46 @@ def test_a_step_part_holds_only_what_it_names(monkeypatch):
     assert cheaper.part(model=True, data=True, promotion=("metric",)) == config.part(
         model=True, data=True, promotion=("metric",))
     assert cheaper.part(promotion=True) != config.part(promotion=True)
+
+
+def _monitor(tmp_path, **sections):
+    config = yaml.safe_load((REPO / "configs" / "monitor.yaml").read_text())
+    for section, values in sections.items():
+        if values is None:
+            config.pop(section, None)
+        else:
+            config.setdefault(section, {}).update(values)
+    return _write(tmp_path, yaml.safe_dump(config))
+
+
+def test_the_monitor_config_resolves_its_paths(monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "configs" / "monitor.yaml")
+    assert config.monitor.request_log == REPO / "outputs" / "requests.jsonl"
+    assert config.new_rows.path == REPO / "data" / "support_emails" / "labelled"
+    assert config.retrain.finetune_config == REPO / "configs" / "quickstart.yaml"
+    assert config.retrain.data_folder == REPO / "outputs" / "retrain"
+    assert config.thresholds.max_score_drop == 0.05 and config.monitor.window_end == "now"
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"thresholds": {"max_score_drop": 1.5}}, r"thresholds\.max_score_drop: Input should be less than or equal to 1"),
+    ({"thresholds": {"min_new_row": 10}}, r"thresholds\.min_new_row: unknown key$"),
+    ({"thresholds": {"drift_p_value": True}}, r"thresholds\.drift_p_value: expected a number, got true"),
+    ({"monitor": {"window_hours": 0}}, r"monitor\.window_hours: Input should be greater than 0"),
+    ({"monitor": {"window_end": "today"}}, r"monitor\.window_end: 'today' is not one of 'now' or 'newest'"),
+    ({"new_rows": {"hub_id": "org/rows"}}, r"new_rows: give exactly one source: path or hub_id$"),
+    ({"retrain": {"finetune_config": "configs/nope.yaml"}}, r"retrain\.finetune_config: not found: configs/nope\.yaml"),
+    ({"monitor": {"request_log": "configs"}}, r"monitor\.request_log: is a folder"),
+])
+def test_monitor_settings_named(tmp_path, monkeypatch, sections, message):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError, match=message):
+        load_config(_monitor(tmp_path, **sections))
+
+
+def test_a_monitor_section_alone_is_a_monitor_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = load_config(_write(tmp_path, "monitor:\n  model_name: m\n  request_log: requests.jsonl\n"))
+    assert config.new_rows is None and config.retrain.finetune_config is None
+    assert config.monitor.request_log == REPO / "requests.jsonl"

@@ -168,8 +168,9 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
         for record in records:
             assert record["model_version"] == answers["model_version"] and record["status"] == 200
             assert record["latency_s"] > 0 and record["queue_s"] >= 0 and 0 <= record["parsed_rate"] <= 1
-            assert set(record) == {"time", "route", "status", "model_version", "inputs", "latency_s", "queue_s",
-                                   "parsed", "parsed_rate", "hit_cap"}
+            assert set(record) == {"time", "route", "status", "model_version", "inputs", "input_tokens", "latency_s",
+                                   "queue_s", "parsed", "parsed_rate", "hit_cap"}
+            assert len(record["input_tokens"]) == record["inputs"] and all(n > 0 for n in record["input_tokens"])
         # And in ZenML, in batches: served_requests artifacts linked to the version, counting all four.
         deadline = time.monotonic() + 60
         while sum(m.get("requests", 0) for m in served_requests(zenml_env, production_version)) < 4:

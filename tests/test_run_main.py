@@ -40,7 +40,7 @@ def test_kind_picks_the_schema(tmp_path, tiny_model_dir):
     with pytest.raises(CommandError, match=r"run.yaml: inference: required key is missing \(and \d+ more problems\)"):
         run.main(config, Options(dry_run=True))
     config.write_text(yaml.safe_dump({"kind": "train", **loaded}))
-    with pytest.raises(CommandError, match=r"run.yaml: kind: 'train' is not one of finetune, predict, deploy$"):
+    with pytest.raises(CommandError, match=r"run.yaml: kind: 'train' is not one of finetune, predict, deploy, monitor$"):
         run.main(config, Options(dry_run=True))
     config.write_text(yaml.safe_dump({"kind": "finetune", **loaded}))
     run.main(config, Options(dry_run=True))

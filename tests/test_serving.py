@@ -10,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from llm_lora.batching import QueueFull, WindowBatcher
 from llm_lora.config import ModelConfig, RunConfig
 from llm_lora.generation import Generation
-from llm_lora.inference import predict
+from llm_lora.inference import inference_prompts, predict
 from llm_lora.model_loading import load_model
 from llm_lora.serving import (
     EXAMPLE_INPUTS, MAX_INPUT_CHARS, MAX_INPUTS, Inputs, RequestRecorder, answer, append_request_log,
@@ -60,7 +60,8 @@ def test_answers_carry_the_version_and_match_batch_inference(served, support_row
     expected = predict(served.model, served.tokenizer, rows, served.config, 2, 8)
     assert [r["output"] for r in response["results"]] == [e["output"] for e in expected]
     for result in response["results"]:
-        assert set(result) == {"output", "parsed", "json", "hit_cap"} and result["parsed"] == (result["json"] is not None)
+        assert set(result) == {"output", "parsed", "json", "hit_cap", "prompt_tokens"}
+        assert result["parsed"] == (result["json"] is not None) and result["prompt_tokens"] > 0
     assert response["latency_s"] > 0 and 0 <= response["parsed_rate"] <= 1
 
 
@@ -151,6 +152,10 @@ def test_the_request_record_keeps_no_text(served, tmp_path):
     assert record["inputs"] == 2 and record["model_version"] == "m 3 (production)"
     assert record["parsed"] == sum(r["parsed"] for r in response["results"])
     assert record["hit_cap"] == sum(r["hit_cap"] for r in response["results"])
+    # Each prompt's length in tokens (what input-length drift is measured on), the text itself not kept.
+    prompts = inference_prompts(served.tokenizer, [("", None, (("user", text),)) for text in
+                                                   ["Order ORD-123 is broken", "where is my parcel"]], served.config)
+    assert record["input_tokens"] == [len(served.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     assert "ORD-123" not in json.dumps(record)
     log = tmp_path / "logs" / "requests.jsonl"
     append_request_log(log, record)

@@ -66,9 +66,18 @@ def test_generate_skips_excluded_emails():
 
 def test_committed_files_match_the_generator(tmp_path):
     counts = write_splits(tmp_path)
-    assert counts == {**SPLIT_SIZES, "new_emails": 20}
-    for split in [*SPLIT_SIZES, "new_emails"]:
-        assert (tmp_path / f"{split}.jsonl").read_bytes() == (DATA_DIR / f"{split}.jsonl").read_bytes(), split
+    assert counts == {**SPLIT_SIZES, "new_emails": 20, "labelled": 50}
+    for name in [*SPLIT_SIZES, "new_emails", "labelled/batch-001"]:
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == (DATA_DIR / f"{name}.jsonl").read_bytes(), name
+
+
+def test_labelled_rows_are_unseen():
+    """The monitor's new rows: the same task and distribution, none of them an email of another file."""
+    seen = {row["prompt"] for split in SPLIT_SIZES for row in read_rows(split)}
+    seen |= {json.loads(line)["prompt"] for line in (DATA_DIR / "new_emails.jsonl").read_text().splitlines()}
+    labelled = [json.loads(line) for line in (DATA_DIR / "labelled" / "batch-001.jsonl").read_text().splitlines()]
+    assert len(labelled) == 50 and all(set(row) == {"prompt", "completion"} for row in labelled)
+    assert not seen & {row["prompt"] for row in labelled}
 
 
 def test_new_emails_are_unanswered_and_unseen():

@@ -558,11 +558,14 @@ def write_splits(
     n_test: int = 300,
     seed: int = DEFAULT_SEED,
     n_new: int = 20,
+    n_labelled: int = 50,
 ) -> dict[str, int]:
     """Write train.jsonl, validation.jsonl and test.jsonl with no email shared between them.
 
     Also writes new_emails.jsonl: unanswered emails (prompt only) unlike any in
-    the splits, the input of the batch inference example.
+    the splits, the input of the batch inference example; and labelled/batch-001.jsonl:
+    labelled rows unlike any of those, as a deployment's newly labelled traffic would be
+    (the new rows of configs/monitor.yaml).
 
     Splits are drawn in the order train, validation, test; each drops emails already
     drawn by an earlier split, so evaluation rows never repeat a training row.
@@ -574,6 +577,7 @@ def write_splits(
         n_test: Rows in test.jsonl.
         seed: Dataset seed; the same seed gives byte-identical files.
         n_new: Rows in new_emails.jsonl.
+        n_labelled: Rows in labelled/batch-001.jsonl.
 
     Returns:
         Rows written per split name.
@@ -593,6 +597,13 @@ def write_splits(
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in new)
     (out_dir / "new_emails.jsonl").write_bytes(text.encode("utf-8"))
     counts["new_emails"] = len(new)
+    seen.update(row["prompt"] for row in new)
+    # Drawn last, from a stream of their own: the files above stay as they were before these existed.
+    labelled = generate(n_labelled, split_seed(seed, "labelled"), exclude=seen)
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in labelled)
+    (out_dir / "labelled").mkdir(exist_ok=True)
+    (out_dir / "labelled" / "batch-001.jsonl").write_bytes(text.encode("utf-8"))
+    counts["labelled"] = len(labelled)
     return counts
 
 
@@ -606,8 +617,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, default=300, help="rows in test.jsonl")
     args = parser.parse_args(argv)
     counts = write_splits(args.out, args.train, args.validation, args.test, seed=args.seed)
+    files = {"labelled": "labelled/batch-001.jsonl"}
     for split, count in counts.items():
-        print(f"{split:<10} {count:>5} rows -> {args.out / f'{split}.jsonl'}")
+        print(f"{split:<10} {count:>5} rows -> {args.out / files.get(split, f'{split}.jsonl')}")
 
 
 if __name__ == "__main__":
