@@ -480,7 +480,8 @@ def _score_checks(score: ScoreCheck | None, thresholds: MonitorThresholds) -> li
         checks.append(Check(name="new_rows", status="retrain",
                             line=f"{count_line}: at least {thresholds.min_new_rows} (thresholds.min_new_rows)"))
     else:
-        needed = f"; {thresholds.min_new_rows} retrain" if thresholds.min_new_rows is not None else ""
+        needed = (f", fewer than the {thresholds.min_new_rows} that retrain (thresholds.min_new_rows)"
+                  if thresholds.min_new_rows is not None else "")
         checks.append(Check(name="new_rows", status="ok", line=count_line + needed))
     if score.score is None:
         why = ("no new rows to score" if not score.new_rows else

@@ -53,6 +53,7 @@ def rescore_production(new_rows: NewRowsSettings) -> Tuple[
         fingerprint=rows_fingerprint(new), metric=metric, promoted=promoted, promoted_source=promoted_source,
         score=float(metrics[metric]) if metric in metrics else None, metrics=metrics, unmeasured=unmeasured,
     )
+    shown = "not scored" if check.score is None else f"{check.score:.4f}"
     logger.info("%d labelled rows, %d new; %s %s on %d of them (promoted on %s)", check.labelled_rows,
-                check.new_rows, metric, check.score, check.scored_rows, promoted)
+                check.new_rows, metric, shown, check.scored_rows, promoted)
     return check, [example.to_row() for example in labelled.examples]
