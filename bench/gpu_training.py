@@ -372,44 +372,61 @@ def _anchor(model, rows, steps, warmup, device, peak_flops, record):
     return result
 
 
+def long_row(length: int, vocab: int) -> dict:
+    """One row of random tokens, its loss on the last LONG_LABELLED (a long document, then the answer)."""
+    ids = torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(length)).tolist()
+    return {"input_ids": ids, "attention_mask": [1] * length,
+            "labels": [IGNORE_INDEX] * (length - LONG_LABELLED) + ids[-LONG_LABELLED:]}
+
+
+def longest_trainable(train_one_step, lengths, vocab: int, device: str, deadline: float, on_try=None) -> list[dict]:
+    """`train_one_step(row)` (returns the loss) on a single long_row of each length, until one does not fit
+    or time runs out; `on_try(tries)` after each."""
+    tries = []
+    for length in lengths:
+        if time.perf_counter() > deadline:
+            tries.append({"length": length, "skipped": "time budget"})
+            break
+        _begin(device)
+        started = time.perf_counter()
+        try:
+            loss = train_one_step(long_row(length, vocab))
+            entry = {"length": length, "trained": math.isfinite(loss), "step_seconds": round(time.perf_counter() - started, 1),
+                     "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None}
+        except torch.OutOfMemoryError:
+            entry = {"length": length, "trained": False, "error": "out of memory"}
+        _free_memory()
+        tries.append(entry)
+        if on_try is not None:
+            on_try(tries)
+        print("longest sequence", entry, flush=True)
+        if not entry["trained"]:
+            break
+    return tries
+
+
 def longest_sequence(model, run_config, vocab, lengths, device, record, deadline):
     """One QLoRA optimizer step on a single row of each length, until one does not fit or time runs out."""
     from llm_lora.training import CompletionLossTrainer, attach_lora, build_collator
 
-    found = []
-    for length in lengths:
-        if time.perf_counter() > deadline:
-            found.append({"length": length, "skipped": "time budget"})
-            break
+    def one_step(row):
         reset_base(model)
-        _begin(device)
-        generator = torch.Generator().manual_seed(length)
-        ids = torch.randint(3, vocab, (length,), generator=generator).tolist()
-        row = {"input_ids": ids, "attention_mask": [1] * length,
-               "labels": [IGNORE_INDEX] * (length - LONG_LABELLED) + ids[-LONG_LABELLED:]}
         peft_model = attach_lora(model, run_config)
-        started = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory() as out:
                 args = training_args(run_config, out, 1, batch_size=1, gradient_accumulation_steps=1, use_cpu=device == "cpu")
                 trainer = CompletionLossTrainer(model=peft_model, args=args, train_dataset=[row],
                                                 data_collator=build_collator(None, True))
-                loss = trainer.train().training_loss
-                del trainer
-            entry = {"length": length, "trained": math.isfinite(loss), "step_seconds": round(time.perf_counter() - started, 1),
-                     "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None}
-        except torch.OutOfMemoryError:
-            entry = {"length": length, "trained": False, "error": "out of memory"}
-        peft_model.unload()
-        _free_memory()
-        found.append(entry)
-        record["longest_sequence_qlora"] = {"labelled_tokens": LONG_LABELLED, "tries": found,
+                return trainer.train().training_loss
+        finally:
+            peft_model.unload()
+
+    def save(tries):
+        record["longest_sequence_qlora"] = {"labelled_tokens": LONG_LABELLED, "tries": tries,
                                             "setup": _describe(run_config)}
         _write(record)
-        print("longest sequence", entry, flush=True)
-        if not entry["trained"]:
-            break
-    return found
+
+    return longest_trainable(one_step, lengths, vocab, device, deadline, save)
 
 
 def _flatten_groups(collator):

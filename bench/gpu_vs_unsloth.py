@@ -47,9 +47,11 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from gpu_training import SHAPES, TINY, _begin, _stack, _versions, build_model, matmul_rate, measure  # noqa: E402
+from gpu_training import (  # noqa: E402
+    SHAPES, TINY, _begin, _stack, _versions, build_model, longest_trainable, matmul_rate, measure,
+)
+from llm_lora.tokenization import IGNORE_INDEX  # noqa: E402
 
-IGNORE_INDEX = -100
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CONFIGS = {"qlora": "configs/llama-3.1-8b.yaml", "lora": "configs/llama-3.1-8b-bf16.yaml"}
 # The project's variants: training-section overrides on top of the method's config, at the shared shape.
@@ -60,7 +62,6 @@ LEVERS = {
     "adamw_8bit": {"optimizer": "adamw_8bit"},
     "all three": {"chunked_loss": True, "offload_activations": True, "optimizer": "adamw_8bit"},
 }
-LONG_LABELLED = 4096
 LONG_LENGTHS = [16384, 32768, 49152, 65536, 98304, 131072]
 
 
@@ -109,34 +110,6 @@ def _labelled_per_step(rows: list[dict], rows_per_step: int) -> int:
 
 def _peak_memory(device: str) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
-
-
-def _long_row(length: int, vocab: int) -> dict:
-    ids = torch.randint(3, vocab, (length,), generator=torch.Generator().manual_seed(length)).tolist()
-    return {"input_ids": ids, "attention_mask": [1] * length,
-            "labels": [IGNORE_INDEX] * (length - LONG_LABELLED) + ids[-LONG_LABELLED:]}
-
-
-def longest(train_one_step, lengths: list[int], vocab: int, device: str, deadline: float) -> list[dict]:
-    """One optimizer step on a single row of each length, until one does not fit or time runs out."""
-    tries = []
-    for length in lengths:
-        if time.perf_counter() > deadline:
-            tries.append({"length": length, "skipped": "time budget"})
-            break
-        _begin(device)
-        started = time.perf_counter()
-        try:
-            loss = train_one_step(_long_row(length, vocab))
-            entry = {"length": length, "trained": loss == loss, "step_seconds": round(time.perf_counter() - started, 1),
-                     "peak_allocated_gib": _peak_memory(device)}
-        except torch.OutOfMemoryError:
-            entry = {"length": length, "trained": False, "error": "out of memory"}
-        tries.append(entry)
-        print("longest sequence", entry, flush=True)
-        if not entry["trained"]:
-            break
-    return tries
 
 
 # ---------------------------------------------------------------- the project's process
@@ -216,7 +189,7 @@ def project_worker(options) -> list[dict]:
             finally:
                 peft_model.unload()
 
-        tries = longest(one_step, options.lengths, model.config.vocab_size, options.device,
+        tries = longest_trainable(one_step, options.lengths, model.config.vocab_size, options.device,
                         time.perf_counter() + options.budget_s)
         results.append({"tool": "project", "method": options.method, "longest": tries, "variant": "all three"})
         _emit(results[-1])
@@ -273,7 +246,7 @@ def unsloth_worker(options) -> list[dict]:
                 trainer = Trainer(model=model, args=arguments(out, 1, 1), train_dataset=[row], data_collator=_stack)
                 return float(trainer.train().training_loss)
 
-        tries = longest(one_step, options.lengths, base.config.vocab_size, options.device,
+        tries = longest_trainable(one_step, options.lengths, base.config.vocab_size, options.device,
                         time.perf_counter() + options.budget_s)
         results.append({"tool": "unsloth", "method": options.method, "longest": tries, "variant": "unsloth"})
         _emit(results[-1])

@@ -812,7 +812,7 @@ class MonitorThresholds(_Section):
     # any tiny shift is "significant"; this keeps the alert for shifts that matter)...
     drift_min_statistic: float = Field(default=0.1, ge=0.0, le=1.0)
     drift_min_inputs: int = Field(default=30, ge=2)  # ...and at least this many served inputs
-    min_parse_rate: float = Field(default=0.95, ge=0.0, le=1.0)  # alert below this share of JSON answers
+    min_parse_rate: float = Field(default=0.95, ge=0.0, le=1.0)  # alert below this share of JSON answers (JSON-trained versions)
     max_refusal_rate: float = Field(default=0.05, ge=0.0, le=1.0)  # alert above this share of refused requests
     max_latency_p95_s: float | None = Field(default=None, gt=0)  # alert above it (None: latency not checked)
 

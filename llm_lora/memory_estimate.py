@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
+from llm_lora.tokenization import IGNORE_INDEX
+
 GIB = 2**30
 
 # Fitted to bench/results/gpu-training-*.json (see tests/test_memory_estimate.py for the table).
@@ -314,6 +316,6 @@ def estimate_for_rows(config, rows: list[dict], architecture: Architecture | Non
     lengths = sorted(len(row["input_ids"]) for row in rows)
     if not lengths:
         return None
-    labelled = sum(sum(label != -100 for label in row["labels"]) for row in rows)
+    labelled = sum(sum(label != IGNORE_INDEX for label in row["labels"]) for row in rows)
     return estimate_for_config(config, lengths[int(0.95 * (len(lengths) - 1))], lengths[-1],
                                labelled / sum(lengths), architecture)

@@ -182,6 +182,8 @@ class TrafficCheck(_Record):
         inputs: Inputs answered (a request may carry several).
         latency_p50_s, latency_p95_s, latency_p99_s: Request latency percentiles (answered requests).
         parse_rate: Share of answers that parsed as JSON objects.
+        json_answers: Whether the version was trained to answer JSON objects (its training answers all
+            are); a free-text version's parse rate means nothing. None: unknown (no training rows).
         hit_cap_rate: Share of answers stopped by the answer cap.
         versions: Requests per answering version label.
         unreadable_lines: Lines of the log that are not a record.
@@ -199,6 +201,7 @@ class TrafficCheck(_Record):
     latency_p95_s: float | None
     latency_p99_s: float | None
     parse_rate: float | None
+    json_answers: bool | None = None
     hit_cap_rate: float | None
     versions: dict[str, int]
     unreadable_lines: int
@@ -209,8 +212,12 @@ class TrafficCheck(_Record):
         return self.refused / self.requests if self.requests else 0.0
 
 
-def check_traffic(window: RequestWindow, training_lengths: list[int], thresholds: MonitorThresholds) -> TrafficCheck:
-    """Volume, refusals, latency, parse rate, answers cut by the cap and input-length drift of a window."""
+def check_traffic(window: RequestWindow, training_lengths: list[int], thresholds: MonitorThresholds,
+                  json_answers: bool | None = None) -> TrafficCheck:
+    """Volume, refusals, latency, parse rate, answers cut by the cap and input-length drift of a window.
+
+    `json_answers`: whether the version answers JSON objects (`TrafficCheck.json_answers`).
+    """
     from llm_lora.serving import summarize_requests
 
     summary = summarize_requests(window.records)
@@ -225,7 +232,7 @@ def check_traffic(window: RequestWindow, training_lengths: list[int], thresholds
         end=window.end.isoformat(timespec="seconds"), requests=summary["requests"], answered=summary["answered"],
         refused=summary["refused"], inputs=summary["inputs"], latency_p50_s=summary["latency_s_p50"],
         latency_p95_s=summary["latency_s_p95"], latency_p99_s=summary["latency_s_p99"],
-        parse_rate=summary["parsed_rate"],
+        parse_rate=summary["parsed_rate"], json_answers=json_answers,
         hit_cap_rate=round(summary["hit_cap"] / summary["inputs"], 4) if summary["inputs"] else None,
         versions=versions, unreadable_lines=window.unreadable,
         drift=length_drift(served, training_lengths, thresholds),
@@ -438,6 +445,10 @@ def _traffic_checks(traffic: TrafficCheck, thresholds: MonitorThresholds) -> lis
              f" ({refusals:.1%}; at most {thresholds.max_refusal_rate:.1%})"))
     if traffic.parse_rate is None:
         checks.append(Check(name="parse_rate", status="info", line="no answered inputs: parse rate unknown"))
+    elif traffic.json_answers is False:
+        checks.append(Check(name="parse_rate", status="info",
+                            line=f"parse rate {traffic.parse_rate:.3f} not judged: the version answers free text"
+                                 " (its training answers are not JSON objects)"))
     else:
         low = traffic.parse_rate < thresholds.min_parse_rate
         checks.append(Check(name="parse_rate", status="alert" if low else "ok",

@@ -8,6 +8,7 @@ from zenml.logger import get_logger
 
 from llm_lora.config import MonitorThresholds
 from llm_lora.data_preparation import load_prepared_split
+from llm_lora.evaluation import references_are_json
 from llm_lora.model_loading import load_tokenizer
 from llm_lora.monitoring import TrafficCheck, prompt_token_counts, read_request_window
 from llm_lora.monitoring import check_traffic as summarize_window
@@ -40,12 +41,13 @@ def check_traffic(
     version, config = find_model_version(model.name, str(model.number), "monitor.version")
     window = read_request_window(request_log, window_hours, window_end)
     prepared = version.get_artifact("prepared_data")
-    lengths = []
+    lengths, json_answers = [], None
     if prepared is not None:
         apply_hub_token(config.model)
-        prompts = [row["prompt_text"] for row in load_prepared_split(prepared.load(), "train")]
-        lengths = prompt_token_counts(load_tokenizer(config.model), prompts)
-    traffic = summarize_window(window, lengths, thresholds)
+        train = load_prepared_split(prepared.load(), "train")
+        lengths = prompt_token_counts(load_tokenizer(config.model), [row["prompt_text"] for row in train])
+        json_answers = references_are_json([row["completion"] for row in train]) if train else None
+    traffic = summarize_window(window, lengths, thresholds, json_answers)
     drift = traffic.drift
     logger.info("%d requests from %s to %s; parse rate %s; input lengths: %s", traffic.requests, traffic.start,
                 traffic.end, traffic.parse_rate, f"KS D {drift.statistic}, p {drift.p_value:.3g}"

@@ -119,6 +119,18 @@ def test_drift_and_a_parse_fall_alert():
                decision.reasons)
 
 
+def test_a_free_text_version_is_not_held_to_a_parse_rate():
+    """A version trained on free-text answers parses none of them: nothing to alert about."""
+    unparsed = [record(1 + i / 100, tokens=(90 + (i * 7) % 30,), parsed=0) for i in range(60)]  # STEADY, unparsed
+    free_text = decide(check_traffic(window_of(unparsed), TRAINING, THRESHOLDS, json_answers=False), score(),
+                       THRESHOLDS, "m 1")
+    assert free_text.action == "nothing", free_text.reasons
+    assert "parse rate 0.000 not judged: the version answers free text" in free_text.line()
+    json_version = decide(check_traffic(window_of(unparsed), TRAINING, THRESHOLDS, json_answers=True), score(),
+                          THRESHOLDS, "m 1")
+    assert json_version.action == "alert"
+
+
 def test_slow_answers_and_refusals_alert():
     slow = [record(1, latency=5.0)] * 30 + [record(2, status=503)] * 5
     decision = decide(check_traffic(window_of(slow), TRAINING, THRESHOLDS), None, THRESHOLDS, "m 1")
