@@ -30,9 +30,18 @@ def example_score(record: dict, metric: str | None = None) -> float:
     Returns:
         The answer's score.
     """
+    if metric == "answer_accuracy" and not _is_missing(record.get("answer_right")):
+        return 1.0 if record["answer_right"] else 0.0
     scored_by = _scored_by(record, metric)
     if scored_by in ROUGE_SCORES:
         return float(record[scored_by])
+    if scored_by == "calls":  # an answer that should call functions: its calls (or their names, or arguments)
+        if metric in ("tool_name_accuracy", "tool_call_parse_rate"):
+            return 1.0 if record.get("tool_name_match" if metric == "tool_name_accuracy" else "calls_parse") else 0.0
+        if metric == "tool_argument_accuracy":
+            total = float(record.get("arguments_total") or 0)
+            return float(record.get("arguments_right") or 0) / total if total else float(bool(record["tool_call_match"]))
+        return 1.0 if record["tool_call_match"] else 0.0
     if scored_by == "fields":
         if not record.get("valid_json", True):
             return 0.0
@@ -42,7 +51,9 @@ def example_score(record: dict, metric: str | None = None) -> float:
 
 
 def _scored_by(record: dict, metric: str | None) -> str:
-    """Which of a record's scores example_score uses: a ROUGE score, "fields", "label_match" or "exact_match"."""
+    """Which of a record's scores example_score uses: "calls", a ROUGE score, "fields", "label_match" or "exact_match"."""
+    if not _is_missing(record.get("tool_call_match")):
+        return "calls"
     if metric in ROUGE_SCORES and not _is_missing(record.get(metric)):
         return metric
     if any(key.startswith(FIELD_PREFIX) and not _is_missing(record[key]) for key in record):
@@ -50,7 +61,17 @@ def _scored_by(record: dict, metric: str | None) -> str:
     return "label_match" if not _is_missing(record.get("label_match")) else "exact_match"
 
 
+# Scores that only rows expecting function calls have: the other rows do not count for them.
+CALL_SCORES = ("tool_call_accuracy", "tool_name_accuracy", "tool_argument_accuracy", "tool_call_parse_rate")
+
+
+def counts_for(record: dict, metric: str | None) -> bool:
+    """Whether a row counts for this metric: the call scores count only rows that expect calls."""
+    return metric not in CALL_SCORES or not _is_missing(record.get("tool_call_match"))
+
+
 _MEANINGS = {
+    "calls": "1 when the answer makes exactly the expected calls, else 0 (text answers: exact match)",
     "fields": "share of fields right (0 for an answer that is not valid JSON)",
     "label_match": "1 when the normalized label matches, else 0",
     "exact_match": "1 for an exact match, else 0",

@@ -126,7 +126,9 @@ class DataConfig(_Section):
     hub_splits: dict[str, str] = {"train": "train", "validation": "validation", "test": "test"}
     validation_share: float = Field(default=0.1, gt=0, lt=0.5)  # used only when the source has no such split
     test_share: float = Field(default=0.1, gt=0, lt=0.5)
-    format: Literal["auto", "prompt_completion", "messages", "instruction"] = "auto"
+    # auto: from each row's keys. messages (or openai, the same) reads OpenAI's chat fine-tuning rows:
+    # tools, tool calls, tool results, weights and the legacy functions form, checked as OpenAI checks them.
+    format: Literal["auto", "prompt_completion", "messages", "openai", "instruction"] = "auto"
     # Canonical field -> your column, e.g. {prompt: question, completion: answer}.
     columns: dict[str, str] = {}
     # Instructions shown to the model before every input; also saves the template's
@@ -134,9 +136,11 @@ class DataConfig(_Section):
     system_prompt: str | None = None
     # Used only when the tokenizer has no chat template; {system} and {prompt} are filled in.
     plain_template: str = "{system}### Input:\n{prompt}\n\n### Response:\n"
-    # What carries loss: the final answer, every assistant turn, or every token.
+    # What carries loss. auto: every assistant turn (OpenAI's rule; prompt/completion rows have one).
+    # completion: the final answer only; assistant_turns: every assistant turn; all: every token.
+    # Rows whose messages carry OpenAI weights follow them whatever this says: weight 1 trains, 0 does not.
     # The end-of-turn token after each trained answer always carries loss.
-    loss_on: Literal["completion", "assistant_turns", "all"] = "completion"
+    loss_on: Literal["auto", "completion", "assistant_turns", "all"] = "auto"
     on_bad_rows: Literal["error", "drop"] = "error"  # drop: skip bad rows, list them in the report
     max_train_rows: int | None = Field(default=None, ge=1)  # None: all rows
     max_validation_rows: int | None = Field(default=None, ge=1)
@@ -308,7 +312,9 @@ class EvaluationConfig(_Section):
     max_cut_short: float = Field(default=0.02, ge=0.0, le=1.0)
     # "auto": json_fields for JSON answers, else exact_match and rouge. Or name them:
     # json_fields, exact_match, rouge, classification_accuracy (metric modules in metrics/).
-    metrics: Literal["auto"] | list[Literal["json_fields", "exact_match", "rouge", "classification_accuracy"]] = "auto"
+    # Answers that are function calls are always scored by tool_calls (the others score the text answers).
+    metrics: Literal["auto"] | list[Literal["json_fields", "exact_match", "rouge", "classification_accuracy",
+                                            "tool_calls"]] = "auto"
 
 
 class BaselinesConfig(_Section):
@@ -345,7 +351,8 @@ class CostConfig(_Section):
 class PromotionConfig(_Section):
     """When a new model version goes to production."""
 
-    # "auto": mean_field_accuracy for JSON answers, else classification_accuracy, else exact_match.
+    # "auto": tool_call_accuracy when answers are function calls, mean_field_accuracy for JSON answers,
+    # else classification_accuracy, else exact_match.
     metric: str = "auto"
     # What the new version must beat by min_gain_over_base: the base model zero-shot, or the
     # best baseline (zero-shot, few-shot or the reference model, whichever scores highest).
@@ -495,16 +502,21 @@ class RunConfig(_Section):
     def _check_promotion_metric(self) -> None:
         """promotion.metric must be a score the evaluation computes: a typo would only surface after training."""
         metric, chosen = self.promotion.metric, self.evaluation.metrics
-        modules = [*AUTO_METRICS_JSON, *AUTO_METRICS_TEXT] if chosen == "auto" else chosen
+        modules = [*AUTO_METRICS_JSON, *AUTO_METRICS_TEXT] if chosen == "auto" else list(chosen)
         scores = metric_registry.promotable_scores(modules)
         listed = f"evaluation.metrics: {chosen if chosen == 'auto' else ', '.join(chosen)}"
         if metric == "auto":
+            # Whether the answers are function calls is the data's to say; without calls, auto needs a text score.
+            text_auto = [name for name in AUTO_PROMOTION_METRICS if name not in metric_registry.SCORES_BY_METRIC["tool_calls"]]
             if metric_registry.auto_promotion_metric(scores) is None:
                 raise ValueError(
-                    f"promotion.metric: auto needs one of {', '.join(AUTO_PROMOTION_METRICS)}, which {listed} does"
-                    f" not compute; name one of {', '.join(scores)}"
+                    f"promotion.metric: auto needs one of {', '.join(text_auto)} (tool_call_accuracy on answers"
+                    f" that are function calls), which {listed} does not compute; name one of {', '.join(scores)}"
                 )
             return
+        # tool_calls scores whatever rows expect function calls, so its scores are there whenever the data has them.
+        modules += [] if "tool_calls" in modules else ["tool_calls"]
+        scores = metric_registry.promotable_scores(modules)
         if metric_registry.is_promotable(metric, modules):
             return
         known = scores + ([f"{metric_registry.FIELD_ACCURACY_PREFIX}<field>"] if "json_fields" in modules else [])

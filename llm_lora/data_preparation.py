@@ -29,7 +29,9 @@ def fingerprint(rows: list[dict]) -> str:
     """
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps([row.get("system"), row.get("context"), row["completion"]]).encode())
+        # Rows without tools hash as they always did, so earlier versions' fingerprints still compare.
+        extra = [row["tools"], row.get("answer_meta")] if row.get("tools") or row.get("answer_meta") else []
+        digest.update(json.dumps([row.get("system"), row.get("context"), row["completion"], *extra]).encode())
     return digest.hexdigest()[:16]
 
 
@@ -111,7 +113,7 @@ def _carve(examples: list[Example], share: float, seed: int) -> tuple[list[Examp
 
 
 def _input_key(example: Example, system_prompt: str | None) -> tuple:
-    return (example.system if example.system is not None else system_prompt, example.context)
+    return example.input_key(system_prompt)
 
 
 def _length_histogram(lengths: list[int]) -> dict[str, int]:
@@ -311,6 +313,12 @@ def prepare_splits(
             "longest_over_length": tokenized.longest_dropped,
             "truncated": len(tokenized.truncated),
             "mask_problems": sum(1 for _, reason in tokenized.dropped if "loss" in reason),
+            # What carries loss: OpenAI's rule on chat rows (every assistant message of weight 1), or loss_on.
+            "trained_turns": tokenized.trained_turns,
+            "assistant_turns": tokenized.assistant_turns,
+            "weighted_rows": tokenized.weighted_rows,
+            "tool_rows": sum(1 for row in tokenized.rows if row.get("tools")),
+            "call_answers": sum(1 for row in tokenized.rows if row.get("answer_meta", {}).get("tool_calls")),
             "fingerprint": fingerprint(tokenized.rows),
             **_token_stats(tokenized.rows),
         }

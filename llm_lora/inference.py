@@ -8,15 +8,23 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_lora.config import RunConfig
-from llm_lora.data_formats import RowError, to_inference_input
+from llm_lora.data_formats import RowError, read_inference_input
 from llm_lora.data_sources import DataError, RawRows, read_file
 from llm_lora.generation import Generation, generate
-from llm_lora.metrics import parse_json_object
+from llm_lora.metrics import parse_json_object, parse_tool_calls, text_before_calls
 from llm_lora.prompt_formatting import format_prompt
 
 
-def read_inference_rows(path: Path, config: RunConfig) -> list[tuple[str, str | None, tuple]]:
-    """Read rows to answer: (source, system prompt, context turns) each.
+# A row to answer: (source, its own system prompt or None, the turns so far[, the tools' JSON text]).
+InferenceRow = tuple
+
+
+def _tools(row: InferenceRow) -> str:
+    return row[3] if len(row) > 3 else ""
+
+
+def read_inference_rows(path: Path, config: RunConfig) -> list[InferenceRow]:
+    """Read rows to answer: (source, system prompt, context turns, tools) each.
 
     Raises:
         DataError: An unreadable file or row, named by file and line.
@@ -25,10 +33,10 @@ def read_inference_rows(path: Path, config: RunConfig) -> list[tuple[str, str | 
     rows = []
     for row, source in raw.rows:
         try:
-            system, context = to_inference_input(row, config.data.format, config.data.columns)
+            given = read_inference_input(row, config.data.format, config.data.columns)
         except RowError as exc:
             raise DataError(f"{source}: {exc}") from None
-        rows.append((source, system, context))
+        rows.append((source, given.system, given.context, given.tools))
     return rows
 
 
@@ -50,7 +58,7 @@ def read_input_file(path: Path) -> RawRows:
 def predict(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    rows: list[tuple[str, str | None, tuple]],
+    rows: list[InferenceRow],
     config: RunConfig,
     batch_size: int,
     max_new_tokens: int,
@@ -75,7 +83,7 @@ def predict(
 
 
 def predict_with_gguf(
-    path: Path, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str | None, tuple]], config: RunConfig,
+    path: Path, tokenizer: PreTrainedTokenizerBase, rows: list[InferenceRow], config: RunConfig,
     max_new_tokens: int,
 ) -> list[dict]:
     """`predict` with llama.cpp answering from an exported GGUF file (the run's prompt format, greedy)."""
@@ -86,33 +94,36 @@ def predict_with_gguf(
 
 
 def inference_prompts(
-    tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, str | None, tuple]], config: RunConfig
+    tokenizer: PreTrainedTokenizerBase, rows: list[InferenceRow], config: RunConfig
 ) -> list[str]:
     """Each row's prompt, formatted as the training run formatted its rows (a row's own system prompt wins)."""
     return [
-        format_prompt(tokenizer, context, system if system is not None else config.data.system_prompt,
-                      config.data.plain_template)
-        for _, system, context in rows
+        format_prompt(tokenizer, row[2], row[1] if row[1] is not None else config.data.system_prompt,
+                      config.data.plain_template, _tools(row))
+        for row in rows
     ]
 
 
-def prediction_records(rows: list[tuple[str, str | None, tuple]], generations: list[Generation]) -> list[dict]:
-    """One output record per row and its answer."""
+def prediction_records(rows: list[InferenceRow], generations: list[Generation]) -> list[dict]:
+    """One output record per row and its answer (for a row with tools, the calls it makes, or None)."""
     results = []
-    for (source, _, context), generation in zip(rows, generations):
+    for row, generation in zip(rows, generations):
         parsed = parse_json_object(generation.text)
-        results.append(
-            {
-                "source": source,
-                "prompt": context[-1][1],
-                "output": generation.text,
-                "json": parsed,
-                "valid_json": parsed is not None,
-                # Stopped by max_new_tokens instead of ending: a cut answer (raise the cap) or a runaway one.
-                "hit_cap": generation.hit_cap,
-                "latency_s": round(generation.latency_s, 4),
-            }
-        )
+        record = {
+            "source": row[0],
+            "prompt": row[2][-1][1],
+            "output": generation.text,
+            "json": parsed,
+            "valid_json": parsed is not None,
+            # Stopped by max_new_tokens instead of ending: a cut answer (raise the cap) or a runaway one.
+            "hit_cap": generation.hit_cap,
+            "latency_s": round(generation.latency_s, 4),
+        }
+        if _tools(row):
+            calls = parse_tool_calls(generation.text)
+            record["tool_calls"] = calls
+            record["content"] = text_before_calls(generation.text) if calls else generation.text
+        results.append(record)
     return results
 
 

@@ -60,6 +60,13 @@ METRICS: dict[str, Metric] = {metric.name: metric for metric in (
     Metric("classification_macro_f1", "higher", "quality", ("classification_accuracy",)),
     # Answers that name no label of the set: a rise is a regression.
     Metric("classification_out_of_set_rate", "lower", "form", ("classification_accuracy",)),
+    # Rows whose expected answer is a function call (OpenAI's tool_calls), scored by tool_calls.
+    Metric("tool_call_accuracy", "higher", "quality", ("tool_calls",)),
+    Metric("tool_name_accuracy", "higher", "quality", ("tool_calls",)),
+    Metric("tool_argument_accuracy", "higher", "quality", ("tool_calls",)),
+    Metric("tool_call_parse_rate", "higher", "form", ("tool_calls",)),
+    # Every row of a set with calls: the exact calls for call rows, exact match for text rows.
+    Metric("answer_accuracy", "higher", "quality", ("tool_calls",)),
     # Evaluation's own facts. Latency and answers stopped by the generation cap are costs: lower is better.
     Metric("num_examples", None, "fact"),
     Metric("mean_latency_s", "lower", "fact"),
@@ -68,6 +75,7 @@ METRICS: dict[str, Metric] = {metric.name: metric for metric in (
     Metric("max_new_tokens", None, "fact"),
     Metric("hit_cap_rate", "lower", "fact"),
     Metric("cut_short_rate", "lower", "fact"),
+    Metric("tool_call_rows", None, "fact"),
     Metric("evaluation_fingerprint", None, "fact"),
 )}
 
@@ -80,9 +88,9 @@ SCORES_BY_METRIC = {
 }
 # What an evaluation reports beside its scores: never compared as quality, never a promotion metric.
 GENERATION_FACTS = tuple(name for name, metric in METRICS.items() if metric.kind == "fact")
-# promotion.metric: auto takes the first of these that the evaluation computed: field accuracy for
-# JSON answers, accuracy for labels, else exact match.
-AUTO_PROMOTION_METRICS = ("mean_field_accuracy", "classification_accuracy", "exact_match")
+# promotion.metric: auto takes the first of these that the evaluation computed: call accuracy when
+# answers are function calls, field accuracy for JSON answers, accuracy for labels, else exact match.
+AUTO_PROMOTION_METRICS = ("tool_call_accuracy", "mean_field_accuracy", "classification_accuracy", "exact_match")
 
 
 def describe(name: str) -> Metric:

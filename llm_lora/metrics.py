@@ -47,6 +47,30 @@ def _module_rules(name: str):
 
 _RULES = _module_rules("json_fields")
 _LABEL_RULES = _module_rules("classification_accuracy")
+_CALL_RULES = _module_rules("tool_calls")
+
+
+def parse_tool_calls(text: str) -> list[dict] | None:
+    """The function calls an answer makes ({"name", "arguments"} each), or None when it makes none that parse.
+
+    The tool_calls module's own rule: `<tool_call>` blocks (the fallback rendering), a `[TOOL_CALLS]`
+    list, or an answer that is wholly a JSON call (see metrics/tool_calls/README.md).
+    """
+    return _CALL_RULES.parse_tool_calls(text)
+
+
+def text_before_calls(text: str) -> str:
+    """The prose an answer writes before its calls."""
+    return _CALL_RULES.text_before_calls(text)
+
+
+def score_calls(prediction: str, expected: list[dict]) -> dict:
+    """One answer's calls against the expected ones, as the tool_calls module scores each row.
+
+    Returns:
+        {"parses", "calls_match", "names_match", "arguments_right", "arguments_total"}.
+    """
+    return _CALL_RULES.score_calls(prediction, expected)
 
 
 @lru_cache(maxsize=None)

@@ -296,8 +296,8 @@ def read_labelled_rows(settings: NewRowsSettings, data: DataConfig) -> LabelledR
 
 
 def input_key(example: Example, system_prompt: str | None) -> tuple:
-    """What makes two rows the same input: the system prompt the model sees and the turns."""
-    return (example.system if example.system is not None else system_prompt, example.context)
+    """What makes two rows the same input: the system prompt the model sees, the turns and the tools."""
+    return example.input_key(system_prompt)
 
 
 def source_inputs(data: DataConfig) -> set[tuple]:

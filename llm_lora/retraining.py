@@ -41,15 +41,9 @@ class RetrainData:
     new_rows: int
 
 
-def _message_row(example: Example) -> dict:
-    """An example as a `messages` row: the one shape that holds any format's rows (system, turns, answer)."""
-    messages = [{"role": "system", "content": example.system}] if example.system is not None else []
-    messages += [{"role": role, "content": content} for role, content in example.context]
-    return {"messages": [*messages, {"role": "assistant", "content": example.completion}]}
-
-
 def _write_rows(path: Path, examples: list[Example]) -> Path:
-    path.write_text("".join(json.dumps(_message_row(e), ensure_ascii=False) + "\n" for e in examples),
+    # The messages shape holds any format's rows (system, turns, answer, tools, calls, weights).
+    path.write_text("".join(json.dumps(e.to_messages_row(), ensure_ascii=False) + "\n" for e in examples),
                     encoding="utf-8")
     return path
 

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from llm_lora.answer_length import cut_short_problem
-from llm_lora.comparison import example_score, score_meaning
+from llm_lora.comparison import counts_for, example_score, score_meaning
 from llm_lora.html_pages import bar, escape, number, page, table
 from llm_lora.metric_registry import is_quality, ordered_scores
 
@@ -276,6 +276,9 @@ def paired_scores(
 ) -> tuple[list[float], list[float]]:
     """Per-example scores of two evaluations of the same rows (on `metric` where it has per-row scores).
 
+    A call score (tool_call_accuracy, ...) pairs only the rows that expect calls, so the mean gain is
+    the gain in that metric.
+
     Raises:
         ValueError: The evaluations are not of the same rows in the same order.
     """
@@ -284,7 +287,8 @@ def paired_scores(
     for index, (a, b) in enumerate(zip(candidate, baseline)):
         if a["prompt"] != b["prompt"] or a["expected"] != b["expected"]:
             raise ValueError(f"evaluations of different rows: row {index} differs")
-    return [example_score(r, metric) for r in candidate], [example_score(r, metric) for r in baseline]
+    pairs = [(a, b) for a, b in zip(candidate, baseline) if counts_for(a, metric)]
+    return [example_score(a, metric) for a, _ in pairs], [example_score(b, metric) for _, b in pairs]
 
 
 def judge(

@@ -289,7 +289,7 @@ def test_remote_section_becomes_zenml_settings(monkeypatch):
         ("lora", {"target_modules": [1, "v_proj"]},
          r"lora\.target_modules: expected 'all-linear' or a list of strings, got \[1, 'v_proj'\]$"),
         ("evaluation", {"metrics": ["bleu"]}, r"evaluation\.metrics: expected 'auto' or a list of 'json_fields', "
-                                              r"'exact_match', 'rouge', 'classification_accuracy', got \['bleu'\]$"),
+                                              r"'exact_match', 'rouge', 'classification_accuracy', 'tool_calls', got \['bleu'\]$"),
     ],
 )
 def test_baseline_and_cost_settings_named(tmp_path, monkeypatch, section, values, message):

@@ -132,11 +132,16 @@ def test_the_registry_lists_the_metric_modules_that_exist_and_the_config_accepts
 
 
 def _reported(module: str):
-    """The metrics an evaluation with this one metric module reports on a one-row set."""
+    """The metrics an evaluation with this one metric module reports on a one-row set (tool_calls: a row
+    expecting a call with an argument)."""
     structured = module == "json_fields"
     rows = [{"prompt": "p", "completion": '{"a": 1}' if structured else "spam"}]
-    return score_generations(rows, _generations(['{"a": 1}' if structured else "spam"]), [module],
-                             expected_tokens=[3], max_new_tokens=8)
+    answer = '{"a": 1}' if structured else "spam"
+    if module == "tool_calls":
+        call = {"id": "call_1", "name": "f", "arguments": {"a": 1}}
+        rows = [{"prompt": "p", "completion": "-", "answer_meta": {"tool_calls": [call]}}]
+        answer = '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>'
+    return score_generations(rows, _generations([answer]), [module], expected_tokens=[3], max_new_tokens=8)
 
 
 def test_free_text_records_carry_each_rows_rouge_and_they_average_to_the_metric():

@@ -48,8 +48,17 @@ CONVERSATION = {
     ids=["prompt_completion", "instruction", "messages"],
 )
 def test_each_format_trains_only_the_final_answer(tokenizer, row, expected):
-    split = tokenize_examples([to_example(row)], tokenizer, "Be brief.", max_seq_length=256)
+    split = tokenize_examples([to_example(row)], tokenizer, "Be brief.", max_seq_length=256, loss_on="completion")
     assert trained_text(tokenizer, split.rows[0]) == expected
+
+
+def test_by_default_every_assistant_turn_of_a_conversation_trains_as_openai_trains_it(tokenizer):
+    """loss_on: auto (the default) is OpenAI's rule: every assistant message of weight 1, the default weight."""
+    split = tokenize_examples([to_example(CONVERSATION)], tokenizer, "Be brief.", max_seq_length=256)
+    assert trained_text(tokenizer, split.rows[0]) == "Which order?<|im_end|>refund<|im_end|>"
+    assert (split.trained_turns, split.assistant_turns, split.weighted_rows) == (2, 2, 0)
+    single = tokenize_examples([to_example(ROW)], tokenizer, "Be brief.", max_seq_length=256)
+    assert trained_text(tokenizer, single.rows[0]) == ROW["completion"] + "<|im_end|>"
 
 
 def test_messages_with_assistant_turns_trains_every_answer(tokenizer):
