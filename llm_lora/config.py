@@ -317,6 +317,30 @@ class EvaluationConfig(_Section):
                                             "tool_calls"]] = "auto"
 
 
+class RecordedBaseline(_Section):
+    """Answers another model gave on the test rows, recorded in a file (a hosted fine-tune's, for example).
+
+    The file holds one line per test row: the row as the data has it, its answer replaced by the
+    model's (for chat rows, the last assistant message as the API returned it: content and/or
+    tool_calls), with the response's `usage` (prompt_tokens, completion_tokens) and, optionally,
+    `latency_s`. Lines are matched to test rows by their input.
+    """
+
+    name: str  # how the tables and the verdict name it, e.g. gpt-4o-mini-ft
+    answers_file: Path
+    # What the model costs per million tokens (its API's price); with both, the verdict says what
+    # the finetuned model saves per million requests.
+    price_per_million_prompt_tokens: float | None = Field(default=None, ge=0)
+    price_per_million_completion_tokens: float | None = Field(default=None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+
 class BaselinesConfig(_Section):
     """What the finetuned model is measured against, and how the "worth it" verdict is reached.
 
@@ -337,6 +361,17 @@ class BaselinesConfig(_Section):
     bootstrap_seed: Seed = 0
     # Gains smaller than this (in per-example score) count as the same quality; then cost decides.
     min_gain: float = Field(default=0.02, ge=0.0)
+    # Other models' recorded answers on the test rows, scored like the rest and shown in every table:
+    # e.g. [{name: gpt-4o-mini-ft, answers_file: recorded.jsonl, price_per_million_prompt_tokens: 0.3, ...}]
+    recorded: list[RecordedBaseline] = []
+
+    @model_validator(mode="after")
+    def _recorded_names_unique(self) -> BaselinesConfig:
+        names = [entry.name for entry in self.recorded]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:
+            raise ValueError(f"baselines.recorded: the name {echo(twice)} is used twice; each file needs its own name")
+        return self
 
 
 class CostConfig(_Section):
@@ -344,6 +379,9 @@ class CostConfig(_Section):
 
     # What a prompt token costs you when serving (in your currency); None: no payback figure.
     price_per_million_prompt_tokens: float | None = Field(default=None, ge=0)
+    # What a generated token costs you when serving; with a recorded baseline's prices, the verdict says
+    # what serving the finetuned model saves per million requests (unset: generated tokens cost nothing).
+    price_per_million_completion_tokens: float | None = Field(default=None, ge=0)
     # Requests you expect to serve with this model; decides the verdict when quality is the same.
     expected_requests: int | None = Field(default=None, ge=1)
 
@@ -548,7 +586,11 @@ class RunConfig(_Section):
         data = self.data.model_copy(
             update={key: _repo_relative(getattr(self.data, key)) for key in DATA_PATH_KEYS}
         )
-        return self._with_model_names(_model_name_out).model_copy(update={"data": data}).model_dump_json()
+        recorded = [entry.model_copy(update={"answers_file": _repo_relative(entry.answers_file)})
+                    for entry in self.baselines.recorded]
+        config = self._with_model_names(_model_name_out)
+        baselines = config.baselines.model_copy(update={"recorded": recorded})
+        return config.model_copy(update={"data": data, "baselines": baselines}).model_dump_json()
 
     def part(self, **sections: bool | tuple[str, ...]) -> str:
         """The named sections as JSON, for one step's parameter (`ConfigPart.from_json` reads it back).
@@ -664,7 +706,10 @@ def _local_section(name: str, section: _Section) -> _Section:
         return section.model_copy(update={key: _from_repo(getattr(section, key)) for key in DATA_PATH_KEYS})
     if name == "model":
         return section.model_copy(update={"name": _model_name_in(section.name)})
-    if name == "baselines" and section.reference_model is not None:
+    if name == "baselines" and isinstance(getattr(section, "recorded", None), list) and section.recorded:
+        section = section.model_copy(update={"recorded": [
+            entry.model_copy(update={"answers_file": _from_repo(entry.answers_file)}) for entry in section.recorded]})
+    if name == "baselines" and getattr(section, "reference_model", None) is not None:
         reference = section.reference_model
         return section.model_copy(update={"reference_model": reference.model_copy(
             update={"name": _model_name_in(reference.name)})})
@@ -1099,6 +1144,16 @@ def load_config(
     if config.remote is not None and not (REPO_ROOT / config.remote.requirements).is_file():
         raise ConfigError(f"{path}: remote.requirements: {config.remote.requirements} not found in the repository"
                           f" ({REPO_ROOT})")
+    recorded = []
+    for index, entry in enumerate(config.baselines.recorded):
+        found = _find(entry.answers_file, path)
+        if found is None and check_files:
+            raise ConfigError(f"{path}: baselines.recorded[{index}].answers_file: not found: {entry.answers_file}")
+        if found is not None and found.is_dir():
+            raise ConfigError(f"{path}: baselines.recorded[{index}].answers_file: is a folder ({entry.answers_file});"
+                              " name the file of recorded answers")
+        recorded.append(entry.model_copy(update={"answers_file": (found or entry.answers_file.expanduser()).resolve()}))
+    config = config.model_copy(update={"baselines": config.baselines.model_copy(update={"recorded": recorded})})
     training = config.training
     if training.checkpoint_dir is not None and not training.checkpoint_dir.strip():
         raise ConfigError(f"{path}: training.checkpoint_dir: empty; leave the key out to keep checkpoints in the"

@@ -196,6 +196,17 @@ def read_file(path: Path) -> RawRows:
     return reader(path)
 
 
+def files_digest(paths: list[Path]) -> str:
+    """A short hash of files' contents (a missing file hashes as missing): what a step reading them is keyed on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        path = Path(path)
+        digest.update(str(path).encode() + (path.read_bytes() if path.is_file() else b"\0missing"))
+    return digest.hexdigest()[:16]
+
+
 def split_files_in_folder(folder: Path) -> dict[str, Path]:
     """Find train/validation/test files in a folder by their names.
 

@@ -118,6 +118,8 @@ def prediction_records(rows: list[InferenceRow], generations: list[Generation]) 
             # Stopped by max_new_tokens instead of ending: a cut answer (raise the cap) or a runaway one.
             "hit_cap": generation.hit_cap,
             "latency_s": round(generation.latency_s, 4),
+            "prompt_tokens": generation.prompt_tokens,
+            "new_tokens": generation.new_tokens,
         }
         if _tools(row):
             calls = parse_tool_calls(generation.text)

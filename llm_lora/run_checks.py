@@ -47,6 +47,12 @@ def check_data(config: RunConfig) -> dict[str, int] | None:
             f"baselines.few_shot_k: {few_shot} examples asked for, but the train split has {rows['train']} rows;"
             " lower it (0 turns the few-shot baseline off)"
         )
+    if rows is not None and config.baselines.recorded:  # every test row needs its recorded answer
+        from llm_lora.data_preparation import split_examples
+        from llm_lora.recorded import check_recorded
+
+        test = split_examples(config.data).splits["test"][: config.data.max_test_rows]
+        check_recorded(config.baselines.recorded, config.data, test)
     return rows
 
 

@@ -156,9 +156,9 @@ class ModelSummary(BaseModel):
         primary_metric: Its score on the report's metric.
         quality: The primary metric first, then the other quality scores (see `quality_metrics`).
         valid_output_rate: Share of answers of the expected form (see `valid_output_rate`).
-        prompt_tokens: Mean prompt tokens per request.
-        generated_tokens: Mean generated tokens per request.
-        latency_s: Mean latency per example.
+        prompt_tokens: Mean prompt tokens per request (None: a recorded baseline without usage).
+        generated_tokens: Mean generated tokens per request (None: not recorded).
+        latency_s: Mean latency per example (None: not recorded).
         hit_cap: Answers stopped by the generation cap.
         cut_short: Of those, answers stopped before the expected answer could fit.
         max_new_tokens: The generation cap (0: not recorded).
@@ -171,15 +171,100 @@ class ModelSummary(BaseModel):
     primary_metric: float
     quality: dict[str, float]
     valid_output_rate: float
-    prompt_tokens: float
-    generated_tokens: float
-    latency_s: float
+    prompt_tokens: float | None
+    generated_tokens: float | None
+    latency_s: float | None
     hit_cap: int
     cut_short: int
     max_new_tokens: int
 
 
 Verdict = Literal["worth it", "not worth it", "inconclusive"]
+
+
+class RecordedComparison(BaseModel):
+    """The finetuned model against one recorded baseline (another model's recorded answers).
+
+    Attributes:
+        name: The recorded baseline's name.
+        rows: Test rows behind the comparison (those the metric scores).
+        gain: Mean per-example gain of the finetuned model over it.
+        gain_low: Low end of the confidence interval.
+        gain_high: High end.
+        outcome: "beats it" (the interval above zero and the gain at least min_gain), "matches it" (the
+            interval's low end no lower than -min_gain), "worse" (the interval below zero) or "inconclusive".
+        cost_per_million_requests: What its answers cost per million requests at its prices (None: unpriced).
+        finetuned_cost_per_million_requests: The finetuned model's serving cost per million requests at cost's
+            prices (None: cost.price_per_million_prompt_tokens unset).
+        saving_per_million_requests: The difference (None: either unknown).
+        sentence: One line saying all of it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    rows: int
+    gain: float
+    gain_low: float
+    gain_high: float
+    outcome: Literal["beats it", "matches it", "worse", "inconclusive"]
+    cost_per_million_requests: float | None
+    finetuned_cost_per_million_requests: float | None
+    saving_per_million_requests: float | None
+    sentence: str
+
+
+def request_cost(prompt_tokens: float | None, generated_tokens: float | None, prompt_price: float | None,
+                 completion_price: float | None) -> float | None:
+    """What one request costs at per-million-token prices; None without the prompt price or the token counts.
+
+    An unset completion price counts generated tokens as free.
+    """
+    if prompt_price is None or prompt_tokens is None:
+        return None
+    return (prompt_tokens * prompt_price + (generated_tokens or 0.0) * (completion_price or 0.0)) / 1e6
+
+
+def compare_recorded(
+    name: str, finetuned: Evaluated, recorded: Evaluated, tuned_row: ModelSummary, recorded_row: ModelSummary,
+    metric: str, prices: tuple[float | None, float | None], own_prices: tuple[float | None, float | None],
+    *, min_gain: float, confidence: float, samples: int, seed: int,
+) -> RecordedComparison:
+    """Whether the finetuned model matches a recorded baseline, with the interval, and what serving it saves."""
+    candidate, baseline = paired_scores(finetuned.records, recorded.records, metric)
+    gain = paired_bootstrap(candidate, baseline, samples, confidence, seed)
+    ci = f"{confidence:.0%} CI {gain.low:+.3f} to {gain.high:+.3f}, {len(candidate)} rows"
+    if gain.low > 0 and gain.mean >= min_gain:
+        outcome = "beats it"
+    elif gain.low >= -min_gain:
+        outcome = "matches it"
+    elif gain.high < 0:
+        outcome = "worse"
+    else:
+        outcome = "inconclusive"
+    theirs = request_cost(recorded_row.prompt_tokens, recorded_row.generated_tokens, *prices)
+    ours = request_cost(tuned_row.prompt_tokens, tuned_row.generated_tokens, *own_prices)
+    saving = None if theirs is None or ours is None else (theirs - ours) * 1e6
+    said = {"beats it": "beats it", "matches it": f"matches it (no worse than -{min_gain:g})",
+            "worse": "is worse", "inconclusive": "cannot be told from it"}[outcome]
+    if theirs is None:
+        money = ("; its cost is unknown (set its price_per_million_prompt_tokens and record usage)"
+                 if prices[0] is None or recorded_row.prompt_tokens is None else "")
+    elif ours is None:
+        money = (f"; it costs {theirs * 1e6:.4g} per million requests (set cost.price_per_million_prompt_tokens"
+                 " to price the finetuned model)")
+    else:
+        money = (f"; {theirs * 1e6:.4g} vs {ours * 1e6:.4g} per million requests: saves {saving:.4g} per million"
+                 " requests" if saving >= 0 else
+                 f"; {theirs * 1e6:.4g} vs {ours * 1e6:.4g} per million requests: costs {-saving:.4g} more")
+    sentence = f"vs {name}: finetuned {said}: {gain.mean:+.3f} on {metric} ({ci}){money}"
+    return RecordedComparison(
+        name=name, rows=len(candidate), gain=gain.mean, gain_low=gain.low, gain_high=gain.high, outcome=outcome,
+        cost_per_million_requests=None if theirs is None else round(theirs * 1e6, 6),
+        finetuned_cost_per_million_requests=None if ours is None else round(ours * 1e6, 6),
+        saving_per_million_requests=None if saving is None else round(saving, 6),
+        sentence=sentence,
+    )
 
 
 class WorthItReport(BaseModel):
@@ -213,6 +298,7 @@ class WorthItReport(BaseModel):
         verdict: "worth it", "not worth it" or "inconclusive".
         reason: One sentence with the numbers behind the verdict.
         unmeasured: Why no score here decides anything (answers cut short by the cap), else None.
+        recorded: The finetuned model against each recorded baseline (other models' recorded answers).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -242,6 +328,7 @@ class WorthItReport(BaseModel):
     verdict: Verdict
     reason: str
     unmeasured: str | None
+    recorded: list[RecordedComparison] = []
 
     def best_row(self) -> ModelSummary:
         """The best baseline's row."""
@@ -249,7 +336,14 @@ class WorthItReport(BaseModel):
 
     def as_metadata(self) -> dict:
         """The report without its per-model rows and without None values, for model-version metadata."""
-        return self.model_dump(mode="json", exclude={"models"}, exclude_none=True)
+        flat = self.model_dump(mode="json", exclude={"models", "recorded"}, exclude_none=True)
+        for comparison in self.recorded:
+            flat[f"recorded/{comparison.name}"] = comparison.model_dump(mode="json", exclude_none=True)
+        return flat
+
+
+def _optional(metrics: dict, name: str) -> float | None:
+    return float(metrics[name]) if name in metrics else None
 
 
 def summarize_model(evaluated: Evaluated, primary: str) -> ModelSummary:
@@ -261,9 +355,9 @@ def summarize_model(evaluated: Evaluated, primary: str) -> ModelSummary:
         primary_metric=float(metrics[primary]),
         quality=quality_metrics(metrics, primary),
         valid_output_rate=valid_output_rate(metrics, evaluated.records),
-        prompt_tokens=float(metrics["mean_prompt_tokens"]),
-        generated_tokens=float(metrics["mean_new_tokens"]),
-        latency_s=float(metrics["mean_latency_s"]),
+        prompt_tokens=_optional(metrics, "mean_prompt_tokens"),
+        generated_tokens=_optional(metrics, "mean_new_tokens"),
+        latency_s=_optional(metrics, "mean_latency_s"),
         # How answers ended: stopped by the cap at all, and cut before the expected answer could fit.
         hit_cap=round(float(metrics.get("hit_cap_rate", 0.0)) * len(evaluated.records)),
         cut_short=round(float(metrics.get("cut_short_rate", 0.0)) * len(evaluated.records)),
@@ -372,6 +466,9 @@ def assess(
     bootstrap_samples: int = 2000,
     bootstrap_seed: int = 0,
     max_cut_short: float = 0.02,
+    recorded: Sequence[Evaluated] = (),
+    recorded_prices: dict[str, tuple[float | None, float | None]] | None = None,
+    price_per_million_completion_tokens: float | None = None,
 ) -> WorthItReport:
     """The whole "worth it" report.
 
@@ -389,19 +486,32 @@ def assess(
         bootstrap_seed: Its seed.
         max_cut_short: Share of a model's answers that may be cut short by the generation cap; above
             it the scores are unmeasured and the verdict is inconclusive, whatever they say.
+        recorded: Other models' recorded answers on the same rows: in every table, each compared with the
+            finetuned model (does it match it, what serving it saves); the verdict stays against the baselines.
+        recorded_prices: Each recorded baseline's (prompt, completion) price per million tokens, by name.
+        price_per_million_completion_tokens: The finetuned model's serving price of generated tokens.
 
     Returns:
         Per-model rows, the best baseline, gain and interval, savings, costs, payback, verdict and reason.
     """
-    for evaluated in (*baselines, finetuned):
+    for evaluated in (*baselines, *recorded, finetuned):
         if metric not in evaluated.metrics:
             raise ValueError(f"promotion.metric: {metric!r} not among the {evaluated.name} metrics")
-    models = [summarize_model(evaluated, metric) for evaluated in (*baselines, finetuned)]
+    models = [summarize_model(evaluated, metric) for evaluated in (*baselines, *recorded, finetuned)]
     # Highest score wins; on a tie the cheaper prompt, since that is what one would deploy.
     best_index = max(range(len(baselines)), key=lambda i: (models[i].primary_metric, -models[i].prompt_tokens))
     best, best_row, tuned_row = baselines[best_index], models[best_index], models[-1]
     candidate_scores, baseline_scores = paired_scores(finetuned.records, best.records, metric)
     gain = paired_bootstrap(candidate_scores, baseline_scores, bootstrap_samples, confidence, bootstrap_seed)
+    comparisons = [
+        compare_recorded(
+            entry.label, finetuned, entry, tuned_row, models[len(baselines) + index], metric,
+            (recorded_prices or {}).get(entry.name, (None, None)),
+            (price_per_million_prompt_tokens, price_per_million_completion_tokens),
+            min_gain=min_gain, confidence=confidence, samples=bootstrap_samples, seed=bootstrap_seed,
+        )
+        for index, entry in enumerate(recorded)
+    ]
     tokens_saved = best_row.prompt_tokens - tuned_row.prompt_tokens
     cost = training_cost(training_metrics, price_per_gpu_hour)
     priced = cost is not None and price_per_million_prompt_tokens is not None
@@ -453,6 +563,7 @@ def assess(
         verdict=verdict,
         reason=reason,
         unmeasured=unmeasured,
+        recorded=comparisons,
     )
 
 
@@ -461,6 +572,7 @@ def summary_lines(report: WorthItReport) -> list[str]:
     cost = f", cost {report.training_cost:.4g}" if report.training_cost is not None else ""
     return [
         f"verdict:  {report.verdict}: {report.reason}",
+        *(f"recorded: {comparison.sentence}" for comparison in report.recorded),
         f"savings:  vs {report.best_baseline_label}: {report.prompt_tokens_saved:.0f} prompt tokens and"
         f" {report.latency_saved_s:.3f} s per request; training {report.training_runtime_s:.0f} s{cost};"
         f" payback {report.payback} (worth_it_report artifact)",
@@ -472,6 +584,20 @@ def _at_cap(model: ModelSummary) -> str:
     cut = f" ({model.cut_short} cut short)" if model.cut_short else ""
     cap = f", cap {model.max_new_tokens}" if model.max_new_tokens else ""
     return escape(f"{model.hit_cap}{cut}{cap}")
+
+
+def _recorded_html(report: WorthItReport) -> str:
+    """The finetuned model against each recorded baseline: outcome, interval, cost per million requests."""
+    if not report.recorded:
+        return ""
+    rows = [[c.name, c.outcome, f"{c.gain:+.3f}", f"{c.gain_low:+.3f} to {c.gain_high:+.3f}", c.rows,
+             number(c.cost_per_million_requests, 2), number(c.finetuned_cost_per_million_requests, 2),
+             number(c.saving_per_million_requests, 2)] for c in report.recorded]
+    header = ["recorded baseline", "finetuned", f"gain ({report.metric})", f"{report.confidence:.0%} interval", "rows",
+              "its cost / million requests", "finetuned cost / million requests", "saving / million requests"]
+    return (f"<h3>Finetuned vs recorded answers</h3>{table(rows, header, element_id='recorded', css='figures')}"
+            "<p>Matches it: the interval's low end is no lower than -min_gain. Costs are each model's tokens per"
+            " request at its own prices (cost.price_per_million_*_tokens for the finetuned model).</p>")
 
 
 def render_worth_it_html(report: WorthItReport) -> str:
@@ -525,6 +651,7 @@ def render_worth_it_html(report: WorthItReport) -> str:
 {table(rows, header, element_id="models", css="figures")}
 <h3>Finetuned vs the best baseline ({escape(report.best_baseline_label)})</h3>
 {table(facts, element_id="facts", css="figures")}
+{_recorded_html(report)}
 <h3>How this is decided</h3>
 <p>The interval: {escape(report.interval_method)}. Test rows are drawn with replacement, each keeping
 both models' scores, and the mean difference is recomputed for every draw.</p>

@@ -3,9 +3,11 @@
 from zenml import pipeline
 
 from llm_lora.config import RunConfig
+from llm_lora.data_sources import files_digest
 from steps import (
     compare_models,
     evaluate_model,
+    evaluate_recorded,
     export_gguf,
     export_merged,
     preflight_report,
@@ -54,6 +56,8 @@ def finetune(
         4. evaluate_few_shot (baselines.few_shot_k > 0): the base model with solved
            train rows before each test input, same rows.
         5. evaluate_reference (with baselines.reference_model): a larger model, zero-shot, same rows.
+           evaluate_recorded (with baselines.recorded): other models' recorded answers on the same rows
+           (a hosted fine-tune's), scored with the same metrics.
         6. train_lora: train LoRA adapters (launched by Accelerate).
         7. evaluate_finetuned: score base + adapters on the same test rows.
         8. compare_models: per-example base vs finetuned, regressions first (HTML).
@@ -101,6 +105,13 @@ def finetune(
             settings=config.part(**generation, baselines=("reference_model",)),
         )
         baselines.update(reference_metrics=reference_metrics, reference_predictions=reference_predictions)
+    if config.baselines.recorded:
+        recorded_metrics, recorded_predictions = evaluate_recorded(
+            prepared_data=prepared_data,
+            settings=config.part(data=True, baselines=("recorded",), evaluation=("metrics",)),
+            answers_digest=files_digest([entry.answers_file for entry in config.baselines.recorded]),
+        )
+        baselines.update(recorded_metrics=recorded_metrics, recorded_predictions=recorded_predictions)
     # Validation answers during training are generated and scored like the evaluation's.
     scoring = ({"evaluation": ("batch_size", "metrics", "max_new_tokens"), "promotion": ("metric",)}
                if config.training.eval_generation_rows else {})

@@ -33,6 +33,7 @@ def describe(config: RunConfig) -> str:
                                 if baselines.few_shot_k else [])
     if baselines.reference_model is not None:
         compared.append(f"reference {baselines.reference_model.name}")
+    compared += [f"recorded {entry.name} ({entry.answers_file.name})" for entry in baselines.recorded]
     return "\n".join([
         f"model     {config.model.name} ({resolve_model_source(config.model.name).kind}, {config.model.dtype})",
         f"data      {source}, format {data.format} (max rows {data.max_train_rows or 'all'}"
@@ -201,26 +202,33 @@ def print_summary(run, config: RunConfig) -> None:
         columns.append((f"{config.baselines.few_shot_k}-shot", output("evaluate_few_shot", "metrics")))
     if "evaluate_reference" in run.steps:
         columns.append(("reference", output("evaluate_reference", "metrics")))
+    if "evaluate_recorded" in run.steps:  # other models' recorded answers, by their names
+        columns += list(output("evaluate_recorded", "recorded_metrics").items())
     columns.append(("finetuned", tuned))
     # Every score the evaluation computed, headline scores in the registry's order, per-field after; then the cost.
     order = {name: index for index, name in enumerate(METRICS)}
     names = [*sorted(ordered_scores(tuned), key=lambda name: order.get(name, len(order))), "mean_latency_s"]
+    names += ["tool_call_rows"] if "tool_call_rows" in tuned else []
+
+    widths = [max(10, len(title)) for title, _ in columns]
 
     def row(title: str, cells) -> None:
-        click.echo(f"{title:32}" + "".join(f" {cell:>10}" for cell in cells))
+        click.echo(f"{title:32}" + "".join(f" {cell:>{width}}" for cell, width in zip(cells, widths)))
 
     click.echo("")
     row("metric", (title for title, _ in columns))
     for name in names:
-        row(name, (f"{metrics.get(name, float('nan')):.3f}" for _, metrics in columns))
+        row(name, (("-" if name not in metrics else f"{metrics[name]:.0f}" if name == "tool_call_rows"
+                    else f"{metrics[name]:.3f}") for _, metrics in columns))
     for name in ("mean_prompt_tokens", "mean_new_tokens"):
-        row(name, (f"{metrics.get(name, float('nan')):.1f}" for _, metrics in columns))
+        row(name, (f"{metrics[name]:.1f}" if name in metrics else "-" for _, metrics in columns))
     # How the answers ended: stopped by the cap (evaluation.max_new_tokens), and of those cut short
     # before the expected answer could fit (scores that measure the cap, not the model).
     for name, rate in (("answers at max_new_tokens", "hit_cap_rate"), ("answers cut short", "cut_short_rate")):
         row(name, (f"{round(metrics.get(rate, 0.0) * metrics['num_examples'])}/{metrics['num_examples']:.0f}"
                    for _, metrics in columns))
-    row("max_new_tokens", (f"{metrics.get('max_new_tokens', 0):.0f}" for _, metrics in columns))
+    row("max_new_tokens", (f"{metrics['max_new_tokens']:.0f}" if "max_new_tokens" in metrics else "-"
+                           for _, metrics in columns))
     preflight = output("preflight_report", "run_estimate")
     for line in preflight.settings:
         if line.startswith("evaluation.max_new_tokens:"):  # the cap behind the answers counted above, and why

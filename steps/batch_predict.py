@@ -1,5 +1,6 @@
 """Step: answer a file of new rows with a registered model version."""
 
+import json
 from typing import Annotated, Tuple
 
 import pandas as pd
@@ -47,7 +48,10 @@ def batch_predict(
             "valid_json_rate": sum(r["valid_json"] for r in results) / len(results),
         }
     )
-    return pd.DataFrame(results).astype({"json": str}), str(path)
+    frame = pd.DataFrame(results).astype({"json": str})
+    if "tool_calls" in frame:  # calls differ in shape from row to row: the artifact keeps them as JSON text
+        frame["tool_calls"] = frame["tool_calls"].map(lambda calls: json.dumps(calls, ensure_ascii=False))
+    return frame, str(path)
 
 
 def _predict_with_gguf(settings: InferenceSettings) -> tuple[str, list, list[dict]]:

@@ -27,6 +27,8 @@ def worth_it_report(
     few_shot_predictions: Optional[pd.DataFrame] = None,
     reference_metrics: Optional[dict] = None,
     reference_predictions: Optional[pd.DataFrame] = None,
+    recorded_metrics: Optional[dict] = None,
+    recorded_predictions: Optional[pd.DataFrame] = None,
 ) -> Tuple[
     Annotated[WorthItReport, ArtifactConfig(name="worth_it")],
     Annotated[HTMLString, ArtifactConfig(name="worth_it_report")],
@@ -44,6 +46,8 @@ def worth_it_report(
         few_shot_predictions: Its per-example records.
         reference_metrics: evaluate_reference's metrics, when baselines.reference_model is set.
         reference_predictions: Its per-example records.
+        recorded_metrics: evaluate_recorded's metrics by recorded baseline, when baselines.recorded lists any.
+        recorded_predictions: Their per-example records (a `baseline` column names each one's).
 
     Returns:
         The report (per-model numbers, gain and interval, savings, costs, payback,
@@ -59,6 +63,13 @@ def worth_it_report(
         label = baseline_label("reference", reference_name=settings.reference_model.name)
         baselines.append(Evaluated("reference", label, reference_metrics, reference_predictions.to_dict("records")))
     finetuned = Evaluated("finetuned", "finetuned", finetuned_metrics, finetuned_predictions.to_dict("records"))
+    recorded, prices = [], {}
+    for entry in settings.recorded if recorded_metrics else []:
+        records = recorded_predictions[recorded_predictions["baseline"] == entry.name].drop(columns="baseline")
+        recorded.append(Evaluated(f"recorded:{entry.name}", entry.name, recorded_metrics[entry.name],
+                                  records.to_dict("records")))
+        prices[f"recorded:{entry.name}"] = (entry.price_per_million_prompt_tokens,
+                                            entry.price_per_million_completion_tokens)
     report = assess(
         resolve_metric(config.promotion.metric, finetuned_metrics),
         baselines,
@@ -72,6 +83,9 @@ def worth_it_report(
         bootstrap_samples=settings.bootstrap_samples,
         bootstrap_seed=settings.bootstrap_seed,
         max_cut_short=config.evaluation.max_cut_short,
+        recorded=recorded,
+        recorded_prices=prices,
+        price_per_million_completion_tokens=config.cost.price_per_million_completion_tokens,
     )
     logger.info("Worth it? %s: %s", report.verdict, report.reason)
     # Metadata takes no None values; the artifact keeps them.
