@@ -121,6 +121,7 @@ def read_last_run() -> None:
         "promotion": output("promote_model", "promotion_decision").as_metadata(),
         "comparison": output("compare_models", "comparison_summary").as_metadata(),
         "few_shot": output("evaluate_few_shot", "metrics") if "evaluate_few_shot" in run.steps else None,
+        "recorded": output("evaluate_recorded", "recorded_metrics") if "evaluate_recorded" in run.steps else None,
         "worth_it": output("worth_it_report", "worth_it").model_dump(mode="json")
         if "worth_it_report" in run.steps else None,
         "step_seconds": {
