@@ -207,6 +207,8 @@ def _assistant_turn(message: dict, index: int, names: set[str] | None, parallel:
             raise RowError(f"{where}.tool_calls[{i}].id {call['id']!r} is used twice")
     if len(checked) > 1 and parallel is False:
         raise RowError(f"{where} makes {len(checked)} calls but parallel_tool_calls is false")
+    if not checked and message.get("content") in (None, "", []):
+        raise RowError(f"{where}: an assistant message needs content or tool_calls")
     content = _content(message, where, required=not checked)
     weight = message.get("weight")
     if "weight" in message and (isinstance(weight, bool) or weight not in (0, 1)):

@@ -288,6 +288,7 @@ def render_text(summary: dict, estimate: RunEstimate, checks: list[SettingCheck]
         f"  train tokens {summary['train']['tokens']} (mean {summary['train']['mean_tokens']}, "
         f"max {summary['train']['max_tokens']}), completion share {summary['train']['completion_token_share']:.0%}"
     )
+    lines.append(f"  {loss_line(summary)}")
     cost = f", cost {estimate.training_cost}" if estimate.training_cost is not None else ""
     timing = (
         f", about {estimate.training_minutes} min at {estimate.tokens_per_s:.0f} tokens/s{cost}"
@@ -298,6 +299,18 @@ def render_text(summary: dict, estimate: RunEstimate, checks: list[SettingCheck]
     lines += [f"  {'!' if check.warning else '-'} {check.key}: {check.value}: {check.note}" for check in checks]
     lines += [f"  ! {line}" for line in problems(summary)]
     return "\n".join(lines)
+
+
+def loss_line(summary: dict) -> str:
+    """What carries loss in the train split: turns and tokens, and whether OpenAI weights decided it."""
+    train = summary["train"]
+    turns = (f"{train['trained_turns']} of {train['assistant_turns']} assistant turns"
+             if "trained_turns" in train else "the answers")
+    weights = (f"; {train['weighted_rows']} rows carry OpenAI weights, which decide their turns"
+               if train.get("weighted_rows") else "")
+    calls = (f"; {train['call_answers']} answers are function calls, {train['tool_rows']} rows offer tools"
+             if train.get("tool_rows") else "")
+    return (f"loss on {turns} ({train['trained_tokens']} tokens, loss_on {summary['loss_on']}){weights}{calls}")
 
 
 def findings(summary: dict, checks: list[SettingCheck]) -> list[str]:
@@ -313,6 +326,9 @@ def render_html(summary: dict, estimate: RunEstimate, checks: list[SettingCheck]
         ("leakage_dropped", "leakage"), ("over_length", "over max_seq_length"), ("truncated", "truncated"),
         ("mask_problems", "no trained token"), ("mean_tokens", "mean tokens"), ("p95_tokens", "p95 tokens"),
         ("max_tokens", "max tokens"), ("completion_token_share", "completion token share"),
+        ("trained_turns", "assistant turns with loss"), ("assistant_turns", "assistant turns"),
+        ("weighted_rows", "rows with OpenAI weights"), ("tool_rows", "rows with tools"),
+        ("call_answers", "answers that call functions"),
     ]
     split_rows = [[label, *(summary[s].get(key, "") for s in splits)] for key, label in keys]
     bins = sorted({b for s in splits for b in summary[s]["length_histogram"]}, key=lambda b: int(b.split("-")[0].lstrip(">")))
@@ -336,6 +352,7 @@ def render_html(summary: dict, estimate: RunEstimate, checks: list[SettingCheck]
 <p>Source: <code>{escape(summary['source'])}</code>{' &middot; splits made from train: ' + escape(', '.join(made)) if made else ''}
 &middot; max_seq_length {escape(summary.get('max_seq_length_setting', summary['max_seq_length']))} &middot; loss on {escape(summary['loss_on'])}
 &middot; packing {'on' if summary['packing'] else 'off'}</p>
+<p id="loss">{escape(loss_line(summary))}</p>
 <h3>Findings</h3>
 {''.join(f"<p class='warn'>&#9888; {escape(line)}</p>" for line in issues) or '<p>No problems found.</p>'}
 <h3>Settings against the data</h3>{settings if checks else '<p>Not checked.</p>'}

@@ -59,7 +59,7 @@ def _usage(row: dict, where: str) -> tuple[int | None, int | None]:
 def _answer_text(message: dict, where: str) -> str:
     """The model's message as scored text: its content, then its calls in the fallback rendering."""
     probe = {"messages": [{"role": "user", "content": "-"},
-                          {key: value for key, value in message.items() if key in _ANSWER_KEYS}]}
+                          {key: value for key, value in message.items() if key in _ANSWER_KEYS and value is not None}]}
     if not (message.get("tool_calls") or message.get("function_call")):
         content = message.get("content")
         if content is None or content == "":  # an empty answer is an answer: a wrong one

@@ -202,3 +202,49 @@ def test_gguf_type_without_the_llama_cpp_engine_is_named(tmp_path, kind, section
     path.write_text(yaml.safe_dump({"kind": kind, section: {"model_name": "m", "gguf_type": "q8_0",
                                                             "engine": "llama.cpp", **extra}}))
     assert getattr(load_config(path, check_files=False), section).gguf_type == "q8_0"
+
+
+def test_tools_prompts_are_one_text_and_one_token_split_in_training_batch_inference_and_llama_cpp(
+        tiny_f32, tiny_model_dir, tokenizer, tmp_path):
+    """A tools-trained version's rows render the same in training (prepare_data), in batch inference and in the
+    GGUF export's llama.cpp answers: same text, and the GGUF's own tokenizer splits it token for token the same."""
+    from llm_lora.config import DataConfig
+    from llm_lora.data_preparation import prepare_splits
+    from llm_lora.evaluation import evaluation_prompts
+    from llm_lora.inference import inference_prompts, read_inference_rows
+
+    tool = {"type": "function", "function": {"name": "track", "description": "Track a parcel.", "parameters": {
+        "type": "object", "properties": {"number": {"type": "string"}}, "required": ["number"]}}}
+
+    def row(i):
+        made = {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "track", "arguments": json.dumps({"number": f"1Z{i:04d}"})}}]}
+        tail = [{"role": "tool", "tool_call_id": "c1", "content": '{"status": "shipped"}'},
+                {"role": "assistant", "content": f"Parcel 1Z{i:04d} has shipped."}] if i % 2 else []
+        return {"messages": [{"role": "system", "content": "Shop assistant."},
+                             {"role": "user", "content": f"Where is 1Z{i:04d}?"}, made, *tail], "tools": [tool]}
+
+    files = {}
+    for split, rows in (("train", range(8)), ("validation", range(8, 10)), ("test", range(10, 14))):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps(row(i)) + "\n" for i in rows))
+    data = DataConfig(train_file=files["train"], validation_file=files["validation"], test_file=files["test"])
+    test_rows = prepare_splits(data, tokenizer).splits["test"]
+    trained = [r["prompt_text"] for r in test_rows]
+    unanswered = tmp_path / "new.jsonl"
+    unanswered.write_text("".join(json.dumps({**row(i), "messages": row(i)["messages"][:-1]}) + "\n"
+                                  for i in range(10, 14)))
+    config = RunConfig(model=ModelConfig(name=str(tiny_model_dir)), data=data)
+    batch = inference_prompts(tokenizer, read_inference_rows(unanswered, config), config)
+    exported = evaluation_prompts(tokenizer, test_rows, None)  # what export_gguf hands llama.cpp
+    assert batch == trained == exported and all("<tools>" in text for text in trained)
+    engine = llama_cpp.Llama(str(tiny_f32), n_ctx=512, n_threads=2, verbose=False)
+    try:
+        for text in trained:
+            assert engine.tokenize(text.encode(), add_bos=False, special=True) == tokenizer(
+                text, add_special_tokens=False)["input_ids"]
+    finally:
+        engine.close()
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in trained]
+    _, mismatches, _ = llama_cpp_answers(tiny_f32, trained, 4, ids)
+    assert mismatches == 0
