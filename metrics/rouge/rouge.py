@@ -1,6 +1,8 @@
 """ROUGE-1, ROUGE-2 and ROUGE-L F-measures on the `rouge_score` package, kept in the repo
 so that it loads without the Hugging Face Hub."""
 
+import functools
+
 import datasets
 import evaluate
 from rouge_score import rouge_scorer
@@ -29,10 +31,15 @@ Examples:
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
+@functools.lru_cache(maxsize=2)
+def _scorer(use_stemmer):
+    # One scorer per setting: building one per row also logs "Using default tokenizer." once per row.
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+
+
 def score_pair(prediction, reference, use_stemmer=False):
     """One answer's ROUGE-1/2/L F-measures against its reference (the per-row scores `_compute` averages)."""
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
-    scores = scorer.score(reference or "", prediction or "")
+    scores = _scorer(use_stemmer).score(reference or "", prediction or "")
     return {name: float(scores[name].fmeasure) for name in ROUGE_TYPES}
 
 
