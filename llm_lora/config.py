@@ -803,6 +803,10 @@ class DeploySettings(_Section):
     engine: Literal["transformers", "llama.cpp"] = "transformers"
     gguf_type: GgufType | None = None  # None: the version's first exported type
     gguf_context: int = Field(default=2048, ge=64)  # llama.cpp: prompt + answer tokens of each slot
+    # llama.cpp: a slot reuses the start a new prompt shares with its last one (the system prompt, the chat
+    # markup), read once instead of per request. That start was computed beside other requests, and at a
+    # near-tie an answer can then differ from the one it gets alone; false: every prompt read whole.
+    prompt_cache: bool = True
 
     @model_validator(mode="after")
     def _gguf_type_needs_llama_cpp(self):

@@ -10,7 +10,11 @@ a waiting prompt takes it in the next step, so a short answer never waits for a 
 A slot keeps the KV cache of its last sequence when it frees, and a new prompt takes the free
 slot whose kept tokens share the longest start with it: the prompts of one deployment share
 their system prompt and chat markup, so that start is read once per slot, not once per request
-(llama.cpp's server calls this prompt caching).
+(llama.cpp's server calls this prompt caching). The kept start was computed in another step,
+with another batch around it, and llama.cpp's kernels round a little differently by batch
+shape: at a near-tie, an answer can then depend on what its slot held before. With
+`prompt_cache=False` every prompt is read whole from its first token, and an answer from a
+quantized file is the same alone or in company.
 
 Decoding is greedy (the arg-max of each sequence's logits), as `LlamaCppEngine.answer`,
 and prompts are the formatted texts tokenized by the file's own tokenizer. A sequence may
@@ -56,10 +60,11 @@ class LlamaCppSlots:
         slots: Sequences decoded together.
         threads: CPU threads (default: all).
         batch_tokens: Most tokens in one decode call (answer tokens first, then prompt chunks).
+        prompt_cache: Reuse a slot's kept start of the prompt (see the module docstring).
     """
 
     def __init__(self, path: Path, context: int, slots: int, threads: int | None = None,
-                 batch_tokens: int = 512) -> None:
+                 batch_tokens: int = 512, prompt_cache: bool = True) -> None:
         import llama_cpp
         from llama_cpp import _internals
         from llama_cpp._logger import set_verbose
@@ -76,6 +81,7 @@ class LlamaCppSlots:
         self.path = Path(path)
         self.context = context
         self.slots = slots
+        self.prompt_cache = prompt_cache
         self._model = _internals.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
                                             verbose=False)
         params = llama_cpp.llama_context_default_params()
@@ -96,6 +102,7 @@ class LlamaCppSlots:
         self._free = list(range(slots))
         self._active: dict[int, _Sequence] = {}  # by slot, in admission order
         self._held: list[list[int]] = [[] for _ in range(slots)]  # the tokens each slot's KV cache holds
+        self.cached_tokens = 0  # prompt tokens taken from a slot's kept start instead of read again
 
     def tokenize(self, text: str) -> list[int]:
         """A formatted prompt in the file's tokens (special tokens parsed, no BOS added: the prompt carries it)."""
@@ -134,11 +141,12 @@ class LlamaCppSlots:
         slot = max(self._free, key=lambda free: shared_prefix_length([self._held[free], ids]))
         self._free.remove(slot)
         # At least the prompt's last token is decoded again: its logits give the first answer token.
-        keep = shared_prefix_length([self._held[slot], ids])
+        keep = shared_prefix_length([self._held[slot], ids]) if self.prompt_cache else 0
         if not self._lib.llama_memory_seq_rm(self._context.memory, slot, keep, -1):
             keep = 0
             self._lib.llama_memory_seq_rm(self._context.memory, slot, -1, -1)
         self._held[slot] = list(ids[:keep])
+        self.cached_tokens += keep
         sampler = self._grammar_sampler(grammar) if grammar else None
         self._active[slot] = _Sequence(key, list(ids), max_new_tokens, time.perf_counter(), read=keep,
                                        sampler=sampler, on_token=on_token)

@@ -95,11 +95,13 @@ def serve_transformers(
 def serve_gguf(
     path: Path, tokenizer: PreTrainedTokenizerBase, config: RunConfig, version: str, slots: int, context: int,
     max_new_tokens: int, max_queue: int = 64, recorder: RequestRecorder | None = None, threads: int | None = None,
+    prompt_cache: bool = True,
 ) -> ServedModel:
-    """The version's GGUF export in llama.cpp with continuous batching over `slots` sequences of `context` tokens."""
+    """The version's GGUF export in llama.cpp with continuous batching over `slots` sequences of `context` tokens
+    (`prompt_cache`: slots reuse the start a new prompt shares with the one they held)."""
     from llm_lora.llama_slots import LlamaCppSlots
 
-    engine = LlamaCppSlots(path, context=context, slots=slots, threads=threads)
+    engine = LlamaCppSlots(path, context=context, slots=slots, threads=threads, prompt_cache=prompt_cache)
     return ServedModel(tokenizer=tokenizer, config=config, version=version, max_new_tokens=max_new_tokens,
                        batcher=ContinuousBatcher(engine, max_new_tokens=max_new_tokens, max_queue=max_queue),
                        engine="llama.cpp", recorder=recorder)

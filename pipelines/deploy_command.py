@@ -85,6 +85,7 @@ def deploy(config: DeployConfig) -> tuple[str, str]:
             "engine": settings.engine,
             "gguf_type": settings.gguf_type,
             "gguf_context": settings.gguf_context,
+            "prompt_cache": settings.prompt_cache,
             "max_queue": settings.max_queue,
             "batch_window_ms": settings.batch_window_ms,
             "record_every_s": settings.record_every_s,

@@ -21,6 +21,7 @@ def load_served_model(
     engine: str = "transformers",
     gguf_type: str | None = None,
     gguf_context: int = 2048,
+    prompt_cache: bool = True,
     max_queue: int = 64,
     batch_window_ms: float = 10.0,
     record_every_s: float = 60.0,
@@ -39,6 +40,7 @@ def load_served_model(
         engine: "transformers" (base model + adapter) or "llama.cpp" (the version's GGUF export).
         gguf_type: With llama.cpp: which exported type (None: the first the run exported).
         gguf_context: With llama.cpp: tokens of prompt + answer each slot holds.
+        prompt_cache: With llama.cpp: a slot reuses the start a new prompt shares with its last one.
         max_queue: Inputs that may wait for the model; past it requests get 503 with Retry-After.
         batch_window_ms: With transformers: how long a request waits for others to share its batch.
         record_every_s: Seconds between `served_requests` artifacts in ZenML (0: none).
@@ -58,7 +60,7 @@ def load_served_model(
         logger.info("Serving %s in llama.cpp, %d slots of %d tokens", label, batch_size, gguf_context)
         return serve_gguf(path, load_tokenizer(config.model), config, label, slots=batch_size, context=gguf_context,
                           max_new_tokens=max_new_tokens or recorded_cap(found, config), max_queue=max_queue,
-                          recorder=recorder)
+                          recorder=recorder, prompt_cache=prompt_cache)
     loaded = load_model_version(model_name, version, "deploy.version")
     loaded.model.eval()
     logger.info("Serving %s", loaded.label)

@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from llm_lora.batching import ContinuousBatcher
+from llm_lora.generation import shared_prefix_length
 from llm_lora.gguf_export import LlamaCppEngine, convert, converter_dir
 from llm_lora.prompt_formatting import format_prompt
 
@@ -25,12 +26,13 @@ def prompts(tokenizer, support_rows):
             for row in support_rows["test"][:8]]
 
 
-def _batcher(path, slots=4, context=1024, cap=24, max_queue=64):
-    return ContinuousBatcher(LlamaCppSlots(path, context=context, slots=slots), max_new_tokens=cap,
-                             max_queue=max_queue)
+def _batcher(path, slots=4, context=1024, cap=24, max_queue=64, prompt_cache=False):
+    return ContinuousBatcher(LlamaCppSlots(path, context=context, slots=slots, prompt_cache=prompt_cache),
+                             max_new_tokens=cap, max_queue=max_queue)
 
 
 def test_concurrent_answers_equal_one_at_a_time_answers(tiny_q8, prompts):
+    # prompt_cache=False: a kept prompt start was computed beside other sequences and can tip a near-tie.
     batcher = _batcher(tiny_q8)
     try:
         alone = [batcher.submit([prompt]).result(120).generations[0] for prompt in prompts]
@@ -61,6 +63,26 @@ def test_concurrent_answers_equal_one_at_a_time_answers(tiny_q8, prompts):
         engine.close()
     assert [g.text for g in alone] == [g.text for g in reference]
     assert [g.hit_cap for g in alone] == [g.hit_cap for g in reference]
+
+
+def test_the_prompt_cache_reads_a_shared_start_once_per_slot(tiny_q8, prompts):
+    answers = {}
+    for prompt_cache in (True, False):
+        batcher = _batcher(tiny_q8, slots=2, prompt_cache=prompt_cache)
+        try:
+            answers[prompt_cache] = [batcher.submit([prompt]).result(120).generations[0].text for prompt in prompts]
+            cached = batcher.engine.cached_tokens
+            shared = shared_prefix_length([batcher.engine.tokenize(prompt) for prompt in prompts])
+        finally:
+            batcher.close()
+            batcher.engine.close()
+        if prompt_cache:
+            # One at a time, every prompt after the first finds the shared start in the slot it takes.
+            assert cached >= (len(prompts) - 1) * shared > 0
+        else:
+            assert cached == 0
+    # One request at a time the kept start was computed alone too, and the answers are the same.
+    assert answers[True] == answers[False]
 
 
 def test_a_short_answer_leaves_before_a_long_one_started_earlier(tiny_q8, prompts):
