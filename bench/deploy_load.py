@@ -46,6 +46,8 @@ from urllib.parse import urlparse
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quickstart import cpu_flags, cpu_model  # noqa: E402
 EMAILS = REPO / "data" / "support_emails" / "new_emails.jsonl"
 OUTPUT = REPO / "bench" / "results" / "deploy-load-cpu.json"
 MODEL_NAME = "load-bench"
@@ -384,7 +386,8 @@ def main() -> None:
         "command": "python bench/deploy_load.py" + (f" --url {args.url} --route {args.route}" if args.url else ""),
         "machine": {
             "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "python": platform.python_version(),
             "platform": platform.platform(),
             # Other work on the machine shares the cores: 1-minute load average before and after.

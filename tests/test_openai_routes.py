@@ -80,6 +80,77 @@ def _client(engines, engine):
     return openai.OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
 
 
+CALL = {"name": "track_package", "arguments": {"tracking_number": "1Z4F8K2M9Q"}}
+
+
+@pytest.fixture(scope="module")
+def taught(tiny_model_dir, tokenizer, tmp_path_factory):
+    """The tiny model trained until it answers ASK, offered TRACK, with CALL: a version trained on a tool call.
+
+    Trained on the prompt the route renders and the call in the version's rendering, as the finetune
+    pipeline trains tool rows; served by both engines (the llama.cpp one from its q8_0 export).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llm_lora.gguf_export import convert, converter_dir
+    from llm_lora.inference import inference_prompts
+    from llm_lora.openai_api import ChatCompletionRequest
+    from llm_lora.prompt_formatting import format_completion
+    from llm_lora.tool_calls import calls_text
+
+    config = RunConfig(model={"name": str(tiny_model_dir)}, data={"train_file": "train.jsonl"})
+    row = ChatCompletionRequest.model_validate({"model": "x", "messages": ASK, "tools": [TRACK]}).row()
+    prompt = tokenizer(inference_prompts(tokenizer, [row], config)[0], add_special_tokens=False)["input_ids"]
+    answer = tokenizer(format_completion(tokenizer, calls_text([CALL])), add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids, labels = torch.tensor([prompt + answer]), torch.tensor([[-100] * len(prompt) + answer])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss = model(input_ids=ids, labels=labels).loss
+        if loss.item() < 0.02:
+            break
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    folder = tmp_path_factory.mktemp("taught")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    gguf = convert(folder, tmp_path_factory.mktemp("taught-gguf") / "taught-q8_0.gguf", "q8_0", converter_dir())
+    model.eval()
+    served = {
+        "transformers": serve_transformers(load_model(ModelConfig(name=str(folder))), tokenizer, config,
+                                           "taught 1 (production)", batch_size=2, max_new_tokens=64),
+        "llama.cpp": serve_gguf(gguf, tokenizer, config, "taught 1 (production)", slots=2, context=512,
+                                max_new_tokens=64, threads=2),
+    }
+    yield served
+    RunContext._clear()
+    for one in served.values():
+        one.close()
+
+
+@pytest.mark.parametrize("engine", ["transformers", "llama.cpp"])
+def test_a_version_trained_on_a_call_answers_with_tool_calls(taught, engine):
+    """tool_choice auto, nothing forced: the call the version writes comes back as tool_calls, whole and streamed."""
+    client = _client(taught, engine)
+    answer = client.chat.completions.create(model="x", messages=ASK, tools=[TRACK])
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None, choice
+    (call,) = choice.message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == (CALL["name"], CALL["arguments"])
+    chunks = list(client.chat.completions.create(model="x", messages=ASK, tools=[TRACK], stream=True))
+    streamed = [tc for chunk in chunks for c in chunk.choices for tc in (c.delta.tool_calls or [])]
+    assert [(tc.function.name, tc.function.arguments) for tc in streamed] == [
+        (call.function.name, call.function.arguments)]
+    assert not any(c.delta.content for chunk in chunks for c in chunk.choices)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # Without tools the same version is asked a plain question, and its answer is text.
+    plain = client.chat.completions.create(model="x", messages=ASK)
+    assert plain.choices[0].message.tool_calls is None
+
+
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "refund"}}])
 def test_a_call_the_request_asks_for_comes_back_as_tool_calls_with_arguments_its_schema_allows(engines, choice):
     client = _client(engines, "llama.cpp")
