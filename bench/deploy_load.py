@@ -1,25 +1,26 @@
 """Load the deployed model over loopback HTTP, side by side with llama.cpp's own server on the same file.
 
-End to end (`python bench/deploy_load.py`, about 20 minutes on 2 CPU cores), against a fresh
+End to end (`python bench/deploy_load.py`, about 30 minutes on 2 CPU cores), against a fresh
 ZenML store:
 
 1. trains the quickstart with `export: {formats: [gguf], gguf_types: [q8_0]}`;
 2. deploys it (`run.py --config <deploy yaml>`, engine llama.cpp, 16 slots) and sends one
-   support email per request from 1, 4 and 16 concurrent clients, to
-   `POST /v1/chat/completions` and to ZenML's `POST /invoke`; then the same version with
-   engine transformers (batches of 16), to `POST /v1/chat/completions`;
-3. stops it, starts the peer, llama-cpp-python's OpenAI server
-   (`python -m llama_cpp.server --model <the same .gguf>`), and sends it the same requests;
-4. writes requests/s, p50/p95/p99 latency and errors per level, and how many answers the two
-   servers agree on, to bench/results/deploy-load-cpu.json.
+   support email per request from 1, 4, 16 and 32 concurrent clients to
+   `POST /v1/chat/completions`, whole answers and streamed ones, and to ZenML's `POST /invoke`;
+   then the same version with engine transformers (batches of 16), to the chat route;
+3. stops it, starts the peer, llama.cpp's own `llama-server` (C++, built once from the llama.cpp
+   tree llama-cpp-python ships, `llm_lora.llama_server`) on the same GGUF with the same slots,
+   context per slot, threads and attention kernels, and sends it the same requests;
+4. writes requests/s, generated tokens/s, p50/p95/p99 latency (and time to the first token of
+   streamed answers) and errors per level, and how many answers the two servers agree on, to
+   bench/results/deploy-load-cpu.json, with the machine's facts and both servers' versions.
 
 Both servers get the same messages (the version's system prompt and the email), greedy
 decoding (`temperature: 0`) and the version's answer cap (`max_tokens`). They run one after
 the other, never together: two servers on 2 cores would slow each other.
 
-The peer needs `pip install sse-starlette starlette-context` (llama-cpp-python's server
-extras). `--url <deployment>` loads an existing deployment only (no training, no peer).
-Only loopback URLs are accepted: this is a benchmark of this machine, not a load tool.
+`--url <deployment>` loads an existing deployment only (no training, no peer). Only loopback
+URLs are accepted: this is a benchmark of this machine, not a load tool.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from urllib.parse import urlparse
@@ -44,6 +46,8 @@ from urllib.parse import urlparse
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quickstart import cpu_flags, cpu_model  # noqa: E402
 EMAILS = REPO / "data" / "support_emails" / "new_emails.jsonl"
 OUTPUT = REPO / "bench" / "results" / "deploy-load-cpu.json"
 MODEL_NAME = "load-bench"
@@ -53,6 +57,36 @@ def percentile(values: list[float], share: float) -> float:
     """Nearest-rank percentile (share in 0..1)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
+
+
+def http_stream(url: str, body: dict, timeout: float = 300) -> tuple[int, str, float | None, dict | None, str | None]:
+    """POST a streamed chat completion: (status, joined text, seconds to the first text, usage, error)."""
+    import http.client
+
+    parsed = urlparse(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=timeout)
+    started = time.perf_counter()
+    try:
+        connection.request("POST", parsed.path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status != 200:
+            return response.status, "", None, None, response.read().decode(errors="replace")[:300]
+        text, first, usage = [], None, None
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                piece = (choice.get("delta") or {}).get("content")
+                if piece:
+                    first = first if first is not None else time.perf_counter() - started
+                    text.append(piece)
+        return 200, "".join(text), first, usage, None
+    finally:
+        connection.close()
 
 
 def http_json(url: str, body: dict | None = None, timeout: float = 300) -> tuple[int, dict]:
@@ -65,32 +99,51 @@ def http_json(url: str, body: dict | None = None, timeout: float = 300) -> tuple
         return error.code, {"error": error.read().decode(errors="replace")[:300]}
 
 
+@dataclass
+class Answer:
+    text: str | None
+    error: str | None = None
+    completion_tokens: int | None = None
+    first_token_s: float | None = None
+
+
 class Route:
-    """How one server is called: one email in, (answer text or None, error or None) out."""
+    """How one server is called: one email in, its answer (text, tokens, time to first text) or an error out."""
 
-    def __init__(self, url: str, kind: str, system_prompt: str | None = None, cap: int | None = None) -> None:
-        self.url, self.kind, self.system_prompt, self.cap = url.rstrip("/"), kind, system_prompt, cap
+    def __init__(self, url: str, kind: str, system_prompt: str | None = None, cap: int | None = None,
+                 stream: bool = False) -> None:
+        self.url, self.kind, self.system_prompt, self.cap, self.stream = (
+            url.rstrip("/"), kind, system_prompt, cap, stream)
 
-    def call(self, email: str) -> tuple[str | None, str | None]:
+    def call(self, email: str) -> Answer:
         if self.kind == "invoke":
             status, payload = http_json(f"{self.url}/invoke", {"parameters": {"inputs": [email]}})
             if status != 200 or not payload.get("success"):
-                return None, f"{status}: {payload.get('error')}"
-            return payload["outputs"]["answers"]["results"][0]["output"], None
+                return Answer(None, f"{status}: {payload.get('error')}")
+            return Answer(payload["outputs"]["answers"]["results"][0]["output"])
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
             {"role": "user", "content": email}]
         body = {"model": "bench", "messages": messages, "temperature": 0}
         if self.cap:
             body["max_tokens"] = self.cap
+        if self.stream:
+            status, text, first, usage, error = http_stream(
+                f"{self.url}/v1/chat/completions", {**body, "stream": True, "stream_options": {"include_usage": True}})
+            if status != 200:
+                return Answer(None, f"{status}: {error}")
+            return Answer(text.strip(), None, (usage or {}).get("completion_tokens"), first)
         status, payload = http_json(f"{self.url}/v1/chat/completions", body)
         if status != 200:
-            return None, f"{status}: {payload.get('error')}"
-        return payload["choices"][0]["message"]["content"].strip(), None
+            return Answer(None, f"{status}: {payload.get('error')}")
+        return Answer(payload["choices"][0]["message"]["content"].strip(), None,
+                      (payload.get("usage") or {}).get("completion_tokens"))
 
 
 def run_level(route: Route, emails: list[str], clients: int, requests: int, time_cap_s: float) -> dict:
     """`requests` calls from `clients` threads, stopping new calls after `time_cap_s`."""
     latencies: list[float] = []
+    first_tokens: list[float] = []
+    generated: list[int] = []
     errors: list[str] = []
     answers: dict[int, str] = {}
     lock = threading.Lock()
@@ -105,16 +158,20 @@ def run_level(route: Route, emails: list[str], clients: int, requests: int, time
                 return
             sent = time.perf_counter()
             try:
-                text, error = route.call(emails[index % len(emails)])
+                answer = route.call(emails[index % len(emails)])
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                text, error = None, f"{type(exc).__name__}: {exc}"
+                answer = Answer(None, f"{type(exc).__name__}: {exc}")
             latency = time.perf_counter() - sent
             with lock:
-                if error:
-                    errors.append(error)
+                if answer.error:
+                    errors.append(answer.error)
                 else:
                     latencies.append(latency)
-                    answers[index % len(emails)] = text
+                    answers[index % len(emails)] = answer.text
+                    if answer.completion_tokens is not None:
+                        generated.append(answer.completion_tokens)
+                    if answer.first_token_s is not None:
+                        first_tokens.append(answer.first_token_s)
 
     with ThreadPoolExecutor(clients) as pool:
         for _ in range(clients):
@@ -129,6 +186,10 @@ def run_level(route: Route, emails: list[str], clients: int, requests: int, time
         "first_errors": errors[:3],
         "wall_s": round(wall, 2),
         "requests_per_s": round(done / wall, 3) if wall else None,
+        # Tokens generated per second over the level, from the answers' usage (all answers must report it).
+        "generated_tokens_per_s": round(sum(generated) / wall, 1) if wall and len(generated) == done and done else None,
+        "first_token_s": {"p50": round(percentile(first_tokens, 0.50), 3),
+                          "p95": round(percentile(first_tokens, 0.95), 3)} if first_tokens else None,
         "latency_s": {
             "p50": round(percentile(latencies, 0.50), 3),
             "p95": round(percentile(latencies, 0.95), 3),
@@ -141,15 +202,17 @@ def run_level(route: Route, emails: list[str], clients: int, requests: int, time
 
 
 def load(route: Route, emails: list[str], levels: list[int], requests: int, time_cap_s: float) -> list[dict]:
-    text, error = route.call(emails[0])  # warm-up, not counted
-    if error:
-        raise SystemExit(f"warm-up request to {route.url} ({route.kind}) failed: {error}")
+    warm = route.call(emails[0])  # warm-up, not counted
+    if warm.error:
+        raise SystemExit(f"warm-up request to {route.url} ({route.kind}) failed: {warm.error}")
     results = []
+    name = route.kind + (" stream" if route.stream else "")
     for clients in levels:
         result = run_level(route, emails, clients, requests, time_cap_s)
         lat = result["latency_s"] or {}
-        print(f"  {route.kind:6} {clients:>2} clients: {result['requests_per_s']} req/s, p50 {lat.get('p50')} s, "
-              f"p95 {lat.get('p95')} s, p99 {lat.get('p99')} s, errors {result['errors']}", flush=True)
+        print(f"  {name:12} {clients:>2} clients: {result['requests_per_s']} req/s,"
+              f" {result['generated_tokens_per_s']} tokens/s, p50 {lat.get('p50')} s, p95 {lat.get('p95')} s,"
+              f" errors {result['errors']}", flush=True)
         results.append(result)
     return results
 
@@ -196,8 +259,29 @@ def summary(levels: list[dict]) -> list[dict]:
     return [{key: value for key, value in level.items() if not key.startswith("_")} for level in levels]
 
 
+def agreement(ours: list[dict], theirs: list[dict]) -> str:
+    """How many emails both servers answered identically, of those both answered."""
+    mine = {k: v for level in ours for k, v in level["_answers"].items()}
+    peer = {k: v for level in theirs for k, v in level["_answers"].items()}
+    shared = sorted(set(mine) & set(peer))
+    return f"{sum(mine[k] == peer[k] for k in shared)}/{len(shared)}"
+
+
+def ratio(ours: list[dict], theirs: list[dict], clients: int) -> float | None:
+    mine = next((level for level in ours if level["clients"] == clients), None)
+    peer = next((level for level in theirs if level["clients"] == clients), None)
+    if not mine or not peer or not peer["requests_per_s"]:
+        return None
+    return round(mine["requests_per_s"] / peer["requests_per_s"], 2)
+
+
 def end_to_end(args, emails: list[str]) -> dict:
+    sys.path.insert(0, str(REPO))
+    from llm_lora.llama_server import server_binary, server_version, start_server
+
     levels = [int(n) for n in args.levels.split(",")]
+    slots, context, threads = 16, 2048, os.cpu_count()
+    binary = server_binary()  # built (and cached) before anything is timed
     with tempfile.TemporaryDirectory(prefix="deploy-bench-") as home:
         env = dict(os.environ, ZENML_CONFIG_PATH=str(Path(home) / "zenml"), ZENML_ANALYTICS_OPT_IN="false",
                    PYTHONPATH=str(REPO))
@@ -218,59 +302,62 @@ def end_to_end(args, emails: list[str]) -> dict:
             deploy_yaml = Path(home) / f"deploy-{engine}.yaml"
             deploy_yaml.write_text(yaml.safe_dump({"kind": "deploy", "deploy": {
                 "model_name": MODEL_NAME, "deployment_name": "load-bench", "port": port, "engine": engine,
-                **({"gguf_type": "q8_0"} if engine == "llama.cpp" else {}), "batch_size": 16,
-                "request_log": str(Path(home) / f"requests-{engine}.jsonl")}}))
+                **({"gguf_type": "q8_0", "gguf_context": context} if engine == "llama.cpp" else {}),
+                "batch_size": slots, "request_log": str(Path(home) / f"requests-{engine}.jsonl")}}))
             run([sys.executable, "run.py", "--config", str(deploy_yaml)], env, f"deploying ({engine})")
             url = f"http://127.0.0.1:{port}"
             try:
                 print(f"project deployment, engine {engine}, at {url}:", flush=True)
-                return [load(Route(url, route.kind, route.system_prompt, route.cap), emails, levels, args.requests,
-                             args.time_cap_s) for route in routes]
+                return [load(Route(url, route.kind, route.system_prompt, route.cap, route.stream), emails, levels,
+                             args.requests, args.time_cap_s) for route in routes]
             finally:
                 run([str(Path(sys.executable).parent / "zenml"), "deployment", "delete", "load-bench", "-y"], env,
                     "stopping the deployment", timeout=300)
 
         chat = Route("", "chat", facts["system_prompt"], facts["cap"])
-        ours_chat, ours_invoke = deployed("llama.cpp", [chat, Route("", "invoke")])
+        streamed = Route("", "chat", facts["system_prompt"], facts["cap"], stream=True)
+        ours_chat, ours_stream, ours_invoke = deployed("llama.cpp", [chat, streamed, Route("", "invoke")])
         (transformers_chat,) = deployed("transformers", [chat])
 
-        peer_port = free_port()
-        peer = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", facts["gguf"], "--host", "127.0.0.1",
-             "--port", str(peer_port), "--n_ctx", "2048", "--n_threads", str(os.cpu_count()), "--verbose", "False"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        peer_url = f"http://127.0.0.1:{peer_port}"
+        peer = start_server(binary, Path(facts["gguf"]), free_port(), slots, context, threads,
+                            log=Path(home) / "llama-server.log")
         try:
-            wait_for(f"{peer_url}/v1/models", 300, peer)
-            print(f"llama.cpp's server at {peer_url}:", flush=True)
-            peer_chat = load(Route(peer_url, "chat", facts["system_prompt"], facts["cap"]), emails, levels,
+            print(f"llama.cpp's llama-server at {peer.url}:", flush=True)
+            peer_chat = load(Route(peer.url, "chat", facts["system_prompt"], facts["cap"]), emails, levels,
                              args.requests, args.time_cap_s)
+            peer_stream = load(Route(peer.url, "chat", facts["system_prompt"], facts["cap"], stream=True), emails,
+                               levels, args.requests, args.time_cap_s)
         finally:
-            peer.terminate()
-            peer.wait(timeout=60)
+            peer.stop()
+        peer_command = [Path(part).name if part.startswith("/") else part for part in peer.command]
 
-    ours_answers = {k: v for level in ours_chat for k, v in level["_answers"].items()}
-    peer_answers = {k: v for level in peer_chat for k, v in level["_answers"].items()}
-    shared = sorted(set(ours_answers) & set(peer_answers))
-    by_clients = {level["clients"]: level for level in ours_chat}
-    peer_by_clients = {level["clients"]: level for level in peer_chat}
     most = max(levels)
     return {
         "what": ("one support email per request, N concurrent clients over loopback; the project's deployment "
-                 "(llama.cpp engine, continuous batching over 16 slots) on /v1/chat/completions and ZenML's "
-                 "/invoke, then llama-cpp-python's own server (the peer) on the same q8_0 GGUF"),
+                 f"(llama.cpp engine, continuous batching over {slots} slots of {context} tokens) on "
+                 "/v1/chat/completions (whole and streamed answers) and ZenML's /invoke, then llama.cpp's own "
+                 "llama-server on the same q8_0 GGUF with the same slots, context, threads and attention kernels"),
         "model_version": f"{MODEL_NAME} (configs/quickstart.yaml trained, export q8_0)",
         "gguf": Path(facts["gguf"]).name,
         "max_tokens": facts["cap"],
+        "conditions": {"slots": slots, "context_per_slot": context, "threads": threads, "greedy": "temperature 0",
+                       "flash_attention": "off", "kv_cache": "one per slot"},
+        "peer": {"command": " ".join(peer_command), "version": server_version(binary),
+                 "built_from": f"llama-cpp-python=={version('llama-cpp-python')} vendor/llama.cpp (tools/server)"},
         "train_s": round(train_s, 1),
         "requests_per_level": args.requests,
         "project_chat": summary(ours_chat),
+        "project_chat_stream": summary(ours_stream),
         "project_invoke": summary(ours_invoke),
         "project_transformers_engine_chat": summary(transformers_chat),
-        "peer_llama_cpp_server_chat": summary(peer_chat),
-        f"throughput_ratio_to_peer_at_{most}_clients": round(
-            by_clients[most]["requests_per_s"] / peer_by_clients[most]["requests_per_s"], 2),
-        "same_answers_as_peer": f"{sum(ours_answers[k] == peer_answers[k] for k in shared)}/{len(shared)}",
+        "peer_llama_server_chat": summary(peer_chat),
+        "peer_llama_server_chat_stream": summary(peer_stream),
+        "throughput_ratio_to_peer": {str(n): ratio(ours_chat, peer_chat, n) for n in levels},
+        "stream_throughput_ratio_to_peer": {str(n): ratio(ours_stream, peer_stream, n) for n in levels},
+        f"throughput_ratio_to_peer_at_{most}_clients": ratio(ours_chat, peer_chat, most),
+        "same_answers_as_peer": agreement(ours_chat, peer_chat),
+        "same_streamed_answers_as_peer": agreement(ours_stream, peer_stream),
+        "streamed_equal_whole": agreement(ours_chat, ours_stream),
     }
 
 
@@ -278,7 +365,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="load only this running deployment (loopback), e.g. http://127.0.0.1:8000")
     parser.add_argument("--route", choices=["chat", "invoke"], default="chat", help="with --url: which route")
-    parser.add_argument("--levels", default="1,4,16", help="concurrent clients per level")
+    parser.add_argument("--levels", default="1,4,16,32", help="concurrent clients per level")
     parser.add_argument("--requests", type=int, default=32, help="requests per level (at most)")
     parser.add_argument("--time-cap-s", type=float, default=300, help="stop sending new requests after this")
     parser.add_argument("--note", default="", help="a remark stored with the results")
@@ -300,7 +387,8 @@ def main() -> None:
         "command": "python bench/deploy_load.py" + (f" --url {args.url} --route {args.route}" if args.url else ""),
         "machine": {
             "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "python": platform.python_version(),
             "platform": platform.platform(),
             # Other work on the machine shares the cores: 1-minute load average before and after.

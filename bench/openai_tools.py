@@ -34,7 +34,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from quickstart import cpu_has_native_bf16, cpu_model  # noqa: E402
+from quickstart import cpu_flags, cpu_has_native_bf16, cpu_model  # noqa: E402
 
 DATA = REPO / "data" / "store_tools"
 STANDIN_ROWS = 120
@@ -159,7 +159,7 @@ def main(prices: tuple[float, float], completion_price: float) -> None:
             "cpu_count": os.cpu_count(),
             "cpu_model": cpu_model(),
             "native_bf16": cpu_has_native_bf16(),
-            "cpu_flags": sorted(flag for flag in _cpu_flags() if flag.startswith(("avx", "amx"))),
+            "cpu_flags": cpu_flags(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
@@ -171,16 +171,6 @@ def main(prices: tuple[float, float], completion_price: float) -> None:
     tuned, base = results["finetune"]["finetuned"], results["finetune"]["base"]
     print(f"tool_call_accuracy base {base['tool_call_accuracy']:.3f} -> finetuned {tuned['tool_call_accuracy']:.3f};"
           f" promoted {results['finetune']['promotion']['promote']}; {total:.0f} s -> {out}")
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 if __name__ == "__main__":

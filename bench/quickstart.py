@@ -97,6 +97,17 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's vector-unit flags (avx*, amx*): what decides fp32 or bf16 training and llama.cpp's kernels."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return sorted(flag for flag in line.split(":", 1)[1].split() if flag.startswith(("avx", "amx")))
+    except OSError:
+        pass
+    return []
+
+
 def cpu_has_native_bf16() -> bool:
     sys.path.insert(0, str(REPO))
     from llm_lora.training import cpu_has_native_bf16 as check

@@ -12,6 +12,11 @@ answers. One worker thread owns the model and generates:
 Past `max_queue` waiting prompts, `submit` refuses at once with `QueueFull`, which says how
 long the queue should take to drain: a caller gets "come back later" instead of an answer
 that arrives after it has given up.
+
+A request may stream (`on_text` hears each prompt's answer grow: token by token in llama.cpp,
+whole when a transformers batch ends), carry a grammar (llama.cpp only), and be cancelled
+(a client that went away): its prompts leave the queue, and in llama.cpp its slots are freed
+before the next decode step.
 """
 
 from __future__ import annotations
@@ -25,6 +30,35 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from llm_lora.generation import Generation
+
+# Called with (prompt index, text added to that answer), from the generating thread.
+OnText = Callable[[int, str], None]
+
+
+class StreamText:
+    """An answer's text as it grows, handed on in pieces that join to the finished answer's text.
+
+    The finished text is stripped (as `Generation.text`), so leading whitespace and whitespace at the
+    end are held back until text follows them; so is a character whose bytes have not all arrived.
+    """
+
+    def __init__(self) -> None:
+        self.sent = ""
+
+    def update(self, text: str) -> str:
+        """The piece to send now, given the whole answer so far."""
+        stable = text.lstrip().rstrip().removesuffix("\ufffd").rstrip()
+        if not stable.startswith(self.sent):  # a rare re-tokenization of the tail: wait for the end
+            return ""
+        piece = stable[len(self.sent):]
+        self.sent = stable
+        return piece
+
+    def finish(self, text: str) -> str:
+        """The rest of the finished answer (its text already stripped)."""
+        piece = text[len(self.sent):] if text.startswith(self.sent) else ""
+        self.sent = text
+        return piece
 
 
 class QueueFull(Exception):
@@ -52,12 +86,31 @@ class _Request:
     started: float | None = None
     answers: list[Generation | None] = field(default_factory=list)
     remaining: int = 0
+    grammar: str | None = None
+    on_text: OnText | None = None
+    streams: list[StreamText] = field(default_factory=list)
+    cancelled: bool = False
 
     def __post_init__(self) -> None:
         self.answers = [None] * len(self.prompts)
         self.remaining = len(self.prompts)
+        self.streams = [StreamText() for _ in self.prompts] if self.on_text is not None else []
+
+    def grew(self, index: int, text: str) -> None:
+        """The answer to prompt `index` is `text` so far: hand on what is new."""
+        if self.cancelled:
+            return
+        piece = self.streams[index].update(text)
+        if piece:
+            self.on_text(index, piece)
 
     def done(self, index: int, generation: Generation) -> bool:
+        if self.cancelled:
+            return False
+        if self.on_text is not None:
+            piece = self.streams[index].finish(generation.text)
+            if piece:
+                self.on_text(index, piece)
         self.answers[index] = generation
         self.remaining -= 1
         if self.remaining == 0 and not self.future.done():
@@ -81,30 +134,57 @@ class _Batcher:
         self._condition = threading.Condition()
         self._closed = False
         self._finished: deque[float] = deque(maxlen=256)  # when recent prompts were answered (drain rate)
+        self._requests: dict[Future, _Request] = {}  # requests not yet answered, for cancel()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, prompts: list[str], max_new_tokens: int | None = None) -> Future:
+    supports_grammar = False
+
+    def submit(self, prompts: list[str], max_new_tokens: int | None = None, grammar: str | None = None,
+               on_text: OnText | None = None) -> Future:
         """Queue a request's prompts; the future gives `Answers`.
 
         Args:
             prompts: Formatted prompts.
             max_new_tokens: A lower cap for this request's answers (None or higher: the batcher's).
+            grammar: A GBNF grammar every answer must follow (llama.cpp only).
+            on_text: Called from the generating thread with (prompt index, text added) as answers grow.
 
         Raises:
             QueueFull: Taking them would put more than `max_queue` prompts in the queue.
             RuntimeError: The batcher was closed.
+            ValueError: A grammar for an engine without constrained decoding.
         """
+        if grammar is not None and not self.supports_grammar:
+            raise ValueError("constrained decoding needs the llama.cpp engine")
         cap = min(max_new_tokens or self.max_new_tokens, self.max_new_tokens)
-        request = _Request(list(prompts), cap, Future(), time.perf_counter())
+        request = _Request(list(prompts), cap, Future(), time.perf_counter(), grammar=grammar, on_text=on_text)
         with self._condition:
             if self._closed:
                 raise RuntimeError("the model is shutting down")
             if len(self._waiting) + len(prompts) > self.max_queue:
                 raise QueueFull(len(self._waiting), self.max_queue, self.drain_time())
             self._waiting.extend((request, index) for index in range(len(prompts)))
+            self._requests[request.future] = request
             self._condition.notify()
+        request.future.add_done_callback(self._forget)
         return request.future
+
+    def _forget(self, future: Future) -> None:
+        with self._condition:
+            self._requests.pop(future, None)
+
+    def cancel(self, future: Future) -> None:
+        """Give up a request (its caller went away): its waiting prompts leave the queue, and prompts being
+        answered stop at the next step where the engine allows it. The future ends cancelled."""
+        with self._condition:
+            request = self._requests.pop(future, None)
+            if request is None:
+                return
+            request.cancelled = True
+            self._waiting = deque(item for item in self._waiting if item[0] is not request)
+            self._condition.notify()
+        future.cancel()
 
     @property
     def waiting(self) -> int:
@@ -150,6 +230,8 @@ class ContinuousBatcher(_Batcher):
         max_queue: Prompts that may wait for a slot.
     """
 
+    supports_grammar = True
+
     def __init__(self, engine, max_new_tokens: int, max_queue: int) -> None:
         self.engine = engine
         super().__init__(max_new_tokens, max_queue, "llama.cpp-batcher")
@@ -167,21 +249,30 @@ class ContinuousBatcher(_Batcher):
                         break
                     while self._waiting and len(admitted) < engine.free_slots:
                         admitted.append(self._waiting.popleft())
+                    gone = [request for request in generating if request.cancelled]
+                for request in gone:  # a caller that went away frees its slots before the next step
+                    engine.cancel({(request, index) for index in range(len(request.prompts))})
+                    generating.discard(request)
                 now = time.perf_counter()
                 for request, index in admitted:
-                    if request.future.done():  # an earlier prompt of it failed
+                    if request.future.done() or request.cancelled:  # an earlier prompt of it failed, or it left
                         continue
                     if request.started is None:
                         request.started = now
                     generating.add(request)
+                    grew = (lambda tokens, request=request, index=index:
+                            request.grew(index, engine.detokenize(tokens))) if request.on_text else None
                     try:
-                        engine.admit((request, index), engine.tokenize(request.prompts[index]), request.max_new_tokens)
-                    except ValueError as exc:  # too long for the context: this request only
+                        engine.admit((request, index), engine.tokenize(request.prompts[index]), request.max_new_tokens,
+                                     grammar=request.grammar, on_token=grew)
+                    except ValueError as exc:  # too long for the context, or a bad grammar: this request only
                         engine.cancel({(request, other) for other in range(len(request.prompts))})
                         request.fail(ValueError(f"input {index}: {exc}"))
-                for (request, index), generation in engine.step():
-                    self._record(request, index, generation)
-                generating = {request for request in generating if not request.future.done()}
+                if engine.busy:
+                    for (request, index), generation in engine.step():
+                        self._record(request, index, generation)
+                # A cancelled request stays until the top of the loop has freed its slots.
+                generating.difference_update({r for r in generating if r.future.done() and not r.cancelled})
         except BaseException as exc:  # the engine broke: no later request can be answered either
             self._closed = True
             error = RuntimeError(f"llama.cpp stopped answering: {exc}")
@@ -241,7 +332,8 @@ class WindowBatcher(_Batcher):
                         request.fail(exc)
                     continue
                 for (request, index), generation in zip(batch, generations):
-                    self._record(request, index, generation)
+                    if not request.cancelled:
+                        self._record(request, index, generation)
         finally:
             self._fail_waiting(RuntimeError("the model is shutting down"))
 

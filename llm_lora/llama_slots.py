@@ -17,7 +17,10 @@ shape: at a near-tie, an answer can then depend on what its slot held before. Wi
 quantized file is the same alone or in company.
 
 Decoding is greedy (the arg-max of each sequence's logits), as `LlamaCppEngine.answer`,
-and prompts are the formatted texts tokenized by the file's own tokenizer.
+and prompts are the formatted texts tokenized by the file's own tokenizer. A sequence may
+carry a grammar (llama.cpp's GBNF, e.g. from a JSON schema): its tokens are then the
+arg-max among those the grammar allows, through llama.cpp's own grammar sampler. A sequence
+may also carry a callback that sees its answer grow token by token (a streamed answer).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class _Sequence:
     started: float
     read: int = 0  # prompt tokens decoded so far
     answer: list[int] = field(default_factory=list)
+    sampler: object = None  # llama.cpp's grammar + greedy sampler chain, for a constrained answer
+    on_token: object = None  # called with the answer's tokens so far after each new one
 
 
 class LlamaCppSlots:
@@ -111,11 +116,19 @@ class LlamaCppSlots:
     def busy(self) -> bool:
         return bool(self._active)
 
-    def admit(self, key: object, ids: list[int], max_new_tokens: int) -> None:
+    def admit(self, key: object, ids: list[int], max_new_tokens: int, grammar: str | None = None,
+              on_token=None) -> None:
         """Start answering a prompt in a free slot; its answer comes back from `step` under `key`.
 
+        Args:
+            key: What `step` returns the answer under.
+            ids: The prompt's tokens.
+            max_new_tokens: Cap on the answer.
+            grammar: A GBNF grammar (root rule `root`) the answer must follow, or None.
+            on_token: Called with the answer's tokens so far each time one is added, or None.
+
         Raises:
-            ValueError: The prompt and its cap do not fit a sequence's context.
+            ValueError: The prompt and its cap do not fit a sequence's context, or the grammar does not parse.
             RuntimeError: No slot is free.
         """
         if len(ids) + max_new_tokens > self.context:
@@ -134,7 +147,21 @@ class LlamaCppSlots:
             self._lib.llama_memory_seq_rm(self._context.memory, slot, -1, -1)
         self._held[slot] = list(ids[:keep])
         self.cached_tokens += keep
-        self._active[slot] = _Sequence(key, list(ids), max_new_tokens, time.perf_counter(), read=keep)
+        sampler = self._grammar_sampler(grammar) if grammar else None
+        self._active[slot] = _Sequence(key, list(ids), max_new_tokens, time.perf_counter(), read=keep,
+                                       sampler=sampler, on_token=on_token)
+
+    def _grammar_sampler(self, grammar: str):
+        """llama.cpp's grammar sampler followed by greedy: the arg-max of the tokens the grammar allows."""
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        constraint = lib.llama_sampler_init_grammar(self._vocab, grammar.encode(), b"root")
+        if not constraint:
+            lib.llama_sampler_free(chain)
+            raise ValueError("the grammar does not parse")
+        lib.llama_sampler_chain_add(chain, constraint)
+        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
+        return chain
 
     def step(self) -> list[tuple[object, Generation]]:
         """Decode one step for every admitted sequence; returns the answers that ended in it."""
@@ -173,25 +200,37 @@ class LlamaCppSlots:
         ended = []
         for index, slot in sampled:
             sequence = self._active[slot]
-            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._context.ctx, index), shape=(self._n_vocab,))
-            token = int(logits.argmax())
+            if sequence.sampler is not None:  # samples and accepts: the grammar follows the answer
+                token = int(lib.llama_sampler_sample(sequence.sampler, self._context.ctx, index))
+            else:
+                logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(self._context.ctx, index),
+                                               shape=(self._n_vocab,))
+                token = int(logits.argmax())
             finished = bool(lib.llama_vocab_is_eog(self._vocab, token))
             if not finished:
                 sequence.answer.append(token)
+                if sequence.on_token is not None:
+                    sequence.on_token(sequence.answer)
             if finished or len(sequence.answer) >= sequence.cap:
                 ended.append((sequence.key, self._generation(sequence, finished)))
                 self._release(slot)
         return ended
 
+    def detokenize(self, tokens: list[int]) -> str:
+        """Answer tokens as text; undecodable bytes (a character split over the cap) become U+FFFD, as
+        transformers decodes them."""
+        return self._model.detokenize(tokens, special=False).decode("utf-8", errors="replace")
+
     def _generation(self, sequence: _Sequence, finished: bool) -> Generation:
-        # Undecodable bytes (a character split over the cap) become U+FFFD, as transformers decodes them.
-        text = self._model.detokenize(sequence.answer, special=False).decode("utf-8", errors="replace").strip()
+        text = self.detokenize(sequence.answer).strip()
         return Generation(text=text, new_tokens=len(sequence.answer) + (1 if finished else 0),
                           prompt_tokens=len(sequence.prompt), latency_s=time.perf_counter() - sequence.started,
                           hit_cap=not finished)
 
     def _release(self, slot: int) -> None:
-        del self._active[slot]  # its KV cache stays, for a next prompt that starts the same way
+        sequence = self._active.pop(slot)  # its KV cache stays, for a next prompt that starts the same way
+        if sequence.sampler is not None:
+            self._lib.llama_sampler_free(sequence.sampler)
         self._free.append(slot)
 
     def cancel(self, keys: set) -> None:

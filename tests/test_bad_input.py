@@ -15,6 +15,7 @@ import yaml
 
 from llm_lora.config import load_config
 from llm_lora.errors import MachineError, check_machine, explain_hub_error, explain_training_failure
+from tests.conftest import run_cli_in_process as _run_in_process
 from tests.conftest import run_tree, write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -338,7 +339,7 @@ def test_bad_input_is_one_line(case, breaks, expected, tmp_path, tiny_model_dir,
         config = tmp_path / "nowhere.yaml"
     else:
         breaks(config, data)
-    _check(_run(["--config", str(config)], zenml_env), expected)
+    _check(_run_in_process(["--config", str(config)]), expected)
 
 
 @pytest.mark.parametrize("case, breaks, expected", DRY_RUN_CASES, ids=[case[0] for case in DRY_RUN_CASES])
@@ -351,7 +352,27 @@ def test_dry_run_refuses_what_the_run_would(case, breaks, expected, tmp_path, ti
         args += breaks
     else:
         breaks(config, data)
-    _check(_run(args, zenml_env), expected)
+    _check(_run_in_process(args), expected)
+
+
+# The catalogues run in this process; these cases go through a real `python run.py` too, so the
+# command line itself (exit code, one line on stderr, no traceback) stays checked end to end.
+@pytest.mark.cli
+@pytest.mark.parametrize("case, breaks, expected, dry_run", [
+    (*next(c for c in catalogue if c[0] == name), catalogue is DRY_RUN_CASES)
+    for catalogue, name in ((CASES, "unknown-key"), (CASES, "malformed-json-line"),
+                            (DRY_RUN_CASES, "lora-rank-over-hidden-size"))
+], ids=["unknown-key", "malformed-json-line", "dry-run-lora-rank-over-hidden-size"])
+def test_catalogue_cases_are_the_same_from_the_command_line(case, breaks, expected, dry_run, tmp_path, tiny_model_dir,
+                                                            zenml_env):
+    config, data = _setup(tmp_path, tiny_model_dir)
+    breaks(config, data)
+    args = ["--config", str(config), *(["--dry-run"] if dry_run else [])]
+    from_cli = _run(args, zenml_env)
+    _check(from_cli, expected)
+    in_process = _run_in_process(args)
+    assert (in_process.returncode, in_process.stderr.strip().splitlines()[-1]) == (
+        from_cli.returncode, from_cli.stderr.strip().splitlines()[-1])
 
 
 def _model_versions(env) -> int:
@@ -385,6 +406,7 @@ def test_failures_inside_the_pipeline_are_one_line(case, breaks, expected, tmp_p
         assert "train_lora has started" not in result.stdout + result.stderr
 
 
+@pytest.mark.cli
 def test_debug_shows_the_traceback(tmp_path, tiny_model_dir, zenml_env):
     config, data = _setup(tmp_path, tiny_model_dir)
     _edit(config, _set("data", max_seq_length=16))
@@ -392,6 +414,7 @@ def test_debug_shows_the_traceback(tmp_path, tiny_model_dir, zenml_env):
     assert result.returncode != 0 and "Traceback" in result.stdout + result.stderr
 
 
+@pytest.mark.cli
 def test_unknown_option_is_named(zenml_env):
     result = _run(["--config", "configs/quickstart.yaml", "--epochs", "3"], zenml_env)
     assert result.returncode == 2 and "No such option '--epochs'" in result.stderr
@@ -491,15 +514,18 @@ def _deploy_config(tmp_path, **settings):
     ({"port": 70000}, "deploy.yaml: deploy.port: Input should be less than or equal to 65535"),
     ({"batch_size": 0}, "deploy.yaml: deploy.batch_size: Input should be greater than or equal to 1"),
 ], ids=["unknown-key", "port-out-of-range", "zero-batch"])
+@pytest.mark.cli
 def test_bad_deploy_config_is_one_line(settings, expected, tmp_path, zenml_env):
     _check(_run(["--config", str(_deploy_config(tmp_path, **settings))], zenml_env), expected)
 
 
+@pytest.mark.cli
 def test_deploy_without_a_production_version_is_one_line(tmp_path, zenml_env):
     _check(_run(["--config", str(_deploy_config(tmp_path))], zenml_env),
            "deploy.version: model 'no-such-model' has no version 'production'; run the finetune pipeline first")
 
 
+@pytest.mark.cli
 def test_deploy_on_a_stack_without_a_deployer_says_how_to_register_one(tmp_path, zenml_env):
     zenml = str(Path(sys.executable).parent / "zenml")
     registered = subprocess.run([zenml, "stack", "register", "no-deployer", "-o", "default", "-a", "default"],
@@ -515,7 +541,7 @@ def _valid(result):
     assert "valid (dry run:" in result.stdout.strip().splitlines()[-1], result.stdout[-2000:]
 
 
-def test_valid_input_that_looks_unusual_is_accepted(tmp_path, tiny_model_dir, zenml_env):
+def test_valid_input_that_looks_unusual_is_accepted(tmp_path, tiny_model_dir, monkeypatch):
     """Numeric answer cells (a classification CSV), ~ in data paths, and split files named in capitals."""
     from llm_lora.data_preparation import split_examples
 
@@ -526,8 +552,9 @@ def test_valid_input_that_looks_unusual_is_accepted(tmp_path, tiny_model_dir, ze
     (home / "labels" / "test.csv").write_text(header + 'a new review,"1"\nanother one,2\n')
     config = write_config(tmp_path / "run.yaml", tiny_model_dir, tmp_path, training={"max_steps": 1})
     _edit(config, lambda c: c.update(data={"train_file": "~/labels/train.csv", "test_file": "~/labels/test.csv"}))
-    env = dict(zenml_env, HOME=str(home))
-    _valid(_run(["--config", str(config), "--dry-run"], env))
+    monkeypatch.setenv("HOME", str(home))
+    _valid(_run_in_process(["--config", str(config), "--dry-run"]))
+    monkeypatch.undo()
 
     folder = tmp_path / "capitals"
     folder.mkdir()
@@ -535,7 +562,7 @@ def test_valid_input_that_looks_unusual_is_accepted(tmp_path, tiny_model_dir, ze
     (folder / "Validation.jsonl").write_text(_lines(ROWS[8:10]))
     (folder / "Test.JSONL").write_text(_lines(ROWS[10:]))
     _edit(config, lambda c: c.update(data={"path": str(folder)}))
-    _valid(_run(["--config", str(config), "--dry-run"], zenml_env))
+    _valid(_run_in_process(["--config", str(config), "--dry-run"]))
 
     # A semicolon-separated CSV, a TSV and JSON rows under one key are rows like any other.
     other = tmp_path / "other"
@@ -544,7 +571,7 @@ def test_valid_input_that_looks_unusual_is_accepted(tmp_path, tiny_model_dir, ze
     (other / "validation.tsv").write_text("prompt\tcompletion\nvalidation text\t1\n")
     (other / "test.json").write_text(json.dumps({"data": [{"prompt": "test text", "completion": 0}]}))
     _edit(config, lambda c: c.update(data={"path": str(other)}))
-    _valid(_run(["--config", str(config), "--dry-run"], zenml_env))
+    _valid(_run_in_process(["--config", str(config), "--dry-run"]))
 
     # The CSV labels are read as the text written in the file, quoted or not.
     from llm_lora.config import DataConfig
@@ -566,18 +593,19 @@ def test_numbers_and_booleans_in_json_answers_are_their_text(tmp_path):
     assert answers["is 2 even?"] == "true" and answers["is 3 even?"] == "false" and answers["3 squared?"] == "9"
 
 
-def test_alias_bomb_is_one_short_line(tmp_path, tiny_model_dir, zenml_env):
+def test_alias_bomb_is_one_short_line(tmp_path, tiny_model_dir):
     """A YAML alias bomb: millions of items from a few lines. The error names the key and stays short."""
     config, _ = _setup(tmp_path, tiny_model_dir)
     levels = ['    - &l0 [q, q, q, q, q, q, q, q, q, q]']
     levels += [f"    - &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 7)]
     assert "lora:" not in config.read_text()
     config.write_text(config.read_text() + "lora:\n  target_modules:\n" + "\n".join(levels) + "\n")
-    result = _run(["--config", str(config), "--dry-run"], zenml_env)
+    result = _run_in_process(["--config", str(config), "--dry-run"])
     _check(result, "run.yaml: lora.target_modules: expected 'all-linear' or a list of strings, got [[")
     assert len(result.stderr.strip().splitlines()[-1]) < 400
 
 
+@pytest.mark.cli
 def test_damaged_zenml_store_is_one_line(tmp_path, tiny_model_dir):
     env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp_path / "zenml"), ZENML_ANALYTICS_OPT_IN="false",
                HF_HUB_OFFLINE="1", COLUMNS="200")
@@ -593,16 +621,16 @@ def test_damaged_zenml_store_is_one_line(tmp_path, tiny_model_dir):
         assert "move it aside" in result.stderr.strip().splitlines()[-1]
 
 
-def test_inference_output_over_its_input_is_refused(tmp_path, zenml_env):
+def test_inference_output_over_its_input_is_refused(tmp_path):
     rows = tmp_path / "new.jsonl"
     rows.write_text(_lines([{"prompt": "Order ORD-1 arrived broken."}]))
     config = tmp_path / "inference.yaml"
     config.write_text(yaml.safe_dump({"inference": {"model_name": "m", "input_file": str(rows), "output_file": str(rows)}}))
-    _check(_run(["--config", str(config), "--dry-run"], zenml_env),
-           "inference.output_file: is the input file")
+    _check(_run_in_process(["--config", str(config), "--dry-run"]), "inference.output_file: is the input file")
     assert rows.read_text() == _lines([{"prompt": "Order ORD-1 arrived broken."}])
 
 
+@pytest.mark.cli
 def test_inference_for_a_missing_version_is_refused_before_the_pipeline(tmp_path, zenml_env):
     rows = tmp_path / "new.jsonl"
     rows.write_text(_lines([{"prompt": "Order ORD-1 arrived broken."}]))
@@ -615,6 +643,7 @@ def test_inference_for_a_missing_version_is_refused_before_the_pipeline(tmp_path
     assert "batch_inference" not in _zenml(["pipeline", "runs", "list"], zenml_env)
 
 
+@pytest.mark.cli
 def test_unreachable_zenml_server_is_one_line(tmp_path, tiny_model_dir):
     from tests.conftest import free_loopback_port
 

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.cli
 def test_peer_harness_trains_the_same_rows_for_every_variant(tmp_path):
     out = tmp_path / "results.json"
     completed = subprocess.run(

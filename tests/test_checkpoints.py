@@ -107,6 +107,7 @@ def _stderr_tail(result: Path) -> str:
     return _stderr_file(result).read_text()[-3000:]
 
 
+@pytest.mark.cli
 def test_killed_training_resumes_from_the_last_checkpoint(tmp_path, tiny_model_dir, support_rows):
     script = tmp_path / "train.py"
     script.write_text(TRAIN)

@@ -1,7 +1,6 @@
 """Config validation: every YAML key is checked before anything loads."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ import pytest
 import yaml
 
 from llm_lora.config import ConfigError, RunConfig, load_config
+from tests.conftest import run_cli_in_process
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
@@ -98,11 +98,7 @@ def test_json_round_trip(monkeypatch):
 def test_every_shipped_config_passes_dry_run(config_path, tmp_path):
     """Run configs are valid as shipped; inference, deploy and monitor configs are valid up to the registry,
     where a fresh ZenML store has no trained version yet (and a dry run says so, as the real command would)."""
-    env = dict(os.environ, ZENML_CONFIG_PATH=str(tmp_path / "zenml"), ZENML_ANALYTICS_OPT_IN="false")
-    result = subprocess.run(
-        [sys.executable, "run.py", "--config", str(config_path.relative_to(REPO)), "--dry-run"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
-    )
+    result = run_cli_in_process(["--config", config_path.relative_to(REPO), "--dry-run"])
     config = yaml.safe_load(config_path.read_text())
     section = next((name for name in ("inference", "deploy", "monitor") if name in config), None)
     if section is not None:
@@ -121,12 +117,10 @@ def test_inference_dry_run_reads_the_input_rows(tmp_path):
     rows.write_text('{"prompt": "Kettle broke."}\n{"prompt": \n')
     text = f"inference:\n  model_name: m\n  input_file: {rows}\n  output_file: {tmp_path / 'out.jsonl'}\n"
     path = _write(tmp_path, text)
-    result = subprocess.run([sys.executable, "run.py", "--config", str(path), "--dry-run"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_cli_in_process(["--config", path, "--dry-run"])
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith(f"Error: {rows}:2: malformed JSON")
     rows.write_text("")
-    result = subprocess.run([sys.executable, "run.py", "--config", str(path), "--dry-run"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = run_cli_in_process(["--config", path, "--dry-run"])
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == f"Error: {rows}: no rows"
 
 
@@ -141,6 +135,7 @@ def test_an_output_path_that_is_a_folder_is_refused(tmp_path):
         load_config(path)
 
 
+@pytest.mark.cli
 def test_bad_config_is_one_line_error_and_nonzero_exit(tmp_path):
     path = _write(tmp_path, "model:\n  name: org/model\n  colour: blue\n")
     result = subprocess.run(

@@ -189,6 +189,7 @@ def check_dashboard(driver, run_url: str, shots: Path) -> None:
 
 
 @pytest.mark.pipeline
+@pytest.mark.browser
 @pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
                     reason="needs the Debian packages chromium and chromium-driver")
 def test_dashboard_shows_the_run_and_its_reports(tmp_path):

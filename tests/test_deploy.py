@@ -251,6 +251,43 @@ def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_
             assert body["choices"][0]["message"]["content"] == alone[i % 4]
         status, body, _ = chat(emails[0]["prompt"])  # still serving
         assert status == 200 and body["choices"][0]["message"]["content"] == alone[0]
+        _openai_client_on_the_deployment(url, emails[0]["prompt"], alone[0])
     finally:
         stopped = _run([ZENML_CLI, "deployment", "delete", "deploy-gguf", "-y"], zenml_env, timeout=120)
     assert stopped.returncode == 0, stopped.stderr[-2000:]
+
+
+def _openai_client_on_the_deployment(url: str, email: str, whole: str) -> None:
+    """OpenAI's client, unchanged apart from base_url, on the deployed llama.cpp engine: a tools request that
+    asks for a call gets tool_calls, a streamed answer joins to the whole one, a JSON schema is kept, and a
+    client that leaves mid-stream does not stop the server."""
+    import jsonschema
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    tool = {"type": "function", "function": {"name": "open_ticket", "description": "Open a support ticket.",
+                                             "parameters": {"type": "object", "properties": {
+                                                 "order_id": {"type": "string", "maxLength": 12},
+                                                 "priority": {"type": "string", "enum": ["low", "high"]}},
+                                                 "required": ["order_id", "priority"], "additionalProperties": False}}}
+    messages = [{"role": "user", "content": email}]
+    called = client.chat.completions.create(model="m", messages=messages, tools=[tool], tool_choice="required")
+    (call,) = called.choices[0].message.tool_calls
+    assert called.choices[0].finish_reason == "tool_calls" and call.function.name == "open_ticket"
+    jsonschema.validate(json.loads(call.function.arguments), tool["function"]["parameters"])
+
+    chunks = list(client.chat.completions.create(model="m", messages=messages, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+    schema = {"type": "object", "properties": {"issue": {"type": "string", "enum": ["damaged", "late", "other"]},
+                                               "urgent": {"type": "boolean"}},
+              "required": ["issue", "urgent"], "additionalProperties": False}
+    shaped = client.chat.completions.create(model="m", messages=messages, response_format={
+        "type": "json_schema", "json_schema": {"name": "fields", "schema": schema}})
+    jsonschema.validate(json.loads(shaped.choices[0].message.content), schema)
+
+    with client.chat.completions.create(model="m", messages=messages, stream=True) as stream:
+        next(iter(stream))  # the role chunk; then the client goes away
+    again = client.chat.completions.create(model="m", messages=messages)
+    assert again.choices[0].message.content == whole

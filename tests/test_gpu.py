@@ -15,7 +15,7 @@ from llm_lora.model_loading import load_model
 from llm_lora.training import attach_lora, load_adapter, train_lora
 from tests.conftest import write_config
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def gpu_config(root, tiny_model_dir, support_rows, attention="sdpa", **training):
