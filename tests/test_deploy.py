@@ -156,24 +156,28 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
         assert completion.model == answers["model_version"]
         assert completion.choices[0].finish_reason in ("stop", "length") and completion.usage.prompt_tokens > 20
         assert [model.id for model in client.models.list()] == [answers["model_version"]]
-        with pytest.raises(UnprocessableEntityError, match="stream"):
-            client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], stream=True)
+        # Streamed, the same answer arrives in pieces.
+        chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": emails[1]}],
+                                                     stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == results[1]["output"]
         with pytest.raises(UnprocessableEntityError, match="the last message is the user's to answer"):
             client.chat.completions.create(model="m", messages=[{"role": "assistant", "content": "hi"}])
 
         # One log line per answered request (bad ones never reach the model), no texts.
-        records = records_in(request_log, 4)
+        records = records_in(request_log, 5)
         assert [(r["route"], r["inputs"]) for r in records] == [("invoke", 1), ("invoke", 2), ("invoke", 1),
-                                                                ("chat", 1)]
+                                                                ("chat", 1), ("chat", 1)]
+        assert [(r.get("stream"), r.get("tool_calls")) for r in records[3:]] == [(False, 0), (True, 0)]
         for record in records:
             assert record["model_version"] == answers["model_version"] and record["status"] == 200
             assert record["latency_s"] > 0 and record["queue_s"] >= 0 and 0 <= record["parsed_rate"] <= 1
+            chat = {"stream", "tool_calls"} if record["route"] == "chat" else set()
             assert set(record) == {"time", "route", "status", "model_version", "inputs", "input_tokens", "latency_s",
-                                   "queue_s", "parsed", "parsed_rate", "hit_cap"}
+                                   "queue_s", "parsed", "parsed_rate", "hit_cap", *chat}
             assert len(record["input_tokens"]) == record["inputs"] and all(n > 0 for n in record["input_tokens"])
-        # And in ZenML, in batches: served_requests artifacts linked to the version, counting all four.
+        # And in ZenML, in batches: served_requests artifacts linked to the version, counting all five.
         deadline = time.monotonic() + 60
-        while sum(m.get("requests", 0) for m in served_requests(zenml_env, production_version)) < 4:
+        while sum(m.get("requests", 0) for m in served_requests(zenml_env, production_version)) < 5:
             assert time.monotonic() < deadline, served_requests(zenml_env, production_version)
             time.sleep(2)
     finally:
