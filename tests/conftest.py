@@ -91,6 +91,17 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="session")
+def tiny_q8(tmp_path_factory, tiny_model_dir):
+    """The tiny model as a q8_0 GGUF (llama.cpp's converter; needs requirements-export.txt). Quantized
+    weights: llama.cpp's integer dot products give a sequence the same numbers whatever else is in its
+    batch (float weights can part at near-ties, as any batched engine's can)."""
+    pytest.importorskip("llama_cpp", reason="the llama.cpp engine needs requirements-export.txt")
+    from llm_lora.gguf_export import convert, converter_dir
+
+    return convert(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "q8_0", converter_dir())
+
+
+@pytest.fixture(scope="session")
 def support_rows():
     """The first rows of each shipped split."""
     root = REPO_ROOT / "data" / "support_emails"

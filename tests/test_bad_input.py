@@ -333,7 +333,7 @@ def _check(result, expected):
 
 
 @pytest.mark.parametrize("case, breaks, expected", CASES, ids=[case[0] for case in CASES])
-def test_bad_input_is_one_line(case, breaks, expected, tmp_path, tiny_model_dir, zenml_env):
+def test_bad_input_is_one_line(case, breaks, expected, tmp_path, tiny_model_dir):
     config, data = _setup(tmp_path, tiny_model_dir)
     if breaks == "missing-config":
         config = tmp_path / "nowhere.yaml"
@@ -343,7 +343,7 @@ def test_bad_input_is_one_line(case, breaks, expected, tmp_path, tiny_model_dir,
 
 
 @pytest.mark.parametrize("case, breaks, expected", DRY_RUN_CASES, ids=[case[0] for case in DRY_RUN_CASES])
-def test_dry_run_refuses_what_the_run_would(case, breaks, expected, tmp_path, tiny_model_dir, zenml_env):
+def test_dry_run_refuses_what_the_run_would(case, breaks, expected, tmp_path, tiny_model_dir):
     config, data = _setup(tmp_path, tiny_model_dir)
     args = ["--config", str(config), "--dry-run"]
     if breaks == "config-folder":

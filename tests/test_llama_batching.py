@@ -6,18 +6,11 @@ import pytest
 
 from llm_lora.batching import ContinuousBatcher
 from llm_lora.generation import shared_prefix_length
-from llm_lora.gguf_export import LlamaCppEngine, convert, converter_dir
+from llm_lora.gguf_export import LlamaCppEngine
 from llm_lora.prompt_formatting import format_prompt
 
 pytest.importorskip("llama_cpp", reason="the llama.cpp engine needs requirements-export.txt")
 from llm_lora.llama_slots import LlamaCppSlots  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_q8(tmp_path_factory, tiny_model_dir):
-    # Quantized weights: llama.cpp's integer dot products give each sequence the same numbers whatever
-    # else is in its batch (float weights can part at near-ties, as any batched engine's can).
-    return convert(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "q8_0", converter_dir())
 
 
 @pytest.fixture(scope="module")

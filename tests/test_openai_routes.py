@@ -40,13 +40,6 @@ SCHEMA = {"type": "object", "properties": {"order_id": {"type": "string", "maxLe
 
 
 @pytest.fixture(scope="module")
-def tiny_q8(tmp_path_factory, tiny_model_dir):
-    from llm_lora.gguf_export import convert, converter_dir
-
-    return convert(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "q8_0", converter_dir())
-
-
-@pytest.fixture(scope="module")
 def engines(tiny_model_dir, tiny_q8, tokenizer, tmp_path_factory):
     """One served version per engine, each behind the routes on a FastAPI app."""
     config = RunConfig(model={"name": str(tiny_model_dir)}, data={"train_file": "train.jsonl"})
