@@ -81,6 +81,7 @@ def test_llama_cpp_answers_as_the_evaluation_does(tiny_f32, tiny_model_dir, toke
     assert [a.new_tokens for a in answers] == [e.new_tokens for e in expected]
 
 
+@pytest.mark.slow
 def test_quantized_types_are_smaller_and_load(tiny_model_dir, tmp_path, converter, tokenizer):
     f16 = convert(tiny_model_dir, tmp_path / "tiny-f16.gguf", "f16", converter)
     q8 = convert(tiny_model_dir, tmp_path / "tiny-q8_0.gguf", "q8_0", converter)

@@ -390,6 +390,7 @@ def test_partial_gradient_checkpointing_needs_checkpointing(tmp_path):
         TrainingConfig(gradient_checkpointing_every_n_layers=2)
 
 
+@pytest.mark.slow
 def test_compiled_layers_train_like_eager_ones(tmp_path, tiny_model_dir, tokenizer, support_rows):
     """training.compile: each decoder layer runs through torch.compile (one graph for all layers, checkpointed
     or not), and training takes the same steps as without it: same losses, same adapter."""
