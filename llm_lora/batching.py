@@ -124,7 +124,7 @@ class _Request:
             self.future.set_exception(error)
 
 
-class _Batcher:
+class Batcher:
     """The queue, its limit and the worker thread; subclasses generate."""
 
     def __init__(self, max_new_tokens: int, max_queue: int, name: str) -> None:
@@ -221,7 +221,7 @@ class _Batcher:
         raise NotImplementedError
 
 
-class ContinuousBatcher(_Batcher):
+class ContinuousBatcher(Batcher):
     """Continuous batching over `LlamaCppSlots`: prompts take free slots between decode steps.
 
     Args:
@@ -287,7 +287,7 @@ class ContinuousBatcher(_Batcher):
             self._fail_waiting(stopped)
 
 
-class WindowBatcher(_Batcher):
+class WindowBatcher(Batcher):
     """Batches for a whole-batch generator: prompts that arrive within `window_s` go together.
 
     Args:

@@ -734,9 +734,10 @@ def _from_repo(path: Path | None) -> Path | None:
 
 
 def _gguf_engine(settings, section: str):
-    """A GGUF type is only read by the llama.cpp engine: naming it for transformers is a mistake."""
-    if settings.gguf_type is not None and settings.engine != "llama.cpp":
-        raise ValueError(f"{section}.gguf_type: only read with engine: llama.cpp")
+    """A GGUF type is only read by the engines that serve the GGUF export: naming it for transformers is a mistake."""
+    if settings.gguf_type is not None and settings.engine == "transformers":
+        engines = "llama.cpp or llama-server" if section == "deploy" else "llama.cpp"
+        raise ValueError(f"{section}.gguf_type: only read with engine: {engines}")
     return settings
 
 
@@ -751,8 +752,10 @@ class InferenceSettings(_Section):
     batch_size: int = Field(default=16, ge=1)
     max_new_tokens: int | None = Field(default=None, ge=1)  # None: the cap the version was evaluated with
     # transformers: base model + the version's adapter. llama.cpp: the version's GGUF export
-    # (trained with export.formats: [gguf]), of type gguf_type.
-    engine: Literal["transformers", "llama.cpp"] = "transformers"
+    # (trained with export.formats: [gguf]), of type gguf_type, in this process. llama-server: the same
+    # file in llama.cpp's own server (built once from llama-cpp-python's source, or $LLM_LORA_LLAMA_SERVER),
+    # started and supervised by the deployment, behind the same routes, queue and records.
+    engine: Literal["transformers", "llama.cpp", "llama-server"] = "transformers"
     gguf_type: GgufType | None = None  # None: the version's first exported type
 
     @model_validator(mode="after")
@@ -799,12 +802,14 @@ class DeploySettings(_Section):
     batch_window_ms: float = Field(default=10.0, ge=0, le=1000)  # transformers: wait this long for batch company
     timeout_s: int = Field(default=600, ge=10)  # wait this long for the server to load the model
     # transformers: base model + the version's adapter. llama.cpp: the version's GGUF export
-    # (trained with export.formats: [gguf]), of type gguf_type.
-    engine: Literal["transformers", "llama.cpp"] = "transformers"
+    # (trained with export.formats: [gguf]), of type gguf_type, in this process. llama-server: the same
+    # file in llama.cpp's own server (built once from llama-cpp-python's source, or $LLM_LORA_LLAMA_SERVER),
+    # started and supervised by the deployment, behind the same routes, queue and records.
+    engine: Literal["transformers", "llama.cpp", "llama-server"] = "transformers"
     gguf_type: GgufType | None = None  # None: the version's first exported type
-    gguf_context: int = Field(default=2048, ge=64)  # llama.cpp: prompt + answer tokens of each slot
-    # llama.cpp: a slot reuses the start a new prompt shares with its last one (the system prompt, the chat
-    # markup), read once instead of per request. That start was computed beside other requests, and at a
+    gguf_context: int = Field(default=2048, ge=64)  # llama.cpp, llama-server: prompt + answer tokens of each slot
+    # llama.cpp, llama-server: a slot reuses the start a new prompt shares with its last one (the system prompt,
+    # the chat markup), read once instead of per request. That start was computed beside other requests, and at a
     # near-tie an answer can then differ from the one it gets alone; false: every prompt read whole.
     prompt_cache: bool = True
 

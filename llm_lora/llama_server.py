@@ -9,18 +9,25 @@ there. `LLM_LORA_LLAMA_SERVER` may name a binary built elsewhere.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
+from llm_lora.batching import Batcher
+from llm_lora.generation import Generation
 from llm_lora.gguf_export import ExportError, llama_cpp_version
 from llm_lora.model_loading import cache_dir
 
@@ -34,25 +41,47 @@ def server_binary(jobs: int | None = None) -> Path:
     Raises:
         ExportError: No llama-cpp-python, no source distribution reachable, or the build failed (one line).
     """
+    binary = ready_binary()
+    if binary is None:
+        binary = cached_binary_path()
+        build_server(llama_cpp_version(), binary, jobs)
+    return binary
+
+
+def ready_binary() -> Path | None:
+    """`$LLM_LORA_LLAMA_SERVER` or the cached build, or None when one must be built first.
+
+    Raises:
+        ExportError: `$LLM_LORA_LLAMA_SERVER` names no file, or there is no llama-cpp-python to build from.
+    """
     named = os.environ.get(SERVER_ENV)
     if named:
         if not Path(named).is_file():
             raise ExportError(f"{SERVER_ENV}={named}: no such file; name a llama-server binary")
         return Path(named)
+    binary = cached_binary_path()
+    return binary if binary.is_file() else None
+
+
+def cached_binary_path() -> Path:
+    """Where the build for the installed llama-cpp-python is kept."""
     version = llama_cpp_version()
     if version is None:
         raise ExportError("llama-server is built from llama-cpp-python's source: pip install -r requirements-export.txt")
-    binary = cache_dir() / f"llama-server-{version}" / BINARY
-    if not binary.is_file():
-        build_server(version, binary, jobs)
-    return binary
+    return cache_dir() / f"llama-server-{version}" / BINARY
+
+
+def build_tools_missing() -> str | None:
+    """The build tool that is not on PATH (None: cmake and a C++ compiler are there)."""
+    return next((tool for tool in ("cmake", "c++") if shutil.which(tool) is None), None)
 
 
 def build_server(version: str, binary: Path, jobs: int | None = None) -> Path:
     """Build llama-server from llama-cpp-python=={version}'s source distribution into `binary`."""
-    for tool in ("cmake", "c++"):
-        if shutil.which(tool) is None:
-            raise ExportError(f"building llama-server needs {tool} (apt-get install cmake build-essential)")
+    missing = build_tools_missing()
+    if missing:
+        raise ExportError(f"building llama-server needs {missing} (apt-get install cmake build-essential), or set"
+                          f" {SERVER_ENV} to a built llama-server")
     with tempfile.TemporaryDirectory(prefix="llama-server-build-") as scratch:
         scratch = Path(scratch)
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
@@ -114,6 +143,14 @@ class RunningServer:
     command: list[str]
     log: Path
 
+    @property
+    def host(self) -> str:
+        return urlparse(self.url).hostname
+
+    @property
+    def port(self) -> int:
+        return urlparse(self.url).port
+
     def stop(self, timeout_s: float = 30) -> None:
         self.process.terminate()
         try:
@@ -156,3 +193,201 @@ def start_server(binary: Path, gguf: Path, port: int, slots: int, context_per_sl
             time.sleep(0.5)
     server.stop()
     raise ExportError(f"llama-server did not answer /health within {timeout_s:.0f} s")
+
+
+class ServerBatcher(Batcher):
+    """The deployment's queue in front of a supervised llama-server: `deploy.engine: llama-server`.
+
+    The project's side is unchanged: prompts are formatted by the one formatting function, tokenized
+    by the GGUF's own vocabulary and sent as token ids to llama-server's `/completion` (greedy, the
+    answer cap, a grammar where one is asked for), so answers are parsed, recorded and gated as with
+    the in-process engines. llama-server decodes them with continuous batching over its slots.
+
+    At most `slots` prompts are at the server at once, each sent by one of `slots` sender threads;
+    the others wait in this queue, where `max_queue` and `Retry-After` apply as for the other
+    engines. Answers are streamed from the server, so a streamed request hears its answer grow and
+    a cancelled one closes its connection, which frees its slot in the server.
+
+    If the server process exits, the prompts it was answering fail with one line naming its exit
+    code and last log line, and it is started again for the next ones.
+
+    Args:
+        binary: The llama-server binary (`server_binary`).
+        gguf: The GGUF file.
+        slots: Sequences decoded together (llama-server's `-np`).
+        context: Tokens of prompt + answer per slot.
+        max_new_tokens: Cap on each answer.
+        max_queue: Prompts that may wait for a slot.
+        threads: CPU threads of the server (default: all).
+        prompt_cache: A slot (and llama-server's prompt cache in memory) reuses the start a new prompt
+            shares with one it read before; false: every prompt is read whole.
+        log: The server's log file.
+    """
+
+    supports_grammar = True
+
+    def __init__(self, binary: Path, gguf: Path, slots: int, context: int, max_new_tokens: int, max_queue: int,
+                 threads: int | None = None, prompt_cache: bool = True, log: Path | None = None,
+                 timeout_s: float = 300) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        self.binary, self.gguf, self.slots, self.context = Path(binary), Path(gguf), slots, context
+        self.threads = threads or os.cpu_count() or 1
+        self.prompt_cache = prompt_cache
+        self.timeout_s = timeout_s
+        self.log = log or Path(tempfile.mkdtemp(prefix="llama-server-")) / "llama-server.log"
+        self.restarts = 0
+        # The file's own tokenizer, as llm_lora.llama_slots reads prompts: the same ids in either engine.
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._vocab = _internals.LlamaModel(path_model=str(gguf), params=params, verbose=False)
+        self._server_lock = threading.Lock()
+        self._answer_lock = threading.Lock()  # two prompts of one request may end at once
+        self.server = self._start()
+        super().__init__(max_new_tokens, max_queue, "llama-server-senders")
+
+    def _start(self) -> RunningServer:
+        extra = [] if self.prompt_cache else ["--cache-ram", "0"]
+        return start_server(self.binary, self.gguf, _free_port(), self.slots, self.context, self.threads,
+                            log=self.log, extra=extra, timeout_s=self.timeout_s)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._vocab.tokenize(text.encode(), add_bos=False, special=True)
+
+    def _run(self) -> None:
+        senders = [threading.Thread(target=self._send_loop, name=f"llama-server-sender-{n}", daemon=True)
+                   for n in range(1, self.slots)]
+        for sender in senders:
+            sender.start()
+        try:
+            self._send_loop()
+        finally:
+            for sender in senders:
+                sender.join(timeout=60)
+            self._fail_waiting(RuntimeError("the model is shutting down"))
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._condition:
+                while not self._closed and not self._waiting:
+                    self._condition.wait()
+                if self._closed:
+                    return
+                request, index = self._waiting.popleft()
+                if request.future.done() or request.cancelled:
+                    continue
+                if request.started is None:
+                    request.started = time.perf_counter()
+            try:
+                generation = self._answer(request, index)
+            except ValueError as exc:  # too long for the context, or a grammar the server refused
+                request.fail(ValueError(f"input {index}: {exc}"))
+                continue
+            except RuntimeError as exc:
+                request.fail(exc)
+                continue
+            except Exception as exc:  # a sender must not die with its prompt unanswered
+                request.fail(RuntimeError(f"llama-server: {type(exc).__name__}: {exc}"))
+                continue
+            if generation is not None:
+                with self._answer_lock:
+                    self._record(request, index, generation)
+
+    def _answer(self, request, index: int) -> Generation | None:
+        """One prompt through llama-server, streamed; None when its request was cancelled meanwhile."""
+        ids = self.tokenize(request.prompts[index])
+        if not ids:
+            raise ValueError("an empty prompt")
+        if len(ids) + request.max_new_tokens > self.context:
+            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens ({request.max_new_tokens}) exceed "
+                             f"the {self.context}-token context")
+        body = {"prompt": ids, "n_predict": request.max_new_tokens, "temperature": 0, "top_k": 1, "stream": True,
+                "cache_prompt": self.prompt_cache, "return_progress": False}
+        if request.grammar is not None:
+            body["grammar"] = request.grammar
+        server = self.server
+        started = time.perf_counter()
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=self.timeout_s)
+        text, last = "", {}
+        try:
+            connection.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            if response.status != 200:
+                raise ValueError(_server_error(response.read()))
+            while True:
+                line = response.readline()
+                if not line:
+                    break
+                if request.cancelled:  # closing the connection frees the slot in llama-server
+                    return None
+                if not line.startswith(b"data: "):
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise ValueError(_server_error(line[6:]))
+                if chunk.get("content"):
+                    text += chunk["content"]
+                    if request.on_text is not None:
+                        request.grew(index, text)
+                if chunk.get("stop"):
+                    last = chunk
+                    break
+        except (OSError, http.client.HTTPException) as exc:
+            if self._closed:
+                raise RuntimeError("the model is shutting down") from None
+            raise RuntimeError(self._restart_after(server, exc)) from None
+        finally:
+            connection.close()
+        if not last:
+            if self._closed:
+                raise RuntimeError("the model is shutting down")
+            raise RuntimeError(self._restart_after(server, None))
+        finished = last.get("stop_type") != "limit"
+        predicted = int(last.get("tokens_predicted", 0))
+        return Generation(text=text.strip(), new_tokens=predicted, prompt_tokens=len(ids),
+                          latency_s=time.perf_counter() - started, hit_cap=not finished)
+
+    def _restart_after(self, server: RunningServer, error: BaseException | None) -> str:
+        """What to tell a caller whose answer from `server` broke off; starts the server again if it exited
+        (once: the other answers it broke off find it started)."""
+        with self._server_lock:
+            try:  # a connection that broke off because the process died: its exit is a moment behind
+                code = server.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                code = None
+            if code is None:
+                return f"llama-server broke off the answer ({type(error).__name__ if error else 'no end'}: {error})"
+            tail = server.log_tail(1)
+            message = f"llama-server exited ({code}): {tail[0] if tail else 'no log'}; started it again"
+            if not self._closed and self.server is server:
+                try:
+                    self.server = self._start()
+                except ExportError as exc:  # the next prompts find the dead one and try again
+                    return f"{message.removesuffix('; started it again')}; starting it again failed: {exc}"
+                self.restarts += 1
+            return message
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        with self._server_lock:
+            self.server.stop()
+        self._thread.join(timeout=60)
+        self._vocab.close()
+
+
+def _server_error(raw: bytes) -> str:
+    """llama-server's error body ({"error": {"message": ...}}) as one line."""
+    try:
+        error = json.loads(raw).get("error", {})
+        return str(error.get("message") if isinstance(error, dict) else error).strip().splitlines()[0]
+    except (ValueError, AttributeError, IndexError):
+        return raw.decode(errors="replace").strip()[:200] or "llama-server refused the request"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

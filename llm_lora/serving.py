@@ -20,7 +20,7 @@ from typing import Annotated, Callable
 from pydantic import BeforeValidator, Field, StringConstraints
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llm_lora.batching import Answers, ContinuousBatcher, WindowBatcher
+from llm_lora.batching import Answers, Batcher, ContinuousBatcher, WindowBatcher
 from llm_lora.config import RunConfig
 from llm_lora.generation import Generation, generate
 from llm_lora.inference import inference_prompts, prediction_records
@@ -51,8 +51,8 @@ class ServedModel:
         config: The version's training run configuration (system prompt, template).
         version: Which version answers, e.g. "support-email-extractor 3 (production)".
         max_new_tokens: Cap on each answer.
-        batcher: The queue and the thread that generates (see `serve_transformers`, `serve_gguf`).
-        engine: "transformers" or "llama.cpp".
+        batcher: The queue and what generates (see `serve_transformers`, `serve_gguf`, `serve_llama_server`).
+        engine: "transformers", "llama.cpp" or "llama-server".
         recorder: Where each request's record goes, off the request's path (None: nowhere).
     """
 
@@ -60,7 +60,7 @@ class ServedModel:
     config: RunConfig
     version: str
     max_new_tokens: int
-    batcher: ContinuousBatcher | WindowBatcher
+    batcher: Batcher
     engine: str = "transformers"
     recorder: RequestRecorder | None = None
 
@@ -105,6 +105,21 @@ def serve_gguf(
     return ServedModel(tokenizer=tokenizer, config=config, version=version, max_new_tokens=max_new_tokens,
                        batcher=ContinuousBatcher(engine, max_new_tokens=max_new_tokens, max_queue=max_queue),
                        engine="llama.cpp", recorder=recorder)
+
+
+def serve_llama_server(
+    path: Path, tokenizer: PreTrainedTokenizerBase, config: RunConfig, version: str, slots: int, context: int,
+    max_new_tokens: int, binary: Path, max_queue: int = 64, recorder: RequestRecorder | None = None,
+    threads: int | None = None, prompt_cache: bool = True, log: Path | None = None,
+) -> ServedModel:
+    """The version's GGUF export in llama.cpp's own server (`llm_lora.llama_server.ServerBatcher`), started and
+    supervised here, with this module's formatting, parsing, queue gate and records in front."""
+    from llm_lora.llama_server import ServerBatcher
+
+    batcher = ServerBatcher(binary, path, slots=slots, context=context, max_new_tokens=max_new_tokens,
+                            max_queue=max_queue, threads=threads, prompt_cache=prompt_cache, log=log)
+    return ServedModel(tokenizer=tokenizer, config=config, version=version, max_new_tokens=max_new_tokens,
+                       batcher=batcher, engine="llama-server", recorder=recorder)
 
 
 def submit(served: ServedModel, rows: list[tuple[str, str | None, tuple]], max_new_tokens: int | None = None) -> Future:

@@ -43,13 +43,42 @@ def check(config: DeployConfig, config_path: Path, options: Options) -> str:
     if stack.deployer is None:
         raise CommandError(f"stack {stack.name!r} has no deployer; register the local one: {REGISTER_LOCAL_DEPLOYER}")
     check_version(config.deploy.model_name, config.deploy.version, "deploy.version")
+    if config.deploy.engine == "llama-server":
+        llama_server_ready()
     return dry_run_line(config_path, ["config", "model version", *(["stack"] if options.stack_name else [])])
+
+
+def llama_server_ready() -> Path | None:
+    """The llama-server binary if one is built (None: the deploy builds it first); a missing build tool is one line."""
+    from llm_lora.gguf_export import ExportError
+    from llm_lora.llama_server import build_tools_missing, ready_binary
+
+    try:
+        binary = ready_binary()
+    except ExportError as exc:
+        raise CommandError(f"deploy.engine: llama-server: {exc}") from None
+    missing = build_tools_missing() if binary is None else None
+    if missing:
+        raise CommandError(f"deploy.engine: llama-server is built from llama-cpp-python's source and needs {missing}"
+                           " (apt-get install cmake build-essential), or set LLM_LORA_LLAMA_SERVER to a built one")
+    return binary
 
 
 def run(config: DeployConfig, config_path: Path, options: Options) -> None:
     """Deploy the online inference pipeline with the stack's deployer, wait until it serves, print how to use it."""
+    binary = None
+    if config.deploy.engine == "llama-server":
+        from llm_lora.gguf_export import ExportError
+        from llm_lora.llama_server import server_binary
+
+        if llama_server_ready() is None:
+            click.echo("Building llama-server from llama-cpp-python's source (once; about 10 minutes on 2 cores) ...")
+        try:
+            binary = server_binary()
+        except ExportError as exc:
+            raise CommandError(f"deploy.engine: llama-server: {exc}") from None
     try:
-        url, name = deploy(config)
+        url, name = deploy(config, binary)
     except Exception as exc:  # the deployment's logs hold the details
         raise CommandError(f"deploy failed: {first_line(exc)}") from None
     click.echo(f"\nServing:  {url}  (OpenAPI page: {url}/docs)")
@@ -61,7 +90,7 @@ def run(config: DeployConfig, config_path: Path, options: Options) -> None:
     click.echo(f"Logs:     zenml deployment logs {name}")
 
 
-def deploy(config: DeployConfig) -> tuple[str, str]:
+def deploy(config: DeployConfig, llama_server: Path | None = None) -> tuple[str, str]:
     """Start the deployment and wait until its model is loaded; returns its URL and name."""
     from zenml.client import Client
     from zenml.enums import DeploymentStatus
@@ -89,6 +118,7 @@ def deploy(config: DeployConfig) -> tuple[str, str]:
             "max_queue": settings.max_queue,
             "batch_window_ms": settings.batch_window_ms,
             "record_every_s": settings.record_every_s,
+            "llama_server": str(llama_server) if llama_server else None,
         },
     }
     if settings.port and deployer.flavor == "local":

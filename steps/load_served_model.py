@@ -5,7 +5,7 @@ from pathlib import Path
 from zenml.logger import get_logger
 
 from llm_lora.model_loading import load_tokenizer
-from llm_lora.serving import RequestRecorder, ServedModel, serve_gguf, serve_transformers
+from llm_lora.serving import RequestRecorder, ServedModel, serve_gguf, serve_llama_server, serve_transformers
 from steps.support.model_version import find_model_version, gguf_file, load_model_version, recorded_cap
 from steps.support.request_records import log_sink_error, zenml_request_sink
 
@@ -25,6 +25,7 @@ def load_served_model(
     max_queue: int = 64,
     batch_window_ms: float = 10.0,
     record_every_s: float = 60.0,
+    llama_server: str | None = None,
 ) -> ServedModel:
     """Load a registered version once; ZenML keeps the result as pipeline state.
 
@@ -37,13 +38,15 @@ def load_served_model(
         batch_size: Inputs generated together (llama.cpp: its slots; transformers: its batch).
         max_new_tokens: Cap on each answer (None: the training run's evaluation setting).
         request_log: JSONL file for one line per request (None: none).
-        engine: "transformers" (base model + adapter) or "llama.cpp" (the version's GGUF export).
-        gguf_type: With llama.cpp: which exported type (None: the first the run exported).
-        gguf_context: With llama.cpp: tokens of prompt + answer each slot holds.
-        prompt_cache: With llama.cpp: a slot reuses the start a new prompt shares with its last one.
+        engine: "transformers" (base model + adapter), "llama.cpp" (the version's GGUF export, in this
+            process) or "llama-server" (the GGUF export in llama.cpp's own server, started here).
+        gguf_type: With a GGUF engine: which exported type (None: the first the run exported).
+        gguf_context: With a GGUF engine: tokens of prompt + answer each slot holds.
+        prompt_cache: With a GGUF engine: a slot reuses the start a new prompt shares with one it read.
         max_queue: Inputs that may wait for the model; past it requests get 503 with Retry-After.
         batch_window_ms: With transformers: how long a request waits for others to share its batch.
         record_every_s: Seconds between `served_requests` artifacts in ZenML (0: none).
+        llama_server: With llama-server: its binary (None: `llm_lora.llama_server.server_binary()`).
 
     Returns:
         The loaded version behind its request queue.
@@ -54,6 +57,18 @@ def load_served_model(
         sink=zenml_request_sink(found) if record_every_s > 0 else None,
         flush_s=record_every_s or 60.0, on_error=log_sink_error,
     )
+    if engine == "llama-server":
+        from llm_lora.llama_server import server_binary
+
+        path = gguf_file(found, gguf_type, "deploy", engine)
+        label = f"{model_name} {found.name} ({found.stage or 'no stage'}, {path.name})"
+        binary = Path(llama_server) if llama_server else server_binary()
+        logger.info("Serving %s in %s, %d slots of %d tokens", label, binary, batch_size, gguf_context)
+        log = Path(request_log).with_suffix(".llama-server.log") if request_log else None
+        return serve_llama_server(path, load_tokenizer(config.model), config, label, slots=batch_size,
+                                  context=gguf_context, max_new_tokens=max_new_tokens or recorded_cap(found, config),
+                                  binary=binary, max_queue=max_queue, recorder=recorder, prompt_cache=prompt_cache,
+                                  log=log)
     if engine == "llama.cpp":
         path = gguf_file(found, gguf_type, "deploy")
         label = f"{model_name} {found.name} ({found.stage or 'no stage'}, {path.name})"

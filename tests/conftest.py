@@ -102,6 +102,16 @@ def tiny_q8(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def llama_server_binary():
+    """llama.cpp's own llama-server, built once from llama-cpp-python's source (about 10 minutes on 2 cores the
+    first time, then from the cache; `$LLM_LORA_LLAMA_SERVER` names one built elsewhere)."""
+    pytest.importorskip("llama_cpp", reason="llama-server is built from requirements-export.txt's llama-cpp-python")
+    from llm_lora.llama_server import server_binary
+
+    return server_binary()
+
+
+@pytest.fixture(scope="session")
 def support_rows():
     """The first rows of each shipped split."""
     root = REPO_ROOT / "data" / "support_emails"

@@ -1,8 +1,8 @@
-"""OpenAI's chat API as its clients use it, on both engines: tools, tool_choice, streaming, JSON mode, disconnects.
+"""OpenAI's chat API as its clients use it, on every engine: tools, tool_choice, streaming, JSON mode, disconnect.
 
-The served version is the tiny random-weight model (in transformers, and as a q8_0 GGUF in llama.cpp)
-behind the deployment's real routes on a real FastAPI app; OpenAI's own Python client calls them. A
-random model's words mean nothing, so what is checked is what the API promises whatever the model says:
+The served version is the tiny random-weight model (in transformers, and as a q8_0 GGUF in llama.cpp
+in-process and in llama.cpp's own llama-server) behind the deployment's real routes on a real FastAPI
+app; OpenAI's own Python client calls them. A random model's words mean nothing, so what is checked is what the API promises whatever the model says:
 calls come back as tool_calls with arguments their schema allows, a streamed answer joins to the
 whole one, constrained JSON fits its schema, a client that goes away frees its slot.
 """
@@ -10,6 +10,7 @@ whole one, constrained JSON fits its schema, a client that goes away frees its s
 import json
 import threading
 import time
+import urllib.request
 
 import jsonschema
 import pytest
@@ -18,9 +19,10 @@ from fastapi.testclient import TestClient
 from zenml.steps.step_context import RunContext, get_or_create_run_context
 
 from llm_lora.config import ModelConfig, RunConfig
+from llm_lora.llama_server import server_binary
 from llm_lora.metrics import parse_tool_calls
 from llm_lora.model_loading import load_model
-from llm_lora.serving import RequestRecorder, serve_gguf, serve_transformers
+from llm_lora.serving import RequestRecorder, serve_gguf, serve_llama_server, serve_transformers
 from pipelines.serving_routes import CHAT_ROUTE, MODELS_ROUTE, CallFilter, chat_completions, list_models
 
 openai = pytest.importorskip("openai")
@@ -39,23 +41,47 @@ SCHEMA = {"type": "object", "properties": {"order_id": {"type": "string", "maxLe
           "required": ["order_id", "urgent"], "additionalProperties": False}
 
 
+class Served(dict):
+    """Served versions by engine, each made when a test first asks for it (llama-server needs its build)."""
+
+    def __init__(self, makers):
+        super().__init__()
+        self.makers = makers
+
+    def __missing__(self, engine):
+        self[engine] = self.makers[engine]()
+        return self[engine]
+
+    def close(self):
+        RunContext._clear()
+        for one in self.values():
+            one.close()
+
+
+# llama-server is built once (minutes) and started per module: its tests are the slow tier.
+GGUF_ENGINES = ["llama.cpp", pytest.param("llama-server", marks=pytest.mark.slow)]
+ENGINES = ["transformers", *GGUF_ENGINES]
+
+
 @pytest.fixture(scope="module")
 def engines(tiny_model_dir, tiny_q8, tokenizer, tmp_path_factory):
     """One served version per engine, each behind the routes on a FastAPI app."""
     config = RunConfig(model={"name": str(tiny_model_dir)}, data={"train_file": "train.jsonl"})
     folder = tmp_path_factory.mktemp("records")
-    served = {
-        "transformers": serve_transformers(load_model(ModelConfig(name=str(tiny_model_dir))), tokenizer, config,
-                                           "tiny 1 (production)", batch_size=2, max_new_tokens=64,
-                                           recorder=RequestRecorder(folder / "transformers.jsonl", flush_s=3600)),
-        "llama.cpp": serve_gguf(tiny_q8, tokenizer, config, "tiny 1 (production)", slots=2, context=512,
-                                max_new_tokens=64, threads=2,
-                                recorder=RequestRecorder(folder / "llama.jsonl", flush_s=3600)),
-    }
+    served = Served({
+        "transformers": lambda: serve_transformers(
+            load_model(ModelConfig(name=str(tiny_model_dir))), tokenizer, config, "tiny 1 (production)", batch_size=2,
+            max_new_tokens=64, recorder=RequestRecorder(folder / "transformers.jsonl", flush_s=3600)),
+        "llama.cpp": lambda: serve_gguf(tiny_q8, tokenizer, config, "tiny 1 (production)", slots=2, context=512,
+                                        max_new_tokens=64, threads=2,
+                                        recorder=RequestRecorder(folder / "llama.jsonl", flush_s=3600)),
+        "llama-server": lambda: serve_llama_server(
+            tiny_q8, tokenizer, config, "tiny 1 (production)", slots=2, context=512, max_new_tokens=64, threads=2,
+            binary=server_binary(),
+            recorder=RequestRecorder(folder / "llama-server.jsonl", flush_s=3600)),
+    })
     yield served
-    RunContext._clear()
-    for one in served.values():
-        one.close()
+    served.close()
 
 
 def _app():
@@ -112,19 +138,20 @@ def taught(tiny_model_dir, tokenizer, tmp_path_factory):
     tokenizer.save_pretrained(folder)
     gguf = convert(folder, tmp_path_factory.mktemp("taught-gguf") / "taught-q8_0.gguf", "q8_0", converter_dir())
     model.eval()
-    served = {
-        "transformers": serve_transformers(load_model(ModelConfig(name=str(folder))), tokenizer, config,
-                                           "taught 1 (production)", batch_size=2, max_new_tokens=64),
-        "llama.cpp": serve_gguf(gguf, tokenizer, config, "taught 1 (production)", slots=2, context=512,
-                                max_new_tokens=64, threads=2),
-    }
+    served = Served({
+        "transformers": lambda: serve_transformers(load_model(ModelConfig(name=str(folder))), tokenizer, config,
+                                                   "taught 1 (production)", batch_size=2, max_new_tokens=64),
+        "llama.cpp": lambda: serve_gguf(gguf, tokenizer, config, "taught 1 (production)", slots=2, context=512,
+                                        max_new_tokens=64, threads=2),
+        "llama-server": lambda: serve_llama_server(gguf, tokenizer, config, "taught 1 (production)", slots=2,
+                                                   context=512, max_new_tokens=64, threads=2,
+                                                   binary=server_binary()),
+    })
     yield served
-    RunContext._clear()
-    for one in served.values():
-        one.close()
+    served.close()
 
 
-@pytest.mark.parametrize("engine", ["transformers", "llama.cpp"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_version_trained_on_a_call_answers_with_tool_calls(taught, engine):
     """tool_choice auto, nothing forced: the call the version writes comes back as tool_calls, whole and streamed."""
     client = _client(taught, engine)
@@ -144,9 +171,10 @@ def test_a_version_trained_on_a_call_answers_with_tool_calls(taught, engine):
     assert plain.choices[0].message.tool_calls is None
 
 
+@pytest.mark.parametrize("engine", GGUF_ENGINES)
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "refund"}}])
-def test_a_call_the_request_asks_for_comes_back_as_tool_calls_with_arguments_its_schema_allows(engines, choice):
-    client = _client(engines, "llama.cpp")
+def test_a_call_the_request_asks_for_comes_back_as_tool_calls_with_arguments_its_schema_allows(engines, choice, engine):
+    client = _client(engines, engine)
     answer = client.chat.completions.create(model="x", messages=ASK, tools=[TRACK, REFUND], tool_choice=choice)
     choice_ = answer.choices[0]
     assert choice_.finish_reason == "tool_calls" and choice_.message.tool_calls, choice_
@@ -165,7 +193,7 @@ def test_a_call_the_request_asks_for_comes_back_as_tool_calls_with_arguments_its
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
-@pytest.mark.parametrize("engine", ["transformers", "llama.cpp"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_an_answer_that_does_not_parse_as_a_call_comes_back_as_text(engines, engine):
     """tool_choice auto: the random model writes no call, so the answer is its text, never a broken call."""
     client = _client(engines, engine)
@@ -175,7 +203,7 @@ def test_an_answer_that_does_not_parse_as_a_call_comes_back_as_text(engines, eng
     assert answer.choices[0].finish_reason in ("stop", "length")
 
 
-@pytest.mark.parametrize("engine", ["transformers", "llama.cpp"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_a_streamed_answer_joins_to_the_whole_answer(engines, engine):
     client = _client(engines, engine)
     whole = client.chat.completions.create(model="x", messages=ASK)
@@ -188,12 +216,13 @@ def test_a_streamed_answer_joins_to_the_whole_answer(engines, engine):
     assert finish == [whole.choices[0].finish_reason]
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
     assert whole.model == "tiny 1 (production)" and all(c.model == whole.model for c in chunks)
-    if engine == "llama.cpp":  # token by token: the answer arrives in many pieces
+    if engine != "transformers":  # token by token: the answer arrives in many pieces
         assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 3
 
 
-def test_json_mode_on_llama_cpp_gives_json_its_schema_allows(engines):
-    client = _client(engines, "llama.cpp")
+@pytest.mark.parametrize("engine", GGUF_ENGINES)
+def test_json_mode_on_a_gguf_engine_gives_json_its_schema_allows(engines, engine):
+    client = _client(engines, engine)
     answer = client.chat.completions.create(model="x", messages=ASK, response_format={
         "type": "json_schema", "json_schema": {"name": "fields", "schema": SCHEMA, "strict": True}})
     jsonschema.validate(json.loads(answer.choices[0].message.content), SCHEMA)
@@ -244,9 +273,10 @@ def test_a_conversation_with_a_tool_result_is_answered(engines):
     assert answer.choices[0].message.tool_calls is None and answer.choices[0].message.content
 
 
-def test_streamed_and_tool_call_answers_are_recorded(engines):
-    served = engines["llama.cpp"]
-    client = _client(engines, "llama.cpp")
+@pytest.mark.parametrize("engine", GGUF_ENGINES)
+def test_streamed_and_tool_call_answers_are_recorded(engines, engine):
+    served = engines[engine]
+    client = _client(engines, engine)
     before = len(served.recorder.path.read_text().splitlines()) if served.recorder.path.exists() else 0
     client.chat.completions.create(model="x", messages=ASK, tools=[TRACK], tool_choice="required")
     list(client.chat.completions.create(model="x", messages=ASK, stream=True))
@@ -259,15 +289,28 @@ def test_streamed_and_tool_call_answers_are_recorded(engines):
     assert all(r["input_tokens"][0] > 0 for r in records)
 
 
-def test_a_client_that_disconnects_mid_stream_frees_its_slot(engines, tiny_q8, tokenizer):
+def _answering(served) -> int:
+    """Slots generating now: in this process's engine, or as llama-server's own /slots page says."""
+    if served.engine == "llama-server":
+        with urllib.request.urlopen(f"{served.batcher.server.url}/slots", timeout=10) as response:
+            return sum(bool(slot["is_processing"]) for slot in json.load(response))
+    return served.batcher.engine.slots - served.batcher.engine.free_slots
+
+
+@pytest.mark.parametrize("engine", GGUF_ENGINES)
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(tiny_q8, tokenizer, engine):
     """Over a real server: the slot is free again before the answer would have ended, and the next
     request is answered."""
     import httpx2 as httpx  # the HTTP client OpenAI's own client is built on
     import uvicorn
 
     config = RunConfig(model={"name": "tiny"}, data={"train_file": "train.jsonl"})
-    served = serve_gguf(tiny_q8, tokenizer, config, "tiny 1 (production)", slots=1, context=512,
-                        max_new_tokens=400, threads=2)
+    if engine == "llama.cpp":
+        served = serve_gguf(tiny_q8, tokenizer, config, "tiny 1 (production)", slots=1, context=512,
+                            max_new_tokens=400, threads=2)
+    else:
+        served = serve_llama_server(tiny_q8, tokenizer, config, "tiny 1 (production)", slots=1, context=512,
+                                    max_new_tokens=400, threads=2, binary=server_binary())
     RunContext._clear()
     get_or_create_run_context().initialize(served)
     server = uvicorn.Server(uvicorn.Config(_app(), host="127.0.0.1", port=0, log_level="warning"))
@@ -278,16 +321,15 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(engines, tiny_q8, t
             time.sleep(0.05)
         port = server.servers[0].sockets[0].getsockname()[1]
         url = f"http://127.0.0.1:{port}{CHAT_ROUTE}"
-        engine = served.batcher.engine
         with httpx.stream("POST", url, json={"messages": ASK, "stream": True, "max_tokens": 400}, timeout=60) as response:
             lines = response.iter_lines()
             received = [next(lines) for _ in range(6)]  # the role chunk, blank lines, the first pieces
-            assert engine.free_slots == 0 and any(line.startswith("data: {") for line in received)
+            assert _answering(served) == 1 and any(line.startswith("data: {") for line in received)
         closed = time.perf_counter()
         # The connection is closed: the slot comes back at the next decode step, the request is forgotten.
-        while (engine.free_slots == 0 or served.batcher._requests) and time.perf_counter() - closed < 10:
+        while (_answering(served) or served.batcher._requests) and time.perf_counter() - closed < 10:
             time.sleep(0.01)
-        assert engine.free_slots == 1 and not served.batcher._requests, "the slot was not freed"
+        assert _answering(served) == 0 and not served.batcher._requests, "the slot was not freed"
         answer = httpx.post(url, json={"messages": ASK, "max_tokens": 8}, timeout=60).json()
         assert answer["choices"][0]["message"]["content"] is not None
     finally:

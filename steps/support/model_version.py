@@ -44,7 +44,7 @@ def recorded_cap(version: ModelVersionResponse, config: RunConfig) -> int:
     return int(setting)
 
 
-def gguf_file(version: ModelVersionResponse, gguf_type: str | None, section: str) -> Path:
+def gguf_file(version: ModelVersionResponse, gguf_type: str | None, section: str, engine: str = "llama.cpp") -> Path:
     """The version's exported GGUF file of this type (None: the first type its run exported).
 
     Raises:
@@ -53,7 +53,7 @@ def gguf_file(version: ModelVersionResponse, gguf_type: str | None, section: str
     artifact = version.get_artifact("gguf_model")
     if artifact is None:
         raise ValueError(
-            f"{section}.engine: llama.cpp needs a GGUF export and version {version.name} has none; train with "
+            f"{section}.engine: {engine} needs a GGUF export and version {version.name} has none; train with "
             f"export.formats: [merged, gguf], or use engine: transformers"
         )
     folder = Path(artifact.load())
