@@ -189,8 +189,10 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
     assert not port_is_open(port)
 
 
-def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_path):
-    """engine: llama.cpp serves the version's GGUF with continuous batching.
+@pytest.mark.parametrize("engine", ["llama.cpp", pytest.param("llama-server", marks=pytest.mark.slow)])
+def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_path, engine, request):
+    """engine: llama.cpp (in the deployment's process) and engine: llama-server (llama.cpp's own server,
+    started by the deployment) serve the version's GGUF with continuous batching.
 
     Concurrent requests get the answers they get one at a time, which are batch inference's from the
     same file; past the queue's limit a request gets 503 with Retry-After, and the server goes on.
@@ -206,11 +208,13 @@ def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     expected = [json.loads(line)["output"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
 
+    if engine == "llama-server":
+        request.getfixturevalue("llama_server_binary")  # built before the deploy (its first build takes minutes)
     port = free_loopback_port()
     config = tmp_path / "deploy.yaml"
     config.write_text(yaml.safe_dump({"kind": "deploy", "deploy": {
         "model_name": production_version, "deployment_name": "deploy-gguf", "port": port, "timeout_s": 300,
-        "engine": "llama.cpp", "gguf_type": "q8_0", "gguf_context": 1024, "batch_size": 2, "max_queue": 4,
+        "engine": engine, "gguf_type": "q8_0", "gguf_context": 1024, "batch_size": 2, "max_queue": 4,
         "record_every_s": 0,
         # Every prompt read whole: an answer is then the same alone or in company (a slot's kept prompt start,
         # computed beside other requests, can tip a near-tie; tests/test_llama_batching.py shows both).
