@@ -1,19 +1,28 @@
 """Load the deployed model over loopback HTTP, side by side with llama.cpp's own server on the same file.
 
-End to end (`python bench/deploy_load.py`, about 30 minutes on 2 CPU cores), against a fresh
+End to end (`python bench/deploy_load.py`, about 40 minutes on 2 CPU cores), against a fresh
 ZenML store:
 
 1. trains the quickstart with `export: {formats: [gguf], gguf_types: [q8_0]}`;
-2. deploys it (`run.py --config <deploy yaml>`, engine llama.cpp, 16 slots) and sends one
-   support email per request from 1, 4, 16 and 32 concurrent clients to
-   `POST /v1/chat/completions`, whole answers and streamed ones, and to ZenML's `POST /invoke`;
-   then the same version with engine transformers (batches of 16), to the chat route;
+2. deploys it (`run.py --config <deploy yaml>`, 16 slots) with engine llama.cpp (in the deployment's
+   process), then engine llama-server (llama.cpp's own server behind the deployment's routes), then
+   engine transformers (batches of 16), and sends one support email per request from 1, 4, 16 and
+   32 concurrent clients to `POST /v1/chat/completions`, whole answers and streamed ones, and (llama.cpp)
+   to ZenML's `POST /invoke`;
 3. stops it, starts the peer, llama.cpp's own `llama-server` (C++, built once from the llama.cpp
    tree llama-cpp-python ships, `llm_lora.llama_server`) on the same GGUF with the same slots,
    context per slot, threads and attention kernels, and sends it the same requests;
-4. writes requests/s, generated tokens/s, p50/p95/p99 latency (and time to the first token of
-   streamed answers) and errors per level, and how many answers the two servers agree on, to
-   bench/results/deploy-load-cpu.json, with the machine's facts and both servers' versions.
+4. times the two GGUF engines alone (no HTTP in front), the in-process one with the share of its time
+   spent inside `llama_decode`;
+5. writes requests/s, generated tokens/s, p50/p95/p99 latency (and time to the first token of
+   streamed answers) and errors per level, how many answers the servers agree on, and what the
+   deployments' request logs recorded, to bench/results/deploy-load-cpu.json, with the machine's
+   facts and the servers' versions.
+
+Every level sends its own held-out emails (test and validation splits), none sent to a server
+twice: real traffic brings new emails, and llama-server keeps whole prompts in memory
+(`--cache-ram`), so repeated emails would be answered without reading them. One extra level at 16
+clients sends that level's emails again and shows what that cache is worth.
 
 Both servers get the same messages (the version's system prompt and the email), greedy
 decoding (`temperature: 0`) and the version's answer cap (`max_tokens`). They run one after
@@ -48,9 +57,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quickstart import cpu_flags, cpu_model  # noqa: E402
-EMAILS = REPO / "data" / "support_emails" / "new_emails.jsonl"
 OUTPUT = REPO / "bench" / "results" / "deploy-load-cpu.json"
 MODEL_NAME = "load-bench"
+REPEAT_AT = 16  # clients of the extra level that sends emails again
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -167,7 +176,7 @@ def run_level(route: Route, emails: list[str], clients: int, requests: int, time
                     errors.append(answer.error)
                 else:
                     latencies.append(latency)
-                    answers[index % len(emails)] = answer.text
+                    answers[emails[index % len(emails)]] = answer.text
                     if answer.completion_tokens is not None:
                         generated.append(answer.completion_tokens)
                     if answer.first_token_s is not None:
@@ -201,17 +210,27 @@ def run_level(route: Route, emails: list[str], clients: int, requests: int, time
     }
 
 
-def load(route: Route, emails: list[str], levels: list[int], requests: int, time_cap_s: float) -> list[dict]:
-    warm = route.call(emails[0])  # warm-up, not counted
+def load(route: Route, emails: list[str], levels: list[int], requests: int, time_cap_s: float,
+         repeat_at: int | None = None) -> list[dict]:
+    """Each level sends its own `requests` emails from `emails`, none sent before, so no server answers an
+    email from a prompt cache. `repeat_at`: one more level at that many clients that sends the emails of
+    that level again (what a prompt cache that keeps whole prompts gains when traffic repeats)."""
+    if len(emails) < len(levels) * requests + 1:
+        raise SystemExit(f"{len(emails)} emails: {len(levels)} levels of {requests} distinct ones and a warm-up need"
+                         " more")
+    warm = route.call(emails[-1])  # warm-up, not counted (an email no level sends)
     if warm.error:
         raise SystemExit(f"warm-up request to {route.url} ({route.kind}) failed: {warm.error}")
     results = []
     name = route.kind + (" stream" if route.stream else "")
-    for clients in levels:
-        result = run_level(route, emails, clients, requests, time_cap_s)
+    plan = [(clients, emails[n * requests:(n + 1) * requests], False) for n, clients in enumerate(levels)]
+    if repeat_at in levels:
+        plan.append((repeat_at, plan[levels.index(repeat_at)][1], True))
+    for clients, chosen, repeated in plan:
+        result = {**run_level(route, chosen, clients, requests, time_cap_s), "repeated_emails": repeated}
         lat = result["latency_s"] or {}
-        print(f"  {name:12} {clients:>2} clients: {result['requests_per_s']} req/s,"
-              f" {result['generated_tokens_per_s']} tokens/s, p50 {lat.get('p50')} s, p95 {lat.get('p95')} s,"
+        print(f"  {name:12} {clients:>2} clients{' (repeated)' if repeated else ''}: {result['requests_per_s']}"
+              f" req/s, {result['generated_tokens_per_s']} tokens/s, p50 {lat.get('p50')} s, p95 {lat.get('p95')} s,"
               f" errors {result['errors']}", flush=True)
         results.append(result)
     return results
@@ -232,6 +251,69 @@ def version_facts() -> None:
     found, config = find_model_version(MODEL_NAME, "production", "bench")
     print(json.dumps({"gguf": str(gguf_file(found, "q8_0", "bench")), "cap": recorded_cap(found, config),
                       "system_prompt": config.data.system_prompt}))
+
+
+def engine_profile(requests: int, clients: int, emails_json: str) -> None:
+    """Print, as one JSON line, the engines alone on `requests` emails from `clients` threads, no HTTP in
+    front: the in-process llama.cpp engine (and the share of its time inside llama_decode) and the
+    llama-server engine's queue, each with the deployment's prompts (in the bench's store)."""
+    sys.path.insert(0, str(REPO))
+    from llm_lora.batching import ContinuousBatcher
+    from llm_lora.inference import inference_prompts
+    from llm_lora.llama_server import ServerBatcher, server_binary
+    from llm_lora.llama_slots import LlamaCppSlots
+    from llm_lora.model_loading import load_tokenizer
+    from steps.support.model_version import find_model_version, gguf_file, recorded_cap
+
+    found, config = find_model_version(MODEL_NAME, "production", "bench")
+    gguf, cap = gguf_file(found, "q8_0", "bench"), recorded_cap(found, config)
+    emails = json.loads(emails_json)[:requests]
+    tokenizer = load_tokenizer(config.model)
+    prompts = inference_prompts(tokenizer, [(f"email {i}", None, (("user", e),)) for i, e in enumerate(emails)], config)
+
+    def timed(batcher) -> tuple[float, list[str]]:
+        batcher.submit([prompts[0]]).result()  # warm-up
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            texts = list(pool.map(lambda p: batcher.submit([p]).result().generations[0].text, prompts))
+        return time.perf_counter() - started, texts
+
+    slots = LlamaCppSlots(gguf, context=2048, slots=16, prompt_cache=True)
+    library, decode, inside = slots._lib, slots._lib.llama_decode, [0.0]
+
+    def counted(context, batch):
+        started = time.perf_counter()
+        try:
+            return decode(context, batch)
+        finally:
+            inside[0] += time.perf_counter() - started
+
+    library.llama_decode = counted
+    batcher = ContinuousBatcher(slots, max_new_tokens=cap, max_queue=64)
+    inside[0] = 0.0
+    try:
+        batcher.submit([prompts[0]]).result()
+        inside[0] = 0.0
+        started = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            in_process = list(pool.map(lambda p: batcher.submit([p]).result().generations[0].text, prompts))
+        in_process_s = time.perf_counter() - started
+    finally:
+        library.llama_decode = decode
+        batcher.close()
+        slots.close()
+    server = ServerBatcher(server_binary(), gguf, slots=16, context=2048, max_new_tokens=cap, max_queue=64)
+    try:
+        server_s, server_texts = timed(server)
+    finally:
+        server.close()
+    print(json.dumps({
+        "requests": len(prompts), "clients": clients,
+        "llama_cpp_engine_requests_per_s": round(len(prompts) / in_process_s, 3),
+        "llama_cpp_engine_share_in_llama_decode": round(inside[0] / in_process_s, 3),
+        "llama_server_engine_requests_per_s": round(len(prompts) / server_s, 3),
+        "same_answers": f"{sum(a == b for a, b in zip(in_process, server_texts))}/{len(prompts)}",
+    }))
 
 
 def wait_for(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
@@ -267,15 +349,49 @@ def agreement(ours: list[dict], theirs: list[dict]) -> str:
     return f"{sum(mine[k] == peer[k] for k in shared)}/{len(shared)}"
 
 
-def ratio(ours: list[dict], theirs: list[dict], clients: int) -> float | None:
-    mine = next((level for level in ours if level["clients"] == clients), None)
-    peer = next((level for level in theirs if level["clients"] == clients), None)
+def ratio(ours: list[dict], theirs: list[dict], clients: int, repeated: bool = False) -> float | None:
+    def find(levels):
+        return next((level for level in levels if level["clients"] == clients
+                     and level.get("repeated_emails", False) == repeated), None)
+
+    mine, peer = find(ours), find(theirs)
     if not mine or not peer or not peer["requests_per_s"]:
         return None
     return round(mine["requests_per_s"] / peer["requests_per_s"], 2)
 
 
-def end_to_end(args, emails: list[str]) -> dict:
+def same_streamed(measured: dict) -> str:
+    """How many of the first chat level's emails, streamed, joined to the whole answer."""
+    whole = {k: v for level in measured["chat"] for k, v in level["_answers"].items()}
+    check = measured.get("stream_check", {})
+    shared = [email for email in check if email in whole and check[email] is not None]
+    return f"{sum(check[email] == whole[email] for email in shared)}/{len(shared)}"
+
+
+def request_records(path: Path) -> dict:
+    """What the deployment's request log holds: records by route and status, and streamed answers."""
+    if not path.exists():
+        return {"records": 0}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    counts: dict[str, int] = {}
+    for record in records:
+        key = f"{record.get('route')} {record.get('status', 200)}"
+        counts[key] = counts.get(key, 0) + 1
+    return {"records": len(records), "by_route_and_status": counts,
+            "streamed": sum(1 for record in records if record.get("stream"))}
+
+
+def email_pool() -> list[str]:
+    """Distinct held-out emails (test, then validation split): no level sends one twice."""
+    pool: list[str] = []
+    for name in ("test", "validation"):
+        for line in (REPO / "data" / "support_emails" / f"{name}.jsonl").read_text().splitlines():
+            if line.strip() and (prompt := json.loads(line)["prompt"]) not in pool:
+                pool.append(prompt)
+    return pool
+
+
+def end_to_end(args) -> dict:
     sys.path.insert(0, str(REPO))
     from llm_lora.llama_server import server_binary, server_version, start_server
 
@@ -297,39 +413,63 @@ def end_to_end(args, emails: list[str]) -> dict:
         facts = json.loads(run([sys.executable, __file__, "--version-facts"], env, "reading the version")
                            .strip().splitlines()[-1])
 
-        def deployed(engine: str, routes: list[Route]) -> list[list[dict]]:
+        pool = email_pool()
+        share = len(pool) // 3  # chat, streamed chat and /invoke: each its own emails
+        slices = {"chat": pool[:share], "stream": pool[share:2 * share], "invoke": pool[2 * share:3 * share]}
+        chat = Route("", "chat", facts["system_prompt"], facts["cap"])
+        streamed = Route("", "chat", facts["system_prompt"], facts["cap"], stream=True)
+
+        def measure(url: str, routes: list[tuple[Route, str]]) -> dict:
+            """Each route on its own emails; then the chat emails of the first level streamed (untimed),
+            to compare streamed answers with whole ones."""
+            measured = {}
+            for route, kind in routes:
+                measured[kind] = load(Route(url, route.kind, route.system_prompt, route.cap, route.stream),
+                                      slices[kind], levels, args.requests, args.time_cap_s,
+                                      repeat_at=REPEAT_AT if kind != "invoke" else None)
+            if "stream" in measured:
+                check = slices["chat"][:args.requests]
+                measured["stream_check"] = {email: Route(url, "chat", facts["system_prompt"], facts["cap"],
+                                                         stream=True).call(email).text for email in check}
+            return measured
+
+        def deployed(engine: str, routes: list[tuple[Route, str]]) -> dict:
             port = free_port()
             deploy_yaml = Path(home) / f"deploy-{engine}.yaml"
+            gguf = {"gguf_type": "q8_0", "gguf_context": context} if engine != "transformers" else {}
             deploy_yaml.write_text(yaml.safe_dump({"kind": "deploy", "deploy": {
-                "model_name": MODEL_NAME, "deployment_name": "load-bench", "port": port, "engine": engine,
-                **({"gguf_type": "q8_0", "gguf_context": context} if engine == "llama.cpp" else {}),
+                "model_name": MODEL_NAME, "deployment_name": "load-bench", "port": port, "engine": engine, **gguf,
                 "batch_size": slots, "request_log": str(Path(home) / f"requests-{engine}.jsonl")}}))
             run([sys.executable, "run.py", "--config", str(deploy_yaml)], env, f"deploying ({engine})")
             url = f"http://127.0.0.1:{port}"
             try:
                 print(f"project deployment, engine {engine}, at {url}:", flush=True)
-                return [load(Route(url, route.kind, route.system_prompt, route.cap, route.stream), emails, levels,
-                             args.requests, args.time_cap_s) for route in routes]
+                return measure(url, routes)
             finally:
                 run([str(Path(sys.executable).parent / "zenml"), "deployment", "delete", "load-bench", "-y"], env,
                     "stopping the deployment", timeout=300)
+                records[engine] = request_records(Path(home) / f"requests-{engine}.jsonl")
 
-        chat = Route("", "chat", facts["system_prompt"], facts["cap"])
-        streamed = Route("", "chat", facts["system_prompt"], facts["cap"], stream=True)
-        ours_chat, ours_stream, ours_invoke = deployed("llama.cpp", [chat, streamed, Route("", "invoke")])
-        (transformers_chat,) = deployed("transformers", [chat])
+        records: dict[str, dict] = {}
+        ours = deployed("llama.cpp", [(chat, "chat"), (streamed, "stream"), (Route("", "invoke"), "invoke")])
+        served = deployed("llama-server", [(chat, "chat"), (streamed, "stream")])
+        transformers = deployed("transformers", [(chat, "chat")])
 
         peer = start_server(binary, Path(facts["gguf"]), free_port(), slots, context, threads,
                             log=Path(home) / "llama-server.log")
         try:
             print(f"llama.cpp's llama-server at {peer.url}:", flush=True)
-            peer_chat = load(Route(peer.url, "chat", facts["system_prompt"], facts["cap"]), emails, levels,
-                             args.requests, args.time_cap_s)
-            peer_stream = load(Route(peer.url, "chat", facts["system_prompt"], facts["cap"], stream=True), emails,
-                               levels, args.requests, args.time_cap_s)
+            theirs = measure(peer.url, [(chat, "chat"), (streamed, "stream")])
         finally:
             peer.stop()
         peer_command = [Path(part).name if part.startswith("/") else part for part in peer.command]
+        # The engines alone (no HTTP, no FastAPI), each started fresh: nothing of these emails is cached.
+        fresh = pool[3 * share:] or pool[:args.requests]
+        try:
+            profile = json.loads(run([sys.executable, __file__, "--engine-profile", str(args.requests), str(REPEAT_AT),
+                                      json.dumps(fresh)], env, "the engine profile").strip().splitlines()[-1])
+        except (SystemExit, ValueError, IndexError) as exc:  # the load results above still count
+            profile = {"error": str(exc)[-500:]}
 
     most = max(levels)
     return {
@@ -341,23 +481,42 @@ def end_to_end(args, emails: list[str]) -> dict:
         "gguf": Path(facts["gguf"]).name,
         "max_tokens": facts["cap"],
         "conditions": {"slots": slots, "context_per_slot": context, "threads": threads, "greedy": "temperature 0",
-                       "flash_attention": "off", "kv_cache": "one per slot"},
+                       "flash_attention": "off", "kv_cache": "one per slot",
+                       "prompt_cache": "on in all three (deploy.prompt_cache default; llama-server's default "
+                                       "--cache-ram)"},
         "peer": {"command": " ".join(peer_command), "version": server_version(binary),
                  "built_from": f"llama-cpp-python=={version('llama-cpp-python')} vendor/llama.cpp (tools/server)"},
         "train_s": round(train_s, 1),
         "requests_per_level": args.requests,
-        "project_chat": summary(ours_chat),
-        "project_chat_stream": summary(ours_stream),
-        "project_invoke": summary(ours_invoke),
-        "project_transformers_engine_chat": summary(transformers_chat),
-        "peer_llama_server_chat": summary(peer_chat),
-        "peer_llama_server_chat_stream": summary(peer_stream),
-        "throughput_ratio_to_peer": {str(n): ratio(ours_chat, peer_chat, n) for n in levels},
-        "stream_throughput_ratio_to_peer": {str(n): ratio(ours_stream, peer_stream, n) for n in levels},
-        f"throughput_ratio_to_peer_at_{most}_clients": ratio(ours_chat, peer_chat, most),
-        "same_answers_as_peer": agreement(ours_chat, peer_chat),
-        "same_streamed_answers_as_peer": agreement(ours_stream, peer_stream),
-        "streamed_equal_whole": agreement(ours_chat, ours_stream),
+        "project_chat": summary(ours["chat"]),
+        "project_chat_stream": summary(ours["stream"]),
+        "project_invoke": summary(ours["invoke"]),
+        "project_llama_server_engine_chat": summary(served["chat"]),
+        "project_llama_server_engine_chat_stream": summary(served["stream"]),
+        "project_transformers_engine_chat": summary(transformers["chat"]),
+        "peer_llama_server_chat": summary(theirs["chat"]),
+        "peer_llama_server_chat_stream": summary(theirs["stream"]),
+        "throughput_ratio_to_peer": {str(n): ratio(ours["chat"], theirs["chat"], n) for n in levels},
+        "stream_throughput_ratio_to_peer": {str(n): ratio(ours["stream"], theirs["stream"], n) for n in levels},
+        f"throughput_ratio_to_peer_at_{most}_clients": ratio(ours["chat"], theirs["chat"], most),
+        "llama_server_engine_ratio_to_peer": {str(n): ratio(served["chat"], theirs["chat"], n) for n in levels},
+        "llama_server_engine_stream_ratio_to_peer": {
+            str(n): ratio(served["stream"], theirs["stream"], n) for n in levels},
+        f"repeated_emails_ratio_to_peer_at_{REPEAT_AT}_clients": {
+            "llama.cpp": ratio(ours["chat"], theirs["chat"], REPEAT_AT, repeated=True),
+            "llama-server engine": ratio(served["chat"], theirs["chat"], REPEAT_AT, repeated=True)},
+        "same_answers_as_peer": agreement(ours["chat"], theirs["chat"]),
+        "same_streamed_answers_as_peer": agreement(ours["stream"], theirs["stream"]),
+        "llama_server_engine_same_answers_as_peer": agreement(served["chat"], theirs["chat"]),
+        "llama_server_engine_same_streamed_answers_as_peer": agreement(served["stream"], theirs["stream"]),
+        "streamed_equal_whole": {name: same_streamed(measured) for name, measured in
+                                 (("llama.cpp", ours), ("llama-server engine", served), ("peer", theirs))},
+        f"engines_alone_at_{REPEAT_AT}_clients": profile,
+        # The deployment's own records of the timed requests: every answer and refusal has one.
+        "request_records": records,
+        "workload": (f"{args.requests} distinct held-out emails per level (test and validation splits), none sent "
+                     f"to a server twice, except the extra {REPEAT_AT}-client level marked repeated_emails, which "
+                     "sends that level's emails again"),
     }
 
 
@@ -371,7 +530,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a remark stored with the results")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
-    emails = [json.loads(line)["prompt"] for line in EMAILS.read_text().splitlines() if line.strip()]
+    emails = email_pool()
     load_before = os.getloadavg()
     if args.url:
         if urlparse(args.url).hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -380,7 +539,7 @@ def main() -> None:
                       args.requests, args.time_cap_s)
         record = {"what": f"POST {args.route} on {args.url}, one support email per request", "levels": summary(levels)}
     else:
-        record = end_to_end(args, emails)
+        record = end_to_end(args)
     load_after = os.getloadavg()
     record.update({
         "note": args.note,
@@ -406,5 +565,7 @@ def main() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--version-facts"]:
         version_facts()
+    elif sys.argv[1:2] == ["--engine-profile"]:
+        engine_profile(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
     else:
         main()
