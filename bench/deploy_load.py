@@ -562,8 +562,42 @@ def main() -> None:
     print(f"written: {args.output}")
 
 
+TABLE_ROWS = [
+    ("project_chat", "this deployment, llama.cpp engine, chat"),
+    ("project_llama_server_engine_chat", "this deployment, llama-server engine, chat"),
+    ("peer_llama_server_chat", "`llama-server` alone, same file, chat"),
+    ("project_chat_stream", "this deployment, llama.cpp engine, chat, `stream: true`"),
+    ("project_llama_server_engine_chat_stream", "this deployment, llama-server engine, `stream: true`"),
+    ("peer_llama_server_chat_stream", "`llama-server` alone, `stream: true`"),
+    ("project_invoke", "this deployment, llama.cpp engine, `/invoke`"),
+    ("project_transformers_engine_chat", "this deployment, transformers engine, chat"),
+]
+
+
+def table(record: dict) -> str:
+    """The README's load table, from a results file."""
+    def seconds(value):
+        return f"{value:.2f} s" if value is not None else "-"
+
+    lines = ["| server, route | clients | requests/s | tokens/s | p50 | p95 | first text p50 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, name in TABLE_ROWS:
+        for n, level in enumerate(record.get(key, [])):
+            label = name if n == 0 else ""
+            clients = f"{level['clients']}" + (" (emails again)" if level.get("repeated_emails") else "")
+            latency = level["latency_s"] or {}
+            first = (level["first_token_s"] or {}).get("p50")
+            tokens = level["generated_tokens_per_s"]
+            lines.append(f"| {label} | {clients} | {level['requests_per_s']:.2f} | "
+                         f"{tokens if tokens is not None else '-'} | {seconds(latency.get('p50'))} | "
+                         f"{seconds(latency.get('p95'))} | {seconds(first) if first is not None else '-'} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--version-facts"]:
+    if sys.argv[1:2] == ["--table"]:
+        print(table(json.loads(Path(sys.argv[2] if len(sys.argv) > 2 else OUTPUT).read_text())))
+    elif sys.argv[1:] == ["--version-facts"]:
         version_facts()
     elif sys.argv[1:2] == ["--engine-profile"]:
         engine_profile(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -503,6 +503,27 @@ def test_compile_without_a_compiler_is_refused(monkeypatch, tmp_path):
                   cuda_devices=1)
 
 
+def test_a_llama_server_that_cannot_be_had_is_one_line(monkeypatch, tmp_path):
+    """deploy.engine: llama-server: a named binary that is not there, or no cached build and no cmake to make one."""
+    pytest.importorskip("llama_cpp", reason="llama-server is built from requirements-export.txt's llama-cpp-python")
+    from pipelines.commands import CommandError
+    from pipelines.deploy_command import llama_server_ready
+
+    monkeypatch.setenv("LLM_LORA_LLAMA_SERVER", str(tmp_path / "no-such-binary"))
+    with pytest.raises(CommandError, match=r"^deploy\.engine: llama-server: LLM_LORA_LLAMA_SERVER=.*no-such-binary: no "
+                                           r"such file; name a llama-server binary$"):
+        llama_server_ready()
+    monkeypatch.delenv("LLM_LORA_LLAMA_SERVER")
+    monkeypatch.setenv("LLM_LORA_CACHE", str(tmp_path / "empty-cache"))  # nothing built here
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # and nothing to build with
+    with pytest.raises(CommandError, match=r"^deploy\.engine: llama-server is built from llama-cpp-python's source and "
+                                           r"needs cmake \(apt-get install cmake build-essential\), or set "
+                                           r"LLM_LORA_LLAMA_SERVER to a built one$"):
+        llama_server_ready()
+
+
 def _deploy_config(tmp_path, **settings):
     config = tmp_path / "deploy.yaml"
     config.write_text(yaml.safe_dump({"deploy": {"model_name": "no-such-model", **settings}}))
@@ -513,7 +534,9 @@ def _deploy_config(tmp_path, **settings):
     ({"prot": 8000}, "deploy.yaml: deploy.prot: unknown key"),
     ({"port": 70000}, "deploy.yaml: deploy.port: Input should be less than or equal to 65535"),
     ({"batch_size": 0}, "deploy.yaml: deploy.batch_size: Input should be greater than or equal to 1"),
-], ids=["unknown-key", "port-out-of-range", "zero-batch"])
+    ({"engine": "llama_server"},
+     "deploy.yaml: deploy.engine: Input should be 'transformers', 'llama.cpp' or 'llama-server'"),
+], ids=["unknown-key", "port-out-of-range", "zero-batch", "unknown-engine"])
 @pytest.mark.cli
 def test_bad_deploy_config_is_one_line(settings, expected, tmp_path, zenml_env):
     _check(_run(["--config", str(_deploy_config(tmp_path, **settings))], zenml_env), expected)

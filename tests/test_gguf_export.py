@@ -191,18 +191,19 @@ def test_served_gguf_answers_as_the_served_model(tiny_f32, tiny_model_dir, token
     assert from_engine["model_version"] == "m 1 (gguf)"
 
 
-@pytest.mark.parametrize("kind, section, extra", [
-    ("predict", "inference", {"input_file": "in.jsonl", "output_file": "out.jsonl"}),
-    ("deploy", "deploy", {}),
+@pytest.mark.parametrize("kind, section, extra, engines", [
+    ("predict", "inference", {"input_file": "in.jsonl", "output_file": "out.jsonl"}, ["llama.cpp"]),
+    ("deploy", "deploy", {}, ["llama.cpp", "llama-server"]),
 ])
-def test_gguf_type_without_the_llama_cpp_engine_is_named(tmp_path, kind, section, extra):
+def test_gguf_type_without_a_gguf_engine_is_named(tmp_path, kind, section, extra, engines):
     path = tmp_path / f"{kind}.yaml"
     path.write_text(yaml.safe_dump({"kind": kind, section: {"model_name": "m", "gguf_type": "q8_0", **extra}}))
-    with pytest.raises(ConfigError, match=rf"{section}\.gguf_type: only read with engine: llama\.cpp$"):
+    with pytest.raises(ConfigError, match=rf"{section}\.gguf_type: only read with engine: {' or '.join(engines)}$"):
         load_config(path, check_files=False)
-    path.write_text(yaml.safe_dump({"kind": kind, section: {"model_name": "m", "gguf_type": "q8_0",
-                                                            "engine": "llama.cpp", **extra}}))
-    assert getattr(load_config(path, check_files=False), section).gguf_type == "q8_0"
+    for engine in engines:
+        path.write_text(yaml.safe_dump({"kind": kind, section: {"model_name": "m", "gguf_type": "q8_0",
+                                                                "engine": engine, **extra}}))
+        assert getattr(load_config(path, check_files=False), section).gguf_type == "q8_0"
 
 
 def test_tools_prompts_are_one_text_and_one_token_split_in_training_batch_inference_and_llama_cpp(
