@@ -5,7 +5,7 @@ store (a temporary ZENML_CONFIG_PATH), the way a newcomer's first run goes,
 and writes wall time, peak memory, training throughput and base vs finetuned
 metrics to bench/results/quickstart-cpu.json.
 
-    python bench/quickstart.py            # about 6 to 11 minutes on 2 CPU cores (AVX2, fp32)
+    python bench/quickstart.py            # about 6 to 11 minutes on 2 CPU cores
     python bench/quickstart.py --runs 2   # twice, each against its own fresh store; every run recorded
 
 The GGUF model conversion is cached outside the store (~/.cache/llm_lora);
@@ -53,7 +53,9 @@ def run_once() -> dict:
 
 
 def main(runs: int = 1) -> None:
+    load_before = os.getloadavg()[0]
     records = [run_once() for _ in range(runs)]
+    load_after = os.getloadavg()[0]
     record = records[-1]
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     # Every run's time and headline numbers; the rest of the file is the last run's.
@@ -72,8 +74,17 @@ def main(runs: int = 1) -> None:
             "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
             "cpu_model": cpu_model(),
+            "cpu_flags": cpu_flags(),
             "native_bf16": cpu_has_native_bf16(),  # AVX512-BF16 or AMX: training.precision auto picks bf16
             "python": platform.python_version(),
+            # Other work on the machine shares the cores: 1-minute load average before and after.
+            "load_average_1m": [round(load_before, 2), round(load_after, 2)],
+        },
+        # What the figures were measured under, read here rather than written by hand.
+        conditions={
+            "training_precision": record["training"]["precision"],
+            "runs": runs,
+            "each_run": "against a fresh ZenML store (GGUF conversion cached outside it)",
         },
         versions={name: version(name) for name in ("torch", "transformers", "peft", "accelerate", "zenml")},
     )
@@ -142,8 +153,29 @@ def read_last_run() -> None:
     print(json.dumps(record))
 
 
+def summary(record: dict) -> str:
+    """README's sentence on the conditions and times, from a results file."""
+    machine, runs = record["machine"], record["runs"]
+    flags = ", ".join(machine.get("cpu_flags") or ["its vector flags not recorded"])
+    load = machine.get("load_average_1m")
+    precision = record["training"]["precision"]
+    walls = " and ".join(f"{run['wall_seconds']:.0f} s" for run in runs)
+    trains = sorted(run["train_runtime_s"] for run in runs)
+    steps = runs[-1]["step_seconds"]
+    return (f"On a {machine['cpu_count']}-core {machine['cpu_model']} ({flags}; native bf16: "
+            f"{'yes' if machine['native_bf16'] else 'no'}, so `precision: auto` trained in {precision})"
+            + (f", at a load average of {load[0]} before," if load else "") + f" the command took **{walls}** "
+            f"({len(runs)} run{'s' if len(runs) > 1 else ''}, each against a fresh store; training "
+            f"{trains[0]:.0f} to {trains[-1]:.0f} s at {record['training']['train_tokens_per_s']:.0f} tokens/s, "
+            f"evaluations {steps['evaluate_base']:.0f} s zero-shot, {steps.get('evaluate_few_shot', 0):.0f} s 2-shot, "
+            f"{steps['evaluate_finetuned']:.0f} s finetuned; {record['peak_rss_gib']} GiB peak), reaching "
+            f"{record['finetuned']['mean_field_accuracy']:.3f} mean field accuracy.")
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--read-last-run"]:
         read_last_run()
+    elif sys.argv[1:] == ["--summary"]:
+        print(summary(json.loads((REPO / "bench" / "results" / "quickstart-cpu.json").read_text())))
     else:
         main(int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 1)
