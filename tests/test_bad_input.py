@@ -535,7 +535,7 @@ def _deploy_config(tmp_path, **settings):
     ({"port": 70000}, "deploy.yaml: deploy.port: Input should be less than or equal to 65535"),
     ({"batch_size": 0}, "deploy.yaml: deploy.batch_size: Input should be greater than or equal to 1"),
     ({"engine": "llama_server"},
-     "deploy.yaml: deploy.engine: Input should be 'transformers', 'llama.cpp' or 'llama-server'"),
+     "deploy.yaml: deploy.engine: 'llama_server' is not one of 'transformers', 'llama.cpp' or 'llama-server'"),
 ], ids=["unknown-key", "port-out-of-range", "zero-batch", "unknown-engine"])
 @pytest.mark.cli
 def test_bad_deploy_config_is_one_line(settings, expected, tmp_path, zenml_env):

@@ -19,11 +19,11 @@ from fastapi.testclient import TestClient
 from zenml.steps.step_context import RunContext, get_or_create_run_context
 
 from llm_lora.config import ModelConfig, RunConfig
-from llm_lora.llama_server import server_binary
 from llm_lora.metrics import parse_tool_calls
 from llm_lora.model_loading import load_model
 from llm_lora.serving import RequestRecorder, serve_gguf, serve_llama_server, serve_transformers
 from pipelines.serving_routes import CHAT_ROUTE, MODELS_ROUTE, CallFilter, chat_completions, list_models
+from tests.conftest import llama_server_or_skip
 
 openai = pytest.importorskip("openai")
 pytest.importorskip("llama_cpp", reason="the llama.cpp engine needs requirements-export.txt")
@@ -77,7 +77,7 @@ def engines(tiny_model_dir, tiny_q8, tokenizer, tmp_path_factory):
                                         recorder=RequestRecorder(folder / "llama.jsonl", flush_s=3600)),
         "llama-server": lambda: serve_llama_server(
             tiny_q8, tokenizer, config, "tiny 1 (production)", slots=2, context=512, max_new_tokens=64, threads=2,
-            binary=server_binary(),
+            binary=llama_server_or_skip(),
             recorder=RequestRecorder(folder / "llama-server.jsonl", flush_s=3600)),
     })
     yield served
@@ -145,7 +145,7 @@ def taught(tiny_model_dir, tokenizer, tmp_path_factory):
                                         max_new_tokens=64, threads=2),
         "llama-server": lambda: serve_llama_server(gguf, tokenizer, config, "taught 1 (production)", slots=2,
                                                    context=512, max_new_tokens=64, threads=2,
-                                                   binary=server_binary()),
+                                                   binary=llama_server_or_skip()),
     })
     yield served
     served.close()
@@ -310,7 +310,7 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(tiny_q8, tokenizer,
                             max_new_tokens=400, threads=2)
     else:
         served = serve_llama_server(tiny_q8, tokenizer, config, "tiny 1 (production)", slots=1, context=512,
-                                    max_new_tokens=400, threads=2, binary=server_binary())
+                                    max_new_tokens=400, threads=2, binary=llama_server_or_skip())
     RunContext._clear()
     get_or_create_run_context().initialize(served)
     server = uvicorn.Server(uvicorn.Config(_app(), host="127.0.0.1", port=0, log_level="warning"))
