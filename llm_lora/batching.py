@@ -201,6 +201,12 @@ class Batcher:
             rate = 1.0
         return max(1, math.ceil(waiting / rate))
 
+    def _wait_for_prompts(self) -> bool:
+        """Holding `_condition`: wait until a prompt waits or the batcher closes; False once it is closed."""
+        while not self._closed and not self._waiting:
+            self._condition.wait()
+        return not self._closed
+
     def _record(self, request: _Request, index: int, generation: Generation) -> None:
         self._finished.append(time.perf_counter())
         request.done(index, generation)
@@ -309,9 +315,7 @@ class WindowBatcher(Batcher):
         try:
             while True:
                 with self._condition:
-                    while not self._closed and not self._waiting:
-                        self._condition.wait()
-                    if self._closed:
+                    if not self._wait_for_prompts():
                         break
                     deadline = self._waiting[0][0].enqueued + self.window_s
                     while not self._closed and len(self._waiting) < self.max_batch:

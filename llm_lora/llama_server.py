@@ -270,9 +270,7 @@ class ServerBatcher(Batcher):
     def _send_loop(self) -> None:
         while True:
             with self._condition:
-                while not self._closed and not self._waiting:
-                    self._condition.wait()
-                if self._closed:
+                if not self._wait_for_prompts():
                     return
                 request, index = self._waiting.popleft()
                 if request.future.done() or request.cancelled:

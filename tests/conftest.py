@@ -101,6 +101,25 @@ def tiny_q8(tmp_path_factory, tiny_model_dir):
     return convert(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf", "q8_0", converter_dir())
 
 
+def submit_together(batcher, prompts: list[str], timeout_s: float = 120) -> list:
+    """Each prompt as its own request, all submitted at once from their own threads; their generations."""
+    import threading
+
+    start = threading.Barrier(len(prompts))
+    together = [None] * len(prompts)
+
+    def call(i):
+        start.wait()
+        together[i] = batcher.submit([prompts[i]]).result(timeout_s).generations[0]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return together
+
+
 BUILD_LLAMA_SERVER = 'python -c "from llm_lora.llama_server import server_binary; server_binary()"'
 
 

@@ -1,13 +1,12 @@
 """Continuous batching in llama.cpp: concurrent answers equal one-at-a-time answers; short ones leave first."""
 
-import threading
-
 import pytest
 
 from llm_lora.batching import ContinuousBatcher
 from llm_lora.generation import shared_prefix_length
 from llm_lora.gguf_export import LlamaCppEngine
 from llm_lora.prompt_formatting import format_prompt
+from tests.conftest import submit_together
 
 pytest.importorskip("llama_cpp", reason="the llama.cpp engine needs requirements-export.txt")
 from llm_lora.llama_slots import LlamaCppSlots  # noqa: E402
@@ -29,18 +28,7 @@ def test_concurrent_answers_equal_one_at_a_time_answers(tiny_q8, prompts):
     batcher = _batcher(tiny_q8)
     try:
         alone = [batcher.submit([prompt]).result(120).generations[0] for prompt in prompts]
-        start = threading.Barrier(len(prompts))
-        together = [None] * len(prompts)
-
-        def call(i):
-            start.wait()
-            together[i] = batcher.submit([prompts[i]]).result(120).generations[0]
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        together = submit_together(batcher, prompts)
         in_one_request = batcher.submit(prompts).result(120).generations  # 8 inputs over 4 slots
     finally:
         batcher.close()

@@ -14,6 +14,7 @@ import pytest
 
 from llm_lora.batching import ContinuousBatcher, QueueFull
 from llm_lora.prompt_formatting import format_prompt
+from tests.conftest import submit_together
 
 pytest.importorskip("llama_cpp", reason="the GGUF engines need requirements-export.txt")
 from llm_lora.llama_server import ServerBatcher  # noqa: E402
@@ -36,18 +37,7 @@ def _server(binary, gguf, tmp_path, slots=4, cap=24, max_queue=64, context=1024)
 def test_concurrent_answers_equal_the_in_process_engines(llama_server_binary, tiny_q8, prompts, tmp_path):
     server = _server(llama_server_binary, tiny_q8, tmp_path)
     try:
-        start = threading.Barrier(len(prompts))
-        together = [None] * len(prompts)
-
-        def call(i):
-            start.wait()
-            together[i] = server.submit([prompts[i]]).result(120).generations[0]
-
-        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(prompts))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        together = submit_together(server, prompts)
         in_one_request = server.submit(prompts).result(120).generations  # 8 inputs over 4 slots
     finally:
         server.close()
