@@ -19,10 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from llm_lora.prompt_formatting import format_completion
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # The margin is at least this many tokens: short answers (labels) still get room for a
 # preamble or a code fence.

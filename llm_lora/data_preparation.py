@@ -13,14 +13,17 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from llm_lora.answer_length import answer_tokens
 from llm_lora.config import DataConfig
 from llm_lora.data_formats import Example, RowError, to_example
 from llm_lora.data_sources import SPLITS, DataError, RawRows, read_file, read_hub, split_files_in_folder
 from llm_lora.tokenization import IGNORE_INDEX, tokenize_examples
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 
 def fingerprint(rows: list[dict]) -> str:
     """A short content hash of prepared rows: same inputs and answers, same fingerprint.

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import torch
-
 from llm_lora.config import ConfigPart, RunConfig
 
 
@@ -25,7 +23,11 @@ def check_machine(config: RunConfig | ConfigPart, cuda_devices: int | None = Non
         MachineError: QLoRA or fp16 without a GPU, more processes than GPUs, or compile without a C compiler.
     """
     training = config.training
-    devices = torch.cuda.device_count() if cuda_devices is None else cuda_devices
+    devices = cuda_devices
+    if devices is None:
+        import torch
+
+        devices = torch.cuda.device_count()
     if training.method.startswith("qlora") and devices == 0:
         raise MachineError(
             f"training.method: {training.method} needs a CUDA GPU and this machine has none;"
@@ -92,6 +94,8 @@ def explain_training_failure(error: BaseException, config: RunConfig | ConfigPar
         error: What training raised.
         config: The run configuration.
     """
+    import torch
+
     training = config.training
     if isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower():
         hints = [f"lower training.batch_size ({training.batch_size}) and raise gradient_accumulation_steps"]

@@ -6,19 +6,28 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from llm_lora.answer_length import AnswerCap, answer_cap, answer_tokens, cut_short
 from llm_lora.config import AUTO_METRICS_JSON, AUTO_METRICS_TEXT, ConfigPart, EvaluationConfig, RunConfig
+from llm_lora.data_formats import Example, expected_calls
 from llm_lora.data_preparation import fingerprint, load_prepared_completions
 from llm_lora.generation import Generation, generate
-from llm_lora.data_formats import Example, expected_calls
 from llm_lora.metrics import (
-    compute_extraction_metrics, load_metric, parse_json_object, parse_tool_calls, reference_fields, rouge_example,
-    same_label, score_calls, score_example,
+    compute_extraction_metrics,
+    load_metric,
+    parse_json_object,
+    parse_tool_calls,
+    reference_fields,
+    rouge_example,
+    same_label,
+    score_calls,
+    score_example,
 )
 from llm_lora.prompt_formatting import PLAIN_TEMPLATE, Turns, format_prompt, with_examples
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from llm_lora.config import RunConfig
 from llm_lora.data_formats import RowError, read_inference_input
 from llm_lora.data_sources import DataError, RawRows, read_file
-from llm_lora.generation import Generation, generate
 from llm_lora.metrics import parse_json_object, parse_tool_calls, text_before_calls
 from llm_lora.prompt_formatting import format_prompt
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from llm_lora.generation import Generation
 
 # A row to answer: (source, its own system prompt or None, the turns so far[, the tools' JSON text]).
 InferenceRow = tuple
@@ -77,6 +79,8 @@ def predict(
         One dict per row: source, prompt, output, for JSON answers the parsed object, and
         whether the answer was stopped by the cap.
     """
+    from llm_lora.generation import generate
+
     prompts = inference_prompts(tokenizer, rows, config)
     return prediction_records(rows, generate(model, tokenizer, prompts, batch_size=batch_size,
                                              max_new_tokens=max_new_tokens))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import evaluate
+if TYPE_CHECKING:
+    import evaluate
 
 METRICS_DIR = Path(__file__).resolve().parent.parent / "metrics"
 
@@ -33,21 +35,20 @@ def load_metric(name: str) -> evaluate.EvaluationModule:
     script = path / f"{name}.py"
     if not script.is_file():
         raise FileNotFoundError(f"No metric module {name!r}: expected the file {script}")
+    import evaluate  # here, not at the top: it imports datasets and pandas, which the command line's checks never need
+
     return evaluate.load(str(path), keep_in_memory=True)
 
 
+@lru_cache(maxsize=None)
 def _module_rules(name: str):
-    """A metric module's file itself, imported directly: one copy of its scoring rules."""
+    """A metric module's file itself, imported directly: one copy of its scoring rules. Imported on first use:
+    the file imports `evaluate` and `datasets`, as a metric module must, and importing this module must not."""
     script = METRICS_DIR / name / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"llm_lora_{name}_rules", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-_RULES = _module_rules("json_fields")
-_LABEL_RULES = _module_rules("classification_accuracy")
-_CALL_RULES = _module_rules("tool_calls")
 
 
 def parse_tool_calls(text: str) -> list[dict] | None:
@@ -56,12 +57,12 @@ def parse_tool_calls(text: str) -> list[dict] | None:
     The tool_calls module's own rule: `<tool_call>` blocks (the fallback rendering), a `[TOOL_CALLS]`
     list, or an answer that is wholly a JSON call (see metrics/tool_calls/README.md).
     """
-    return _CALL_RULES.parse_tool_calls(text)
+    return _module_rules("tool_calls").parse_tool_calls(text)
 
 
 def text_before_calls(text: str) -> str:
     """The prose an answer writes before its calls."""
-    return _CALL_RULES.text_before_calls(text)
+    return _module_rules("tool_calls").text_before_calls(text)
 
 
 def score_calls(prediction: str, expected: list[dict]) -> dict:
@@ -70,7 +71,7 @@ def score_calls(prediction: str, expected: list[dict]) -> dict:
     Returns:
         {"parses", "calls_match", "names_match", "arguments_right", "arguments_total"}.
     """
-    return _CALL_RULES.score_calls(prediction, expected)
+    return _module_rules("tool_calls").score_calls(prediction, expected)
 
 
 @lru_cache(maxsize=None)
@@ -86,7 +87,7 @@ def rouge_example(prediction: str, reference: str) -> dict[str, float]:
 
 def same_label(prediction: str, reference: str) -> bool:
     """Whether an answer names the expected label, by classification_accuracy's own normalization."""
-    return _LABEL_RULES.normalize(prediction) == _LABEL_RULES.normalize(reference)
+    return (rules := _module_rules("classification_accuracy")).normalize(prediction) == rules.normalize(reference)
 
 
 def parse_json_object(text: str) -> dict | None:
@@ -102,12 +103,12 @@ def parse_json_object(text: str) -> dict | None:
     Returns:
         The parsed dict, or None.
     """
-    return _RULES.parse_json_object(text)
+    return _module_rules("json_fields").parse_json_object(text)
 
 
 def reference_fields(references: list[str]) -> list[str]:
     """The fields json_fields scores on these expected answers: every key of any of them, first seen first."""
-    return _RULES.reference_fields(_RULES.parse_references(references))
+    return (rules := _module_rules("json_fields")).reference_fields(rules.parse_references(references))
 
 
 def score_example(prediction: str, reference: str, fields: list[str] | None = None) -> dict:
@@ -129,11 +130,12 @@ def score_example(prediction: str, reference: str, fields: list[str] | None = No
     if expected is None:
         raise ValueError(f"Reference is not a JSON object: {reference!r}")
     parsed = parse_json_object(prediction)
+    rules = _module_rules("json_fields")
     return {
         "valid_json": parsed is not None,
-        "exact_match": _RULES.object_matches(parsed, expected),
+        "exact_match": rules.object_matches(parsed, expected),
         "fields": {
-            field: _RULES.field_matches(parsed, expected, field)
+            field: rules.field_matches(parsed, expected, field)
             for field in (list(expected) if fields is None else fields)
         },
     }

@@ -18,16 +18,19 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from llm_lora.config import ModelConfig, TrainingConfig
+
+# torch and transformers load inside the functions that use them: the command line's checks (`--help`,
+# `--dry-run`, config errors) import this module and must answer in a second, not after torch's import.
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelSourceError(ValueError):
@@ -161,35 +164,29 @@ def _read_head(path: Path, key: str) -> bytes:
 
 def _check_gguf(path: Path, key: str) -> dict:
     """A GGUF file whose header parses and whose tensors all lie inside the file; returns its shape facts."""
-    import gguf
+    from llm_lora.gguf_header import HeaderError, read_header
 
     if _read_head(path, key) != b"GGUF":
         raise ModelSourceError(f"{key}: {path} is not a GGUF file (it does not start with GGUF)")
     try:
-        reader = gguf.GGUFReader(path)
-        end = max((int(tensor.data_offset) + int(tensor.n_bytes) for tensor in reader.tensors), default=0)
-    except Exception:  # the reader fails in numpy on a file cut short; the file is the news, not the numpy error
+        header = read_header(path)
+    except HeaderError:
         raise ModelSourceError(f"{key}: {path} cannot be read as GGUF; {DAMAGED}") from None
-    if end > path.stat().st_size:
-        raise ModelSourceError(f"{key}: {path} holds {path.stat().st_size} bytes of the {end} its header describes; {DAMAGED}")
-
-    def value(name):
-        field = reader.fields.get(name)
-        if field is None or not field.data:
-            return None
-        part = field.parts[field.data[0]]
-        return bytes(part).decode("utf-8", "replace") if field.types and field.types[0] == gguf.GGUFValueType.STRING else part[0]
-
-    architecture = value("general.architecture")
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+    size = path.stat().st_size
+    if header.data_end > size:
+        raise ModelSourceError(f"{key}: {path} holds {size} bytes of the {header.data_end} its header describes; {DAMAGED}")
+    architecture = header.values.get("general.architecture")
+    # The architectures transformers de-quantizes, from its GGUF tables (importing modeling_gguf_pytorch_utils,
+    # where the same list lives, would import torch).
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
     known = {architecture, (architecture or "").replace("moe", "_moe").replace("-", "_")}
-    if not known & set(GGUF_SUPPORTED_ARCHITECTURES):
+    if not known & set(GGUF_CONFIG_MAPPING):
         raise ModelSourceError(
             f"{key}: {path} is a {architecture!r} GGUF model, which transformers cannot convert for training"
-            f" (it converts {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}); use the model's safetensors release"
+            f" (it converts {', '.join(sorted(GGUF_CONFIG_MAPPING))}); use the model's safetensors release"
         )
-    hidden = value(f"{architecture}.embedding_length") if architecture else None
+    hidden = header.values.get(f"{architecture}.embedding_length") if architecture else None
     return {"hidden_size": int(hidden)} if hidden is not None else {}
 
 
@@ -282,6 +279,9 @@ def convert_gguf(gguf_path: Path) -> Path:
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
     if (target / "config.json").is_file():
         return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     logger.info("Converting %s once into %s", gguf_path.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     directory, filename = str(gguf_path.parent), gguf_path.name
@@ -335,6 +335,8 @@ def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
     here because labels are built explicitly and padding is masked by position,
     never by token id, so the trained EOS keeps its loss.
     """
+    from transformers import AutoTokenizer
+
     with _hub_errors(config):
         tokenizer = AutoTokenizer.from_pretrained(
             model_files(config), revision=config.revision, trust_remote_code=config.trust_remote_code
@@ -350,6 +352,8 @@ def context_window(config: ModelConfig) -> int | None:
     Returns:
         max_position_embeddings (or the architecture's name for it), or None when the config names none.
     """
+    from transformers import AutoConfig
+
     with _hub_errors(config):
         model_config = AutoConfig.from_pretrained(
             model_files(config), revision=config.revision, trust_remote_code=config.trust_remote_code
@@ -369,6 +373,8 @@ def quantization_config(training: TrainingConfig):
     """
     if not training.method.startswith("qlora"):
         return None
+    import torch
+
     if not torch.cuda.is_available():
         raise RuntimeError(f"training.method: {training.method} needs a CUDA GPU; this machine has none (use method: lora)")
     try:
@@ -405,11 +411,14 @@ def load_model(
     Returns:
         The model, in eval mode.
     """
+    import torch
+    from transformers import AutoModelForCausalLM
+
     quant = quantization_config(training) if training is not None else None
     kwargs = dict(
         revision=config.revision,
         trust_remote_code=config.trust_remote_code,
-        dtype=_DTYPES[config.dtype],
+        dtype=getattr(torch, config.dtype),  # float32, bfloat16 or float16 (the schema allows no other)
     )
     if config.attn_implementation:
         kwargs["attn_implementation"] = attention_for(config, training)
@@ -447,6 +456,8 @@ def attention_for(config: ModelConfig, training: TrainingConfig | None) -> str:
 
 def default_device() -> torch.device:
     """CUDA when present, else Apple's MPS, else the CPU."""
+    import torch
+
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

@@ -12,10 +12,12 @@ only where it repeats itself turn by turn.
 from __future__ import annotations
 
 import re
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from llm_lora.prompt_formatting import PLAIN_TEMPLATE, end_of_turn, format_prompt
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # NUL cannot occur in real text, and no chat template rewrites it.
 _SYSTEM = "\x00SYSTEM\x00"

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from llm_lora.data_formats import Turn, make_turn, turn_meta
 from llm_lora.tool_calls import fallback_messages, knows_tools, native_message
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # Used only for tokenizers without a chat template (base models such as phi-2).
 PLAIN_TEMPLATE = "{system}### Input:\n{prompt}\n\n### Response:\n"

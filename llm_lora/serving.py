@@ -15,15 +15,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import TYPE_CHECKING, Annotated, Callable
 
 from pydantic import BeforeValidator, Field, StringConstraints
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llm_lora.batching import Answers, Batcher, ContinuousBatcher, WindowBatcher
 from llm_lora.config import RunConfig
 from llm_lora.generation import Generation, generate
 from llm_lora.inference import inference_prompts, prediction_records
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Limits of one request, part of the HTTP schema (a request over them gets a 422).
 MAX_INPUTS = 16  # a request holds the model for its whole batch; bigger jobs: batch inference

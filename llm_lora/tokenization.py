@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from llm_lora.data_formats import Example, make_turn, turn_meta
 from llm_lora.prompt_formatting import PLAIN_TEMPLATE, end_of_turn, format_prompt, format_segments, trained_answers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100  # the label value PyTorch's cross-entropy skips
 

@@ -228,7 +228,10 @@ DRY_RUN_CASES = [
     ("model-without-weights",
      lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "model.safetensors", remove=True)))),
      "has no weights"),
-    ("gguf-cut-short", lambda cfg, data: _edit(cfg, _set("model", name=str(_cut_gguf(data)))), "cannot be read as GGUF"),
+    ("gguf-cut-short", lambda cfg, data: _edit(cfg, _set("model", name=str(_cut_gguf(data)))),
+     "bytes of the 98362432 its header describes; the file is damaged"),
+    ("gguf-header-cut-short", lambda cfg, data: _edit(cfg, _set("model", name=str(_cut_gguf(data, 100_000)))),
+     "cannot be read as GGUF"),
     ("model-without-tokenizer",
      lambda cfg, data: _edit(cfg, _set("model", name=str(_model_copy(data, "tokenizer.json", remove=True,
                                                                       also=("tokenizer_config.json",))))),
@@ -301,14 +304,15 @@ def _mismatched_model(data):
     return model
 
 
-def _cut_gguf(data):
+def _cut_gguf(data, size=None):
+    """The quickstart GGUF cut to `size` bytes (default: half, past its header)."""
     from llm_lora.model_loading import resolve_model_source
     from tests.conftest import QUICKSTART_MODEL
 
     whole = Path(resolve_model_source(QUICKSTART_MODEL).location)
     cut = data.parent / "model.gguf"
     with whole.open("rb") as handle:
-        cut.write_bytes(handle.read(whole.stat().st_size // 2))
+        cut.write_bytes(handle.read(size or whole.stat().st_size // 2))
     return cut
 
 

@@ -107,3 +107,37 @@ def test_varlen_attention_refuses_what_it_cannot_compute(extra, message):
     packed = {"cu_seq_lens_q": torch.tensor([0, 2, 7]), "max_length_q": 5} if extra else {}
     with pytest.raises(ValueError, match=message):
         varlen_attention(None, query, key, value, None, **packed, **extra)
+
+
+@pytest.mark.parametrize("which", ["quickstart", "tiny_q8"])
+def test_gguf_header_says_what_gguf_reader_says(which, request):
+    """The light header reader (used by the checks before a run) against gguf's own full reader."""
+    from pathlib import Path
+
+    import gguf
+
+    from llm_lora.gguf_header import read_header
+
+    path = Path(resolve_model_source(QUICKSTART_MODEL).location if which == "quickstart"
+                else request.getfixturevalue("tiny_q8"))
+    header, reader = read_header(path), gguf.GGUFReader(path)
+    assert header.tensor_count == len(reader.tensors) > 0
+    assert header.data_end == max(int(t.data_offset) + int(t.n_bytes) for t in reader.tensors) == path.stat().st_size
+    scalars = {name: field.contents() for name, field in reader.fields.items()
+               if field.types and field.types[0] != gguf.GGUFValueType.ARRAY and not name.startswith("GGUF.")}
+    assert header.values == pytest.approx(scalars)
+    assert header.values["general.architecture"] == "llama"
+
+
+def test_gguf_header_cut_short_is_refused(tmp_path):
+    from pathlib import Path
+
+    from llm_lora.gguf_header import HeaderError, read_header
+
+    whole = Path(resolve_model_source(QUICKSTART_MODEL).location).read_bytes()
+    for size in (3, 24, 5_000, 200_000):
+        (tmp_path / "cut.gguf").write_bytes(whole[:size])
+        with pytest.raises(HeaderError):
+            read_header(tmp_path / "cut.gguf")
+    (tmp_path / "cut.gguf").write_bytes(whole[: len(whole) // 2])  # header whole, data cut: the caller compares
+    assert read_header(tmp_path / "cut.gguf").data_end == len(whole)

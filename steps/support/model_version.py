@@ -1,16 +1,19 @@
 """A registered model version, loaded for answering: its run config, the base model with its adapter, the tokenizer."""
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from zenml.client import Client
 from zenml.models import ModelVersionResponse
 
 from llm_lora.config import RunConfig
-from llm_lora.model_loading import default_device, load_model, load_tokenizer
-from llm_lora.training import load_adapter
 from steps.support.hub_token import apply_hub_token
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -106,6 +109,10 @@ def load_model_version(model_name: str, version: str, option: str) -> LoadedVers
     Raises:
         ValueError: The model has no such version.
     """
+    # Here, not at the top: the command line's checks find versions without loading torch.
+    from llm_lora.model_loading import default_device, load_model, load_tokenizer
+    from llm_lora.training import load_adapter
+
     model_version, config = find_model_version(model_name, version, option)
     apply_hub_token(config.model)
     adapter = model_version.get_artifact("lora_adapter").load()
