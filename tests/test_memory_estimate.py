@@ -1,78 +1,28 @@
 """The memory estimate against every peak bench/gpu_training.py measured, and its use before training."""
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
+from bench.memory_holdout import (
+    OUT, RESULTS, errors_with, estimate_gib, estimated_peaks, in_sample, measured_peaks, refit,
+)
 from llm_lora.memory_estimate import (
     KNOWN_ARCHITECTURES, TrainingShape, architecture_from_config, estimate_memory, memory_advice,
 )
 
-RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
-BENCH_MODELS = {"llama-3.1-8b": "meta-llama/Llama-3.1-8B", "mistral-7b": "mistralai/Mistral-7B-v0.3",
-                "phi-2": "microsoft/phi-2"}
-# Measured peaks the estimate does not describe, and why.
-NOT_ESTIMATED = {
-    # The common HF + PEFT recipe, not this project's set-up (float32 copies, lm_head adapter, padding).
-    "anchor": lambda run, file: run["name"].startswith("anchor"),
-    # Measured on the training code of commit 4131c09 (SDPA on packed rows, LoRA dropout 0.05 as shipped
-    # then), which kept far more per token under bf16: the same set-up measured later holds 49.95 GiB at
-    # 3,177 tokens (gpu-training-h100-sweep.json), there 60.49 at 2,331.
-    "superseded code": lambda run, file: SUPERSEDED.get(file) == "4131c09",
-}
-SUPERSEDED = {path.name: json.loads(path.read_text()).get("code_commit") for path in RESULTS.glob("gpu-training-*.json")}
 TOLERANCE = 0.15
-
-
-def measured_peaks():
-    """(file, run name, architecture, shape, tokens per step, measured GiB, reason not estimated) of every run."""
-    for path in sorted(RESULTS.glob("gpu-training-*.json")):
-        record = json.loads(path.read_text())
-        longest = record.get("longest_sequence_qlora")
-        for entry in (longest or {}).get("tries", []):
-            if entry.get("peak_allocated_gib"):  # one QLoRA step on one long row, loss on its last tokens
-                setup = longest["setup"]
-                shape = TrainingShape(method="qlora-4bit", dropout=float(re.search(r"dropout=([\d.]+)", setup).group(1)),
-                                      checkpointing=True)
-                yield (path.name, f"longest row: {entry['length']:,} tokens", (shape, longest["labelled_tokens"]),
-                       shape, entry["length"], entry["peak_allocated_gib"],
-                       "superseded code" if SUPERSEDED.get(path.name) == "4131c09" else None)
-        for run in record["runs"]:
-            if "peak_allocated_gib" not in run:
-                continue
-            setup = run["setup"]
-            reason = next((why for why, applies in NOT_ESTIMATED.items() if applies(run, path.name)), None)
-            if reason == "anchor":
-                yield path.name, run["name"], None, None, run["real_tokens_per_step"], run["peak_allocated_gib"], reason
-                continue
-            dropout = float(re.search(r"dropout=([\d.]+)", setup).group(1))
-            checkpointing = "no checkpointing" not in setup and "checkpointing=False" not in setup
-            every = re.search(r"checkpointing every (\d+) layers", setup)
-            shape = TrainingShape(
-                method=setup.split(",")[0] if setup.startswith(("lora", "qlora")) else "qlora-4bit",
-                rank=int(re.search(r"r=(\d+)", setup).group(1)), dropout=dropout, checkpointing=checkpointing,
-                every_n_layers=int(every.group(1)) if every else 1,
-                # Liger's fused kernels (bench --liger) keep what compiled layers keep (35.44 and 35.47 GiB)
-                compiled="compiled" in run["name"] or "Liger" in run["name"],
-            )
-            architecture = architecture_from_config(KNOWN_ARCHITECTURES[BENCH_MODELS[run["name"].split()[0]]])
-            yield (path.name, run["name"], architecture, shape, run["real_tokens_per_step"], run["peak_allocated_gib"],
-                   reason)
 
 
 def test_the_estimate_is_within_15_percent_of_every_measured_peak(capsys):
     rows, misses = [], []
-    for file, name, architecture, shape, tokens, measured, reason in measured_peaks():
-        if shape is None:
+    for peak in measured_peaks():
+        file, name, tokens, measured, reason = peak.file, peak.name, peak.tokens, peak.measured_gib, peak.reason
+        if peak.shape is None:
             rows.append(f"{file:34} {name[:80]:80} {tokens:>6} {measured:>7.2f} {'-':>7} {'-':>7}  ({reason})")
             continue
-        labelled_share = 0.3  # bench/gpu_training.py's rows: loss on the last 30% of each
-        if isinstance(architecture, tuple):  # a long row with its loss on a fixed number of tokens
-            labelled_share = architecture[1] / tokens
-            architecture = architecture_from_config(KNOWN_ARCHITECTURES["meta-llama/Llama-3.1-8B"])
-        estimate = estimate_memory(architecture, shape, tokens, labelled_share).total
+        estimate = estimate_gib(peak)
         error = estimate / measured - 1
         rows.append(f"{file:34} {name[:80]:80} {tokens:>6} {measured:>7.2f} {estimate:>7.2f} {error:+7.1%}"
                     f"{'  (' + reason + ')' if reason else ''}")
@@ -83,6 +33,24 @@ def test_the_estimate_is_within_15_percent_of_every_measured_peak(capsys):
     assert len(rows) >= 40  # every measured run is in the table, the ones not estimated marked
     assert sum("(" not in row[-20:] for row in rows) >= 30
     assert not misses, "\n".join(misses)
+
+
+def test_the_holdout_results_file_is_what_the_runs_and_constants_give_now():
+    """bench/results/memory-estimate-holdout.json against bench/memory_holdout.py's functions: its runs are
+    the estimated runs in bench/results, its in-sample figures are the shipped constants' on them, and one
+    fold's refit and held-out errors come out again. A new results file or new constants make it stale."""
+    record = json.loads(OUT.read_text())
+    peaks = estimated_peaks(RESULTS)
+    assert record["runs"] == [peak.key for peak in peaks]
+    assert record["in_sample_shipped"] == in_sample(peaks)
+    assert record["in_sample_shipped"]["max_abs_error"] < TOLERANCE
+    # One fold refit again, the quickest (the whole search takes several seconds).
+    scheme = record["schemes"]["leave_one_model_shape_out"]
+    fold = next(fold for fold in scheme["folds"] if fold["left_out"] == "mistral-7b")
+    fitting, left_out = [p for p in peaks if p.model != "mistral-7b"], [p for p in peaks if p.model == "mistral-7b"]
+    assert fold["fitting_runs"] == len(fitting) and fold["constants"] == refit(fitting)
+    held_out = {row["run"]: row["error"] for row in scheme["held_out"] if row["fold"] == "mistral-7b"}
+    assert held_out == {peak.key: round(error, 4) for peak, error in zip(left_out, errors_with(fold["constants"], left_out))}
 
 
 def test_shipped_gpu_configs_fit_their_cards():
