@@ -8,6 +8,7 @@ metrics to bench/results/quickstart-cpu.json.
     python bench/quickstart.py            # about 6 to 11 minutes on 2 CPU cores
     python bench/quickstart.py --runs 2   # twice, each against its own fresh store; every run recorded
     python bench/quickstart.py --summary  # README's sentences, from the results file
+    python bench/quickstart.py --printout # README's printout block, from the results file
 
 The GGUF model conversion is cached outside the store (~/.cache/llm_lora), so
 the runs leave it out; it is timed once on its own, into an empty cache. After
@@ -221,6 +222,14 @@ def summary(record: dict) -> str:
             f"{record['finetuned']['mean_field_accuracy']:.3f} mean field accuracy.")
 
 
+def printout(record: dict) -> str:
+    """README's block: the last run's printout from its metric table to its run name (the name's date left out)."""
+    lines = record["printout"]
+    start = next(i for i, line in enumerate(lines) if line.startswith("metric "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("run:"))
+    return "\n".join([*lines[start:end], "run:      finetune-<date>-<time>"])
+
+
 def cache_summary(record: dict) -> str:
     """README's sentences on the cached re-run and the GGUF conversion, from a results file."""
     rerun, dequantization = record["cached_rerun"], record["dequantization"]
@@ -236,6 +245,8 @@ def cache_summary(record: dict) -> str:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--read-last-run"]:
         read_last_run()
+    elif sys.argv[1:] == ["--printout"]:
+        print(printout(json.loads((REPO / "bench" / "results" / "quickstart-cpu.json").read_text())))
     elif sys.argv[1:] == ["--summary"]:
         record = json.loads((REPO / "bench" / "results" / "quickstart-cpu.json").read_text())
         print(summary(record))
