@@ -2,7 +2,7 @@
 
 from zenml import pipeline
 
-from steps import batch_predict
+from steps.batch_predict import batch_predict
 
 
 @pipeline

@@ -4,18 +4,16 @@ from zenml import pipeline
 
 from llm_lora.config import RunConfig
 from llm_lora.data_sources import files_digest
-from steps import (
-    compare_models,
-    evaluate_model,
-    evaluate_recorded,
-    export_gguf,
-    export_merged,
-    preflight_report,
-    prepare_data,
-    promote_model,
-    train_lora,
-    worth_it_report,
-)
+from steps.compare_models import compare_models
+from steps.evaluate_model import evaluate_model
+from steps.evaluate_recorded import evaluate_recorded
+from steps.export_gguf import export_gguf
+from steps.export_merged import export_merged
+from steps.preflight_report import preflight_report
+from steps.prepare_data import prepare_data
+from steps.promote_model import promote_model
+from steps.train_lora import train_lora
+from steps.worth_it_report import worth_it_report
 
 
 def mark_version_failed(exception: BaseException) -> None:

@@ -132,7 +132,7 @@ def start_pipeline(config: RunConfig, options: Options, run_name: str | None):
 
     from pipelines import finetune
     from pipelines.remote import remote_options
-    from steps import launch_with_accelerate
+    from steps.train_lora import launch_with_accelerate
 
     launch_with_accelerate(config.training)
     model = Model(name=config.registry.model_name, description=config.registry.description,

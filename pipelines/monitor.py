@@ -3,7 +3,10 @@
 from zenml import pipeline
 
 from llm_lora.config import MonitorConfig
-from steps import check_traffic, decide_action, rescore_production, retrain_model
+from steps.check_traffic import check_traffic
+from steps.decide_action import decide_action
+from steps.rescore_production import rescore_production
+from steps.retrain_model import retrain_model
 
 
 @pipeline(enable_cache=False)

@@ -84,7 +84,8 @@ import json, sys
 from zenml import Model, pipeline
 from zenml.client import Client
 from llm_lora.config import load_config
-from steps import launch_with_accelerate, prepare_data, train_lora
+from steps.prepare_data import prepare_data
+from steps.train_lora import launch_with_accelerate, train_lora
 
 @pipeline(enable_cache=False)
 def train_only(data_settings: str, training_settings: str) -> None:
