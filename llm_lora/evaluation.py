@@ -14,15 +14,8 @@ from llm_lora.data_formats import Example, expected_calls
 from llm_lora.data_preparation import fingerprint, load_prepared_completions
 from llm_lora.generation import Generation, generate
 from llm_lora.metrics import (
-    compute_extraction_metrics,
-    load_metric,
-    parse_json_object,
-    parse_tool_calls,
-    reference_fields,
-    rouge_example,
-    same_label,
-    score_calls,
-    score_example,
+    compute_extraction_metrics, load_metric, parse_json_object, parse_tool_calls, reference_fields, rouge_example,
+    same_label, score_calls, score_example,
 )
 from llm_lora.prompt_formatting import PLAIN_TEMPLATE, Turns, format_prompt, with_examples
 

@@ -212,10 +212,9 @@ def bits_per_weight(path: Path) -> float:
 
 def adds_bos(path: Path) -> bool:
     """Whether llama.cpp puts BOS before every prompt of this file (its `tokenizer.ggml.add_bos_token`)."""
-    from gguf import GGUFReader
+    from llm_lora.gguf_header import read_header
 
-    field = GGUFReader(path).get_field("tokenizer.ggml.add_bos_token")
-    return bool(field is not None and field.parts[field.data[0]][0])
+    return bool(read_header(path).values.get("tokenizer.ggml.add_bos_token", False))
 
 
 class LlamaCppEngine:
