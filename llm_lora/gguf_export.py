@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 from llm_lora.config import QUANTIZED_GGUF_TYPES
+from llm_lora.cpu import cpu_threads
 from llm_lora.generation import Generation
 from llm_lora.model_loading import cache_dir
 
@@ -192,7 +193,7 @@ def quantize(source: Path, output: Path, gguf_type: str, threads: int | None = N
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTIZER_FTYPES[gguf_type])
-    params.nthread = threads or os.cpu_count() or 1
+    params.nthread = threads or cpu_threads()
     code = llama_cpp.llama_model_quantize(str(source).encode(), str(output).encode(), ctypes.byref(params))
     if code != 0 or not output.is_file():
         raise ExportError(f"export.gguf_types: llama.cpp could not quantize to {gguf_type} (code {code})")
@@ -227,14 +228,14 @@ class LlamaCppEngine:
     Args:
         path: A GGUF file.
         context: Tokens of KV cache (prompt + answer), allocated once.
-        threads: CPU threads (default: all).
+        threads: CPU threads (default: llm_lora.cpu.cpu_threads()).
     """
 
     def __init__(self, path: Path, context: int, threads: int | None = None) -> None:
         import llama_cpp
 
         self._eog = llama_cpp.llama_vocab_is_eog
-        threads = threads or os.cpu_count() or 1
+        threads = threads or cpu_threads()
         self.path = Path(path)
         self.context = context
         self.model = llama_cpp.Llama(str(path), n_ctx=context, n_batch=min(context, 512), n_threads=threads,
@@ -294,7 +295,7 @@ def llama_cpp_answers(
         prompts: Prompts formatted as for the PyTorch evaluation.
         max_new_tokens: The evaluation's cap.
         reference_ids: The Hugging Face tokenizer's ids of each prompt, to count disagreements.
-        threads: CPU threads (default: all).
+        threads: CPU threads (default: llm_lora.cpu.cpu_threads()).
 
     Returns:
         The answers, how many prompts tokenized differently from reference_ids, and the

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from llm_lora.batching import Batcher
+from llm_lora.cpu import cpu_threads
 from llm_lora.generation import Generation
 from llm_lora.gguf_export import ExportError, llama_cpp_version
 from llm_lora.model_loading import cache_dir
@@ -218,7 +219,7 @@ class ServerBatcher(Batcher):
         context: Tokens of prompt + answer per slot.
         max_new_tokens: Cap on each answer.
         max_queue: Prompts that may wait for a slot.
-        threads: CPU threads of the server (default: all).
+        threads: CPU threads of the server (default: llm_lora.cpu.cpu_threads()).
         prompt_cache: A slot (and llama-server's prompt cache in memory) reuses the start a new prompt
             shares with one it read before; false: every prompt is read whole.
         log: The server's log file.
@@ -233,7 +234,7 @@ class ServerBatcher(Batcher):
         from llama_cpp import _internals
 
         self.binary, self.gguf, self.slots, self.context = Path(binary), Path(gguf), slots, context
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or cpu_threads()
         self.prompt_cache = prompt_cache
         self.timeout_s = timeout_s
         self.log = log or Path(tempfile.mkdtemp(prefix="llama-server-")) / "llama-server.log"

@@ -25,13 +25,13 @@ may also carry a callback that sees its answer grow token by token (a streamed a
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from llm_lora.cpu import cpu_threads
 from llm_lora.generation import Generation, shared_prefix_length
 
 _backend_ready = False
@@ -58,7 +58,7 @@ class LlamaCppSlots:
         path: A GGUF file.
         context: Tokens of KV cache per sequence (prompt + answer).
         slots: Sequences decoded together.
-        threads: CPU threads (default: all).
+        threads: CPU threads (default: llm_lora.cpu.cpu_threads()).
         batch_tokens: Most tokens in one decode call (answer tokens first, then prompt chunks).
         prompt_cache: Reuse a slot's kept start of the prompt (see the module docstring).
     """
@@ -76,7 +76,7 @@ class LlamaCppSlots:
             with suppress_stdout_stderr(disable=False):
                 llama_cpp.llama_backend_init()
             _backend_ready = True
-        threads = threads or os.cpu_count() or 1
+        threads = threads or cpu_threads()
         self._lib = llama_cpp
         self.path = Path(path)
         self.context = context

@@ -19,6 +19,7 @@ from zenml.steps import BaseStep
 from llm_lora.adapter import LoraAdapter
 from llm_lora.checkpoints import CheckpointStore, checkpoint_key
 from llm_lora.config import ConfigPart, TrainingConfig
+from llm_lora.cpu import cpu_threads
 from llm_lora.data_preparation import fingerprint, load_prepared_split
 from llm_lora.evaluation import prepared_cap
 from llm_lora.errors import explain_training_failure
@@ -162,8 +163,9 @@ def launch_with_accelerate(training: TrainingConfig) -> BaseStep:
         # "auto" is decided on the machine that trains (llm_lora.training.resolve_precision).
         "mixed_precision": {"bf16": "bf16", "fp16": "fp16", "fp32": "no", "auto": "no"}[training.precision],
         "dynamo_backend": "no",
-        # CPU training: split the cores between processes (what Accelerate would pick, said aloud).
-        "num_cpu_threads_per_process": max(1, (os.cpu_count() or 1) // training.num_processes),
+        # CPU training: split this process's threads between the processes (OMP_NUM_THREADS, or the CPUs it
+        # may run on: see llm_lora.cpu), where Accelerate would split every core of the host.
+        "num_cpu_threads_per_process": max(1, cpu_threads() // training.num_processes),
     }
     if training.num_processes > 1:
         # Several processes start through torchrun, which Accelerate calls `multi_gpu` on a CPU too.

