@@ -342,6 +342,22 @@ def save_prepared(prepared: PreparedData, directory: Path) -> Path:
     return directory
 
 
+TRAINING_SPLITS = ("train", "validation")
+
+
+def training_digest(directory: Path) -> str:
+    """A content hash of the splits training reads (train and validation, as `save_prepared` wrote them).
+
+    The training step's cache key: other test rows (another `max_test_rows`, a new test file) give a new
+    prepared folder but the same digest, and the trained adapter is reused rather than trained again.
+    """
+    digest = hashlib.sha256()
+    for name in TRAINING_SPLITS:
+        digest.update(name.encode() + b"\0")
+        digest.update((Path(directory) / f"{name}.jsonl").read_bytes())
+    return digest.hexdigest()
+
+
 def load_prepared_split(directory: Path, name: str) -> list[dict]:
     """Read one split written by `save_prepared`."""
     with (Path(directory) / f"{name}.jsonl").open(encoding="utf-8") as handle:

@@ -1,6 +1,7 @@
 """The LoRA finetuning pipeline."""
 
 from zenml import pipeline
+from zenml.config.cache_policy import CachePolicy
 
 from llm_lora.config import RunConfig
 from llm_lora.data_sources import files_digest
@@ -84,7 +85,7 @@ def finetune(
     # Each step is given only the parts of the config it reads (RunConfig.part): its cache key changes
     # when they do, and a change elsewhere (a price, a promotion threshold) leaves it cached.
     generation = {"model": True, "data": ("system_prompt", "plain_template"), "evaluation": True}
-    prepared_data, data_summary = prepare_data(settings=config.part(model=True, data=True))
+    prepared_data, data_summary, training_rows = prepare_data(settings=config.part(model=True, data=True))
     preflight_report(data_summary=data_summary, settings=config.part(
         model=True, data=True, training=True, lora=True, evaluation=True, baselines=("few_shot_k",), preflight=True))
     base_metrics, base_predictions = evaluate_model(
@@ -113,11 +114,18 @@ def finetune(
     # Validation answers during training are generated and scored like the evaluation's.
     scoring = ({"evaluation": ("batch_size", "metrics", "max_new_tokens"), "promotion": ("metric",)}
                if config.training.eval_generation_rows else {})
-    training_settings = config.part(model=True, lora=True, training=True, data=True, registry=("model_name",), **scoring)
+    # Of the data section, training reads these two; the rest shapes the prepared rows, which
+    # `training_rows` (their content hash) stands for in the cache key. Unless validation answers are
+    # generated (their cap follows every split's answers, test included), the prepared folder is left out
+    # of the key: new test rows are scored by the adapter already trained on the same train rows.
+    training_settings = config.part(model=True, lora=True, training=True, data=("packing", "max_seq_length"),
+                                    registry=("model_name",), **scoring)
+    training_step = train_lora if config.training.eval_generation_rows else train_lora.with_options(
+        cache_policy=CachePolicy(ignored_inputs=["prepared_data"]))
     # Training waits for the base model to answer: a base model that cannot load or generate fails there,
     # before any GPU time is spent.
-    adapter, training_metrics, loss_history = train_lora(prepared_data=prepared_data, settings=training_settings,
-                                                         after="evaluate_base")
+    adapter, training_metrics, loss_history = training_step(
+        prepared_data=prepared_data, training_rows=training_rows, settings=training_settings, after="evaluate_base")
     finetuned_metrics, finetuned_predictions = evaluate_model(
         id="evaluate_finetuned",
         prepared_data=prepared_data,

@@ -6,7 +6,7 @@ from typing import Annotated, Tuple
 from zenml import ArtifactConfig, log_metadata, step
 
 from llm_lora.config import ConfigPart
-from llm_lora.data_preparation import prepare_splits, save_prepared
+from llm_lora.data_preparation import prepare_splits, save_prepared, training_digest
 from llm_lora.model_loading import context_window, load_tokenizer
 from steps.support.hub_token import apply_hub_token
 from steps.support.scratch import scratch_folder
@@ -18,6 +18,7 @@ def prepare_data(
 ) -> Tuple[
     Annotated[Path, ArtifactConfig(name="prepared_data")],
     Annotated[dict, ArtifactConfig(name="data_summary")],
+    Annotated[str, ArtifactConfig(name="training_rows_digest")],
 ]:
     """Turn the configured JSONL files into tokenized train/validation/test splits.
 
@@ -26,7 +27,8 @@ def prepare_data(
 
     Returns:
         A folder with one JSONL file per split (prompt, completion, formatted
-        prompt, input ids, labels) and a summary of counts and drops.
+        prompt, input ids, labels), a summary of counts and drops, and the
+        content hash of the train and validation splits (training's cache key).
     """
     config = ConfigPart.from_json(settings)
     token_source = apply_hub_token(config.model)
@@ -39,4 +41,4 @@ def prepare_data(
         },
         infer_model=True,
     )
-    return directory, prepared.summary
+    return directory, prepared.summary, training_digest(directory)

@@ -34,6 +34,7 @@ from steps.support.scratch import scratch_folder
 @step(output_materializers={"lora_adapter": LoraAdapterMaterializer})
 def train_lora(
     prepared_data: Path,
+    training_rows: str,
     settings: str,
 ) -> Tuple[
     Annotated[LoraAdapter, ArtifactConfig(name="lora_adapter")],
@@ -44,6 +45,9 @@ def train_lora(
 
     Args:
         prepared_data: Output of prepare_data (a str when launched by Accelerate).
+        training_rows: prepare_data's hash of the train and validation splits. ZenML keys its cache on
+            this string's content, so where the pipeline leaves `prepared_data` out of the key, a run
+            whose test rows alone changed reuses the adapter.
         settings: The parts of the run config this step reads (RunConfig.part; the pipeline names them).
 
     Returns:

@@ -89,8 +89,8 @@ from steps.train_lora import launch_with_accelerate, train_lora
 
 @pipeline(enable_cache=False)
 def train_only(data_settings: str, training_settings: str) -> None:
-    prepared_data, _ = prepare_data(settings=data_settings)
-    train_lora(prepared_data=prepared_data, settings=training_settings)
+    prepared_data, _, training_rows = prepare_data(settings=data_settings)
+    train_lora(prepared_data=prepared_data, training_rows=training_rows, settings=training_settings)
 
 config = load_config(sys.argv[1])
 launch_with_accelerate(config.training)  # as run.py does

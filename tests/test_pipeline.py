@@ -120,21 +120,39 @@ def test_second_run_without_cache_is_not_promoted_on_a_tie(first_run, config_pat
     assert runs.returncode == 0 and runs.stdout.count("finetune") >= 2
 
 
+STATUSES = """
+import json
+from zenml.client import Client
+run = Client().get_pipeline("finetune").last_run
+print(json.dumps({name: str(step.status) for name, step in run.steps.items()}))
+"""
+
+
 @pytest.fixture(scope="module")
 def ten_test_rows_run(first_run, config_path, zenml_env, tmp_path_factory):
-    """The first run's config with 10 test rows instead of 12 (a module fixture: two tests read it)."""
+    """The first run's config with 10 test rows instead of 12 (a module fixture: two tests read it), and
+    its steps' statuses, read before any other run."""
     assert first_run.returncode == 0
     config = yaml.safe_load(config_path.read_text())
     config["data"]["max_test_rows"] = 10
     changed = tmp_path_factory.mktemp("changed") / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
-    return _run(["run.py", "--config", str(changed)], zenml_env)
+    result = _run(["run.py", "--config", str(changed)], zenml_env)
+    statuses = _run(["-c", STATUSES], zenml_env)
+    assert statuses.returncode == 0, statuses.stderr[-3000:]
+    result.statuses = json.loads(statuses.stdout.strip().splitlines()[-1])
+    return result
 
 
 def test_changed_test_rows_re_evaluate_production(ten_test_rows_run):
-    """With other test rows, production's stored score is not comparable: its adapter is loaded and re-scored."""
+    """With other test rows, production's stored score is not comparable: its adapter is loaded and re-scored.
+    The adapter of this run is the first run's, from the cache: the train and validation rows are the same."""
     assert ten_test_rows_run.returncode == 0, ten_test_rows_run.stderr[-3000:]
     assert "compared: production version 1, re-evaluated on this run's test rows" in ten_test_rows_run.stdout
+    statuses = ten_test_rows_run.statuses
+    assert statuses["prepare_data"] == "completed" and statuses["train_lora"] == "cached", statuses
+    for step in ("evaluate_base", "evaluate_finetuned", "promote_model"):
+        assert statuses[step] == "completed", statuses
 
 
 PLAIN_PEFT = """
