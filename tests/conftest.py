@@ -229,6 +229,22 @@ def run_cli_in_process(args, cwd=REPO_ROOT):
     return subprocess.CompletedProcess(["run.py", *args], result.exit_code, result.stdout, stderr)
 
 
+STEP_STATUSES = """
+import json
+from zenml.client import Client
+run = Client().get_pipeline("finetune").last_run
+print(json.dumps({name: str(step.status) for name, step in run.steps.items()}))
+"""
+
+
+def step_statuses(env: dict) -> dict[str, str]:
+    """Each step's status ("completed", "cached", ...) in the finetune pipeline's last run, read from the
+    store that `env` points at, in a new process as a user's script would."""
+    result = run_tree([sys.executable, "-c", STEP_STATUSES], cwd=REPO_ROOT, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def free_loopback_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:

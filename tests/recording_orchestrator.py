@@ -5,7 +5,7 @@ Registered by tests/test_schedule.py with
 """
 
 import json
-from typing import Dict, Optional, Type
+from typing import Dict, Type
 
 from zenml.orchestrators import BaseOrchestrator, BaseOrchestratorConfig, BaseOrchestratorFlavor
 

@@ -10,23 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_tree, write_config
+from tests.conftest import run_tree, step_statuses, write_config
 
 REPO = Path(__file__).resolve().parent.parent
-
-STATUSES = """
-import json, sys
-from zenml.client import Client
-run = Client().get_pipeline_run(sys.argv[1]) if len(sys.argv) > 1 else Client().get_pipeline("finetune").last_run
-print(json.dumps({name: str(step.status) for name, step in run.steps.items()}))
-"""
-
-
-def _statuses(env):
-    result = run_tree([sys.executable, "-c", STATUSES], cwd=REPO, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
 
 @pytest.mark.pipeline
 def test_a_price_and_a_threshold_change_rerun_only_their_steps(tmp_path, tiny_model_dir, support_rows, zenml_env):
@@ -38,7 +24,7 @@ def test_a_price_and_a_threshold_change_rerun_only_their_steps(tmp_path, tiny_mo
                           cost={"price_per_million_prompt_tokens": 0.5})
     first = run_tree([sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env, timeout=1200)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert set(_statuses(zenml_env).values()) == {"completed"}
+    assert set(step_statuses(zenml_env).values()) == {"completed"}
 
     changed = yaml.safe_load(config.read_text())
     changed["cost"]["price_per_million_prompt_tokens"] = 2.0
@@ -46,7 +32,7 @@ def test_a_price_and_a_threshold_change_rerun_only_their_steps(tmp_path, tiny_mo
     config.write_text(yaml.safe_dump(changed))
     second = run_tree([sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env, timeout=1200)
     assert second.returncode == 0, second.stderr[-3000:]
-    statuses = _statuses(zenml_env)
+    statuses = step_statuses(zenml_env)
     for step in ("prepare_data", "preflight_report", "evaluate_base", "train_lora", "evaluate_finetuned",
                  "compare_models"):
         assert statuses[step] == "cached", statuses
@@ -60,7 +46,7 @@ def test_a_price_and_a_threshold_change_rerun_only_their_steps(tmp_path, tiny_mo
     # printed stage is the one the registry holds (a cached decision would name an earlier version's).
     third = run_tree([sys.executable, "run.py", "--config", str(config)], cwd=REPO, env=zenml_env, timeout=1200)
     assert third.returncode == 0, third.stderr[-3000:]
-    statuses = _statuses(zenml_env)
+    statuses = step_statuses(zenml_env)
     assert statuses["promote_model"] == "completed" and statuses["train_lora"] == "cached", statuses
     line = re.search(r"model: +\S+ version (\d+), stage (\w+) \((promoted|not promoted to production)\)",
                      third.stdout)

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_tree, write_config
-from tests.test_caching import _statuses
+from tests.conftest import run_tree, step_statuses, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 STORE_TOOLS = REPO / "data" / "store_tools"
@@ -90,7 +89,7 @@ def test_tools_rows_are_scored_as_calls_and_the_recorded_answers_are_in_the_tabl
     assert _row(out, "tool_call_accuracy")[2] == "1.000" and _row(out, "answer_accuracy")[2] == "1.000"
     assert _row(out, "mean_prompt_tokens")[2] == "300.0" and _row(out, "mean_latency_s")[2] == "-"
     recorded = next(line for line in out.splitlines() if line.startswith("recorded: vs hosted-ft: finetuned "))
-    assert f"on tool_call_accuracy (95% CI" in recorded and f"{calls} rows)" in recorded
+    assert "on tool_call_accuracy (95% CI" in recorded and f"{calls} rows)" in recorded
     assert "per million requests" in recorded
     assert "why:      tool_call_accuracy" in out
     # The preflight says what carries loss: OpenAI's rule, weights and calls counted.
@@ -102,7 +101,7 @@ def test_tools_rows_are_scored_as_calls_and_the_recorded_answers_are_in_the_tabl
     again = _run(setup["config"], zenml_env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _row(again.stdout, "tool_call_accuracy")[2] == "0.000"
-    statuses = _statuses(zenml_env)
+    statuses = step_statuses(zenml_env)
     for step in ("prepare_data", "evaluate_base", "evaluate_few_shot", "train_lora", "evaluate_finetuned"):
         assert statuses[step] == "cached", statuses
     assert statuses["evaluate_recorded"] == statuses["worth_it_report"] == "completed", statuses

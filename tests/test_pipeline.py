@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import QUICKSTART_MODEL, run_tree, write_config
+from tests.conftest import QUICKSTART_MODEL, run_tree, step_statuses, write_config
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.pipeline
@@ -120,14 +120,6 @@ def test_second_run_without_cache_is_not_promoted_on_a_tie(first_run, config_pat
     assert runs.returncode == 0 and runs.stdout.count("finetune") >= 2
 
 
-STATUSES = """
-import json
-from zenml.client import Client
-run = Client().get_pipeline("finetune").last_run
-print(json.dumps({name: str(step.status) for name, step in run.steps.items()}))
-"""
-
-
 @pytest.fixture(scope="module")
 def ten_test_rows_run(first_run, config_path, zenml_env, tmp_path_factory):
     """The first run's config with 10 test rows instead of 12 (a module fixture: two tests read it), and
@@ -138,9 +130,7 @@ def ten_test_rows_run(first_run, config_path, zenml_env, tmp_path_factory):
     changed = tmp_path_factory.mktemp("changed") / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     result = _run(["run.py", "--config", str(changed)], zenml_env)
-    statuses = _run(["-c", STATUSES], zenml_env)
-    assert statuses.returncode == 0, statuses.stderr[-3000:]
-    result.statuses = json.loads(statuses.stdout.strip().splitlines()[-1])
+    result.statuses = step_statuses(zenml_env)
     return result
 
 
