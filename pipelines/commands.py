@@ -37,6 +37,30 @@ def unique_suffix() -> str:
     return f"{datetime.datetime.now():%Y_%m_%d-%H_%M_%S}-{uuid.uuid4().hex[:6]}"
 
 
+def unreachable(url: str, timeout_s: float = 10) -> str | None:
+    """Why the server at `url` takes no connection right now (refused, unknown host, no answer), else None.
+
+    ZenML's client retries a refused connection with back-off for some 30 s before it gives up; a server
+    that is down, or a URL mistyped, is said at once instead. Where a proxy carries the requests, the
+    proxy decides and nothing is probed here.
+    """
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    if parts.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(parts.hostname):
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
+            return None
+    except (OSError, ValueError) as exc:  # ValueError: a port out of range
+        return first_line(exc)
+
+
 def check_store() -> None:
     """Open the ZenML store (a local database file or a server) now, so a damaged or unreachable one is one line.
 
@@ -50,7 +74,10 @@ def check_store() -> None:
         url = GlobalConfiguration().store_configuration.url
     except Exception as exc:  # the global configuration file itself is unreadable
         raise CommandError(f"ZenML configuration cannot be read ({first_line(exc)}); check ZENML_CONFIG_PATH") from None
+    reason = unreachable(url)
     try:
+        if reason:
+            raise ConnectionError(reason)
         Client().active_stack_model  # opens the store: a query on its tables
     except Exception as exc:
         if url.startswith("sqlite:"):

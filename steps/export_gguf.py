@@ -16,13 +16,14 @@ from llm_lora.gguf_export import (
 )
 from llm_lora.model_loading import load_tokenizer
 from llm_lora.ollama import modelfile
+from materializers.model_folder_materializer import ModelFolderMaterializer
 from steps.export_merged import checked_rows
 from steps.support.scratch import scratch_folder
 
 logger = get_logger(__name__)
 
 
-@step
+@step(output_materializers={"gguf_model": ModelFolderMaterializer})
 def export_gguf(
     merged_model: Path, prepared_data: Path, finetuned_predictions: pd.DataFrame, merged_export: ExportReport,
     settings: str,

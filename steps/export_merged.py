@@ -19,6 +19,7 @@ from llm_lora.export import (
 from llm_lora.gguf_export import ExportError
 from llm_lora.model_loading import load_tokenizer
 from llm_lora.promotion import resolve_metric
+from materializers.model_folder_materializer import ModelFolderMaterializer
 from steps.support.hub_token import apply_hub_token
 from steps.support.scratch import scratch_folder
 
@@ -31,7 +32,7 @@ def checked_rows(config: ConfigPart, prepared_data: Path) -> list[dict]:
     return rows[: config.export.score_rows] if config.export.score_rows else rows
 
 
-@step
+@step(output_materializers={"merged_model": ModelFolderMaterializer})
 def export_merged(
     adapter: LoraAdapter, prepared_data: Path, finetuned_metrics: dict, finetuned_predictions: pd.DataFrame,
     settings: str,

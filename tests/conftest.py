@@ -9,12 +9,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_EVALUATE_OFFLINE"] = "1"
 
+# The project is run from a checkout, not installed, so tests import it from the repo root.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from llm_lora.cpu import cpu_threads  # noqa: E402  (imports os only)
+
 # Under pytest-xdist (`-n 2`), each worker its share of the cores, in this process and in every process it
 # starts (run.py, Accelerate's launch, llama.cpp: llm_lora.cpu.cpu_threads reads the variable). Torch's and
 # llama.cpp's threads wait for each other at every step; more threads than cores stall them all.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpu_threads() // _WORKERS)))
 
 # ZenML in this process (commands run in-process, deployment routes) gets a throw-away store, never the
 # user's; subprocesses get their own through the zenml_env fixtures.
@@ -23,11 +30,6 @@ import tempfile  # noqa: E402
 _SESSION_ZENML = tempfile.mkdtemp(prefix="llm-lora-tests-zenml-")
 os.environ["ZENML_CONFIG_PATH"] = os.path.join(_SESSION_ZENML, "config")
 os.environ.setdefault("ZENML_ANALYTICS_OPT_IN", "false")
-
-# The project is run from a checkout, not installed, so tests import it from the repo root.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 import json  # noqa: E402
 import signal  # noqa: E402
@@ -47,9 +49,17 @@ LONGEST_MODULES = ("test_pipeline.py", "test_deploy.py", "test_pipeline_sources.
                    "test_caching.py", "test_openai_pipeline.py", "test_security.py")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--reverse-tests", action="store_true",
+                     help="run each module's tests last to first: a test that needs another's leftovers fails")
+
+
 def pytest_collection_modifyitems(session, config, items):
     rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
+    position = {id(item): i for i, item in enumerate(items)}
+    step = -1 if config.getoption("--reverse-tests") else 1
+    # Modules by rank (stable: the rest keep their order), and within each module its own order or its reverse.
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), str(item.path), step * position[id(item)]))
 
 
 def pytest_sessionfinish(session, exitstatus):

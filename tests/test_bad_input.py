@@ -679,3 +679,22 @@ def test_unreachable_zenml_server_is_one_line(tmp_path, tiny_model_dir):
     result = _run(["--config", str(config), "--dry-run", "--stack", "default"], env)
     _check(result, f"ZenML server {url}: cannot be used (")
     assert "zenml login" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_server_is_probed_once_and_a_proxy_is_left_to_decide(monkeypatch):
+    import socket
+
+    from pipelines.commands import unreachable
+    from tests.conftest import free_loopback_port
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        assert unreachable(f"http://127.0.0.1:{listening.getsockname()[1]}") is None
+    closed = f"http://127.0.0.1:{free_loopback_port()}"
+    assert "refused" in unreachable(closed).lower()
+    assert unreachable("sqlite:////tmp/zenml.db") is None
+    monkeypatch.setenv("http_proxy", "http://proxy.invalid:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert unreachable(closed) is None  # the proxy connects, or says why

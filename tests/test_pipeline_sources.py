@@ -79,7 +79,7 @@ KINDS = [
 
 
 READ_REPORT = """
-import json
+import json, os
 from transformers import AutoModelForCausalLM
 from zenml.client import Client
 run = Client().get_pipeline("finetune").last_run
@@ -98,6 +98,9 @@ print(json.dumps({
     "results_rows": len(results),
     "comparison": str(run.steps["compare_models"].outputs["model_comparison"][0].load())[:200],
     "gguf_files": sorted(path.name for path in gguf.iterdir()),
+    # What the artifact store holds: the files themselves, usable where they are.
+    "stored_merged": sorted(os.listdir(run.steps["export_merged"].outputs["merged_model"][0].uri)),
+    "stored_gguf": sorted(os.listdir(run.steps["export_gguf"].outputs["gguf_model"][0].uri)),
     "export_checks": [check.model_dump() for check in report.checks],
     "export_metadata": run.model_version.run_metadata["export"],
     "parity_table": 'id="export-parity"' in parity,
@@ -163,6 +166,8 @@ def test_source_runs_through_the_pipeline(kind, tmp_path, tiny_model_dir, suppor
         name = f"sources-{kind}"
         assert facts["gguf_files"] == sorted([f"{name}-f32.gguf", f"{name}-q4_0.gguf", "Modelfile.f32",
                                               "Modelfile.q4_0"])
+        assert facts["stored_gguf"] == facts["gguf_files"]
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(facts["stored_merged"])
         checks = {(check["format"], check["type"]): check for check in facts["export_checks"]}
         assert set(checks) == {("merged", "float32"), ("gguf", "f32"), ("gguf", "q4_0")}
         assert checks[("gguf", "f32")]["engine"] == "llama.cpp" and checks[("gguf", "f32")]["tokenizer_mismatches"] == 0
