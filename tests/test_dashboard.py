@@ -32,7 +32,7 @@ def small_quickstart(path: Path) -> Path:
     """configs/quickstart.yaml on a small slice: a few rows, a few steps, validation loss on the way."""
     config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
     config["data"].update(max_train_rows=24, max_validation_rows=8, max_test_rows=6)
-    config["training"].update(max_steps=6, logging_steps=1, eval_steps=3)
+    config["training"].update(max_steps=4, logging_steps=1, eval_steps=2)
     config["evaluation"].update(batch_size=6)
     config["registry"]["model_name"] = "dashboard-check"
     path.write_text(yaml.safe_dump(config))
@@ -157,7 +157,7 @@ def check_dashboard(driver, run_url: str, shots: Path) -> None:
     curve = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "svg#loss-curve")))
     assert curve.is_displayed() and curve.size["height"] > 100
     lines = [line.get_attribute("points").split() for line in curve.find_elements(By.TAG_NAME, "polyline")]
-    assert [len(points) for points in lines] == [6, 2], lines  # a loss per step; validation at steps 3 and 6
+    assert [len(points) for points in lines] == [4, 2], lines  # a loss per step; validation at steps 2 and 4
     table = driver.find_element(By.CSS_SELECTOR, "table#metrics")
     assert table.is_displayed()
     header = [cell.text for cell in table.find_elements(By.CSS_SELECTOR, "thead th")]

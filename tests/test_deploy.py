@@ -189,6 +189,23 @@ def test_deploy_call_and_stop(production_version, zenml_env, tmp_path):
     assert not port_is_open(port)
 
 
+@pytest.fixture(scope="module")
+def gguf_batch_answers(production_version, zenml_env, tmp_path_factory):
+    """Four new emails and batch inference's answers to them from the version's q8_0 GGUF in llama.cpp: what
+    each deployment engine must answer (one batch run serves both engines' tests)."""
+    folder = tmp_path_factory.mktemp("gguf-predict")
+    emails = [json.loads(line) for line in (REPO / "data" / "support_emails" / "new_emails.jsonl").read_text()
+              .splitlines()[:4]]
+    (folder / "in.jsonl").write_text("".join(json.dumps({"prompt": row["prompt"]}) + "\n" for row in emails))
+    predict_yaml = folder / "predict.yaml"
+    predict_yaml.write_text(yaml.safe_dump({"kind": "predict", "inference": {
+        "model_name": production_version, "input_file": str(folder / "in.jsonl"),
+        "output_file": str(folder / "out.jsonl"), "batch_size": 2, "engine": "llama.cpp", "gguf_type": "q8_0"}}))
+    predicted = _run(["run.py", "--config", str(predict_yaml)], zenml_env, timeout=600)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    return emails, [json.loads(line)["output"] for line in (folder / "out.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.parametrize("engine", ["llama.cpp", pytest.param("llama-server", marks=pytest.mark.slow)])
 def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_path, engine, request):
     """engine: llama.cpp (in the deployment's process) and engine: llama-server (llama.cpp's own server,
@@ -197,19 +214,9 @@ def test_deploy_the_gguf_export_in_llama_cpp(production_version, zenml_env, tmp_
     Concurrent requests get the answers they get one at a time, which are batch inference's from the
     same file; past the queue's limit a request gets 503 with Retry-After, and the server goes on.
     """
-    emails = [json.loads(line) for line in (REPO / "data" / "support_emails" / "new_emails.jsonl").read_text()
-              .splitlines()[:4]]
-    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": row["prompt"]}) + "\n" for row in emails))
-    predict_yaml = tmp_path / "predict.yaml"
-    predict_yaml.write_text(yaml.safe_dump({"kind": "predict", "inference": {
-        "model_name": production_version, "input_file": str(tmp_path / "in.jsonl"),
-        "output_file": str(tmp_path / "out.jsonl"), "batch_size": 2, "engine": "llama.cpp", "gguf_type": "q8_0"}}))
-    predicted = _run(["run.py", "--config", str(predict_yaml)], zenml_env, timeout=600)
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    expected = [json.loads(line)["output"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-
     if engine == "llama-server":
-        request.getfixturevalue("llama_server_binary")  # built before the deploy (its first build takes minutes)
+        request.getfixturevalue("llama_server_binary")  # skips at once where llama-server is not built
+    emails, expected = request.getfixturevalue("gguf_batch_answers")
     port = free_loopback_port()
     config = tmp_path / "deploy.yaml"
     config.write_text(yaml.safe_dump({"kind": "deploy", "deploy": {

@@ -22,7 +22,7 @@ from tests.event_bookings import COLUMNS, SYSTEM_PROMPT, write_csv_splits
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.pipeline
 
-TEST_ROWS = 24
+TEST_ROWS = 16
 # Rows enough for SmolLM2-135M to learn the eight fields at the quickstart's recipe, few enough for CI.
 TRAIN_ROWS = 96
 

@@ -26,7 +26,8 @@ def config_path(tmp_path_factory, tiny_model_dir):
         path, QUICKSTART_MODEL, REPO / "data" / "support_emails",
         data={"max_train_rows": 64, "max_validation_rows": 8, "max_test_rows": 12},
         # fp32: bf16 autocast is emulated, and some 50x slower, on CPUs without AVX512-BF16.
-        training={"max_steps": 8, "batch_size": 8, "learning_rate": 1e-3, "logging_steps": 2, "precision": "fp32"},
+        # Four steps at the quickstart's learning rate: valid JSON and most fields beat the base model's none.
+        training={"max_steps": 4, "batch_size": 8, "learning_rate": 2e-3, "logging_steps": 2, "precision": "fp32"},
         evaluation={"batch_size": 12, "max_new_tokens": "auto"},
         # The tiny random model stands in for a larger reference model: any loadable model works.
         baselines={"few_shot_k": 2, "reference_model": {"name": str(tiny_model_dir)}},
@@ -246,6 +247,8 @@ def test_production_is_re_evaluated_with_its_own_prompt(ten_test_rows_run, confi
     config["data"]["max_test_rows"] = 10
     original = config["data"]["system_prompt"]
     config["data"]["system_prompt"] = "Reply with the order's fields as a JSON object."
+    # What is checked is how production is scored; this run's own adapter needs no more than a step or two.
+    config["training"]["max_steps"] = 2
     changed = tmp_path / "prompt.yaml"
     changed.write_text(yaml.safe_dump(config))
     result = _run(["run.py", "--config", str(changed)], zenml_env)
