@@ -50,6 +50,10 @@ def recorded_cap(version: ModelVersionResponse, config: RunConfig) -> int:
 def gguf_file(version: ModelVersionResponse, gguf_type: str | None, section: str, engine: str = "llama.cpp") -> Path:
     """The version's exported GGUF file of this type (None: the first type its run exported).
 
+    Only that file is fetched: an export of several types (f16 beside q8_0 and q4_k_m) is gigabytes the
+    engine never reads. A local artifact store's file is used where it lies (llama.cpp only reads it);
+    a remote store's is copied to a local folder.
+
     Raises:
         ValueError: The version has no GGUF export, or none of this type; the message names the key.
     """
@@ -59,16 +63,49 @@ def gguf_file(version: ModelVersionResponse, gguf_type: str | None, section: str
             f"{section}.engine: {engine} needs a GGUF export and version {version.name} has none; train with "
             f"export.formats: [merged, gguf], or use engine: transformers"
         )
-    folder = Path(artifact.load())
-    files = sorted(folder.glob("*.gguf"))
+    stored = _stored_gguf_names(artifact)
+    if stored is None:  # an export stored as one archive (ZenML's Path materializer): it loads whole
+        folder = Path(artifact.load())
+        names = [path.name for path in folder.glob("*.gguf")]
+    else:
+        folder, names = None, stored
     exported = version.run_metadata.get("export")
     order = [key.removeprefix("gguf_") for key in exported if key.startswith("gguf_")] if isinstance(exported, dict) else []
-    by_type = {path.stem.rsplit("-", 1)[-1]: path for path in files}
+    by_type = {name[: -len(".gguf")].rsplit("-", 1)[-1]: name for name in sorted(names)}
     wanted = gguf_type or next((kind for kind in order if kind in by_type), None) or next(iter(by_type), None)
     if wanted not in by_type:
         raise ValueError(f"{section}.gguf_type: version {version.name} has no {wanted} GGUF; it has "
                          f"{', '.join(by_type) or 'none'}")
-    return by_type[wanted]
+    if folder is not None:
+        return folder / by_type[wanted]
+    return _local_copy(artifact.uri, by_type[wanted])
+
+
+def _stored_gguf_names(artifact) -> list[str] | None:
+    """The .gguf files of an export stored as plain files (materializers/model_folder_materializer.py), or
+    None for one stored as an archive."""
+    from zenml.io import fileio
+
+    from materializers.model_folder_materializer import ModelFolderMaterializer
+
+    if not artifact.materializer.import_path.endswith(ModelFolderMaterializer.__name__):
+        return None
+    names = (name.decode() if isinstance(name, bytes) else str(name) for name in fileio.listdir(artifact.uri))
+    return [name for name in names if name.endswith(".gguf")]
+
+
+def _local_copy(uri: str, name: str) -> Path:
+    """The file `name` of the artifact folder at `uri` as a local path: itself on a local store, else a copy."""
+    import os
+    import tempfile
+
+    from zenml.io import fileio
+
+    if os.path.isfile(os.path.join(uri, name)):
+        return Path(uri) / name
+    target = Path(tempfile.mkdtemp(prefix="llm-lora-gguf-")) / name
+    fileio.copy(f"{uri.rstrip('/')}/{name}", str(target), overwrite=True)
+    return target
 
 
 def find_model_version(model_name: str, version: str, option: str) -> tuple[ModelVersionResponse, RunConfig]:
