@@ -127,6 +127,22 @@ def estimate_run(
                        training_cost=cost)
 
 
+def estimate_beside_actual(estimate: RunEstimate, training_metrics: dict) -> str:
+    """The preflight's training time beside the time training took, in one line for the run summary.
+
+    The estimate's speed may come from a results file measured on another machine: side by side, a user
+    sees how far it is from this one (and can set preflight.tokens_per_s to what this machine does).
+    """
+    if not estimate.tokens_per_s:
+        return "no training time estimated (set preflight.tokens_per_s)"
+    estimated = estimate.training_tokens / estimate.tokens_per_s
+    line = f"estimated {estimated:.0f} s at {estimate.tokens_per_s:.0f} tokens/s (from {estimate.throughput_from})"
+    if training_metrics.get("resumed_from_step"):  # the run trained only the steps after its checkpoint
+        return f"{line}; resumed, so not comparable"
+    actual = float(training_metrics["train_runtime_s"])
+    return f"{line}; took {actual:.0f} s ({actual / estimated:.2f}x the estimate)" if estimated > 0 else line
+
+
 # Fewer optimizer steps than this rarely teach an adapter a new output format: the learning rate
 # schedule barely leaves its warm-up before it decays.
 MIN_OPTIMIZER_STEPS = 30

@@ -190,6 +190,8 @@ def print_summary(run, config: RunConfig) -> None:
     """Baselines vs finetuned metrics, the verdict, the model version and its stage, where to look next."""
     from zenml.client import Client
 
+    from llm_lora.preflight import estimate_beside_actual
+
     def output(step: str, name: str):
         return run.steps[step].outputs[name][0].load()
 
@@ -245,6 +247,7 @@ def print_summary(run, config: RunConfig) -> None:
         + (f", kept step {training['best_step']}" if "best_step" in training else "")
         + (", stopped early" if training.get("stopped_early") else "")
     )
+    click.echo(f"estimate: {estimate_beside_actual(preflight, training)}")
     for line in summary_lines(output("worth_it_report", "worth_it")):
         click.echo(line)
     exported = next((step for step in ("export_gguf", "export_merged") if step in run.steps), None)

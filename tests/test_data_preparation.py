@@ -233,3 +233,17 @@ def test_estimate_falls_back_on_a_measured_throughput_of_the_same_model_and_devi
     assert estimate_run(prepared.summary, RunConfig.model_validate(settings), "cpu").training_minutes is None
     given = RunConfig.model_validate({**settings, "preflight": {"tokens_per_s": 1000}})
     assert estimate_run(prepared.summary, given, "cpu", measured).throughput_from == "preflight.tokens_per_s"
+
+
+def test_the_summary_puts_the_estimated_training_time_beside_the_time_it_took():
+    from llm_lora.preflight import estimate_beside_actual
+
+    estimate = RunEstimate(optimizer_steps=8, epochs=1.0, training_tokens=9000, trained_tokens=2400,
+                           tokens_per_s=300.0, throughput_from="quickstart-cpu.json", training_minutes=0.5)
+    assert estimate_beside_actual(estimate, {"train_runtime_s": 90.0}) == (
+        "estimated 30 s at 300 tokens/s (from quickstart-cpu.json); took 90 s (3.00x the estimate)")
+    resumed = estimate_beside_actual(estimate, {"train_runtime_s": 20.0, "resumed_from_step": 6})
+    assert resumed.endswith("; resumed, so not comparable") and "took" not in resumed
+    unknown = RunEstimate(optimizer_steps=8, epochs=1.0, training_tokens=9000, trained_tokens=2400)
+    assert estimate_beside_actual(unknown, {"train_runtime_s": 90.0}) == (
+        "no training time estimated (set preflight.tokens_per_s)")

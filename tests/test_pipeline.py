@@ -85,6 +85,9 @@ def test_first_run_trains_evaluates_and_promotes(first_run, zenml_env, tmp_path)
     verdict = re.search(r"^verdict:  (worth it|not worth it|inconclusive): (.+)$", out, re.MULTILINE)
     assert verdict, out[-3000:]
     assert re.search(r"^savings:  vs .+ per request; training \d+ s, cost [\d.e-]+; payback ", out, re.MULTILINE)
+    # The preflight's time (from the quickstart's results file) beside the time this machine took.
+    assert re.search(r"^estimate: estimated \d+ s at \d+ tokens/s \(from quickstart-cpu\.json\); took \d+ s "
+                     r"\(\d+\.\d\dx the estimate\)$", out, re.MULTILINE), out[-3000:]
 
     script = tmp_path / "read_worth_it.py"
     script.write_text(READ_WORTH_IT)
