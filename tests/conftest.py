@@ -64,6 +64,15 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), str(item.path), step * position[id(item)]))
 
 
+def pytest_configure(config):
+    # ZenML in this process (commands run in-process, artifacts saved by tests) names sources from its source
+    # root, the main module's folder: run.py's when users run it. Here the main module is pytest's, or an
+    # xdist worker's, which has no file at all; the repo root is what run.py's folder would be.
+    from zenml.utils import source_utils
+
+    source_utils.set_custom_source_root(str(REPO_ROOT))
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 
@@ -228,11 +237,7 @@ def run_cli_in_process(args, cwd=REPO_ROOT):
     from click.testing import CliRunner
 
     import run
-    from zenml.utils import source_utils
 
-    # ZenML takes the main module's folder as the source root: run.py's, when users run it. Here the main
-    # module is pytest's, or an xdist worker's, which has no file at all.
-    source_utils.set_custom_source_root(str(REPO_ROOT))
     with contextlib.chdir(cwd):
         result = CliRunner().invoke(run.cli, [str(arg) for arg in args], catch_exceptions=True)
     stderr = result.stderr
