@@ -16,6 +16,7 @@ from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
 from llm_lora.adapter import LoraAdapter
+from materializers.model_folder_materializer import entry_name
 
 
 class LoraAdapterMaterializer(BaseMaterializer):
@@ -33,8 +34,7 @@ class LoraAdapterMaterializer(BaseMaterializer):
     def load(self, data_type: type[Any]) -> LoraAdapter:
         """Copy the files to a local folder (the store may be remote) and wrap them."""
         with self.get_temporary_directory(delete_at_exit=False) as local:
-            for name in fileio.listdir(self.uri):
-                name = name.decode() if isinstance(name, bytes) else name
+            for name in map(entry_name, fileio.listdir(self.uri)):
                 fileio.copy(os.path.join(self.uri, name), os.path.join(local, name), overwrite=True)
         return LoraAdapter(directory=Path(local))
 

@@ -20,7 +20,8 @@ from zenml.io import fileio
 from zenml.materializers.base_materializer import BaseMaterializer
 
 
-def _name(entry: Any) -> str:
+def entry_name(entry: Any) -> str:
+    """A name from `fileio.listdir` or `fileio.walk`: bytes on some artifact stores, str on others."""
     return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
@@ -47,10 +48,10 @@ class ModelFolderMaterializer(BaseMaterializer):
         """Copy the files to a local folder (the store may be remote, and the stored files stay untouched)."""
         with self.get_temporary_directory(delete_at_exit=False) as local:
             for root, _, files in fileio.walk(self.uri):
-                root = _name(root)
+                root = entry_name(root)
                 relative = os.path.relpath(root, self.uri)
                 target = local if relative == "." else os.path.join(local, relative)
                 os.makedirs(target, exist_ok=True)
-                for name in files:
-                    fileio.copy(os.path.join(root, _name(name)), os.path.join(target, _name(name)), overwrite=True)
+                for name in map(entry_name, files):
+                    fileio.copy(os.path.join(root, name), os.path.join(target, name), overwrite=True)
         return Path(local)

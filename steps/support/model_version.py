@@ -86,11 +86,11 @@ def _stored_gguf_names(artifact) -> list[str] | None:
     None for one stored as an archive."""
     from zenml.io import fileio
 
-    from materializers.model_folder_materializer import ModelFolderMaterializer
+    from materializers.model_folder_materializer import ModelFolderMaterializer, entry_name
 
     if not artifact.materializer.import_path.endswith(ModelFolderMaterializer.__name__):
         return None
-    names = (name.decode() if isinstance(name, bytes) else str(name) for name in fileio.listdir(artifact.uri))
+    names = (entry_name(name) for name in fileio.listdir(artifact.uri))
     return [name for name in names if name.endswith(".gguf")]
 
 
